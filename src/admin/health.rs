@@ -1,0 +1,99 @@
+//! `/health`, `/health/live`, `/health/ready` and `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use super::{json, respond, AdminState};
+
+/// Bound on the database probe, so `/health` answers even when Postgres hangs.
+const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// 200 while the process runs.
+pub fn live() -> Response<Vec<u8>> {
+    json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// 200 once the key snapshot has loaded; stays 200 while serving from cache.
+pub fn ready(s: &AdminState) -> Response<Vec<u8>> {
+    if s.keys.is_loaded() {
+        json(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": "key snapshot not loaded yet"}),
+        )
+    }
+}
+
+async fn probe_database(s: &AdminState) -> Result<Duration, String> {
+    let started = Instant::now();
+    let probe = async {
+        let client = s.pool.get().await.map_err(|e| e.to_string())?;
+        client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(DB_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {DB_PROBE_TIMEOUT:?}")),
+    }
+}
+
+fn age_seconds(unix_ms: Option<i64>) -> Option<f64> {
+    unix_ms.map(|t| (crate::now_ms() - t).max(0) as f64 / 1000.0)
+}
+
+/// Per-dependency detail; 503 when a required dependency is down.
+pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
+    let db = probe_database(s).await;
+    let db_up = db.is_ok();
+    let database = match db {
+        Ok(latency) => json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0}),
+        Err(e) => json!({"status": "down", "error": e}),
+    };
+    let snap = s.keys.load();
+    let key_snapshot = json!({
+        "status": if s.keys.is_loaded() { "up" } else { "loading" },
+        "keys": snap.len(),
+        "listener": if s.keys.listener_connected() { "connected" } else { "reconnecting" },
+        "seconds_since_full_reload": age_seconds(s.keys.last_full_reload_ms()),
+        "full_reloads": s.keys.full_reloads(),
+    });
+    let redis = if s.redis_configured {
+        json!({"status": "not_used", "detail": "configured; used by the redis rate-limit backend"})
+    } else {
+        json!({"status": "not_configured"})
+    };
+    let healthy = db_up && s.keys.is_loaded();
+    let body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "checks": {
+            "database": database,
+            "key_snapshot": key_snapshot,
+            "redis": redis,
+        },
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &body)
+}
+
+/// Prometheus text exposition.
+pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
+    if let Some(age) = age_seconds(s.keys.last_full_reload_ms()) {
+        metrics::gauge!("gateway_key_snapshot_seconds_since_reload").set(age);
+    }
+    if let Some(age) = age_seconds(s.keys.last_change_ms()) {
+        metrics::gauge!("gateway_key_snapshot_seconds_since_change").set(age);
+    }
+    metrics::gauge!("gateway_key_snapshot_keys").set(s.keys.load().len() as f64);
+    metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() { 1.0 } else { 0.0 });
+    s.prometheus.run_upkeep();
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        s.prometheus.render().into_bytes(),
+    )
+}

@@ -1,0 +1,1207 @@
+//! Configuration: the TOML file schema, environment overrides, and the
+//! validated [`Config`] the rest of the gateway runs on.
+//!
+//! Two layers, as in river's `config/internal.rs`: serde structs mirror the
+//! file (`file::*`), and [`Config::from_toml`] turns them into typed,
+//! validated values. Validation never stops at the first problem: every
+//! error is collected with its key path (`routes[2].upstream`) so an operator
+//! fixes a broken file in one pass. Nothing in here panics on any input.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+
+use crate::keys::scope::Scope;
+
+/// Default proxy listener.
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener: loopback only, the admin API is not for the internet.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default database URL when neither the file nor `DATABASE_URL` sets one.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://gateway@127.0.0.1:5432/gateway";
+/// Default key prefix (DESIGN §3 "API keys").
+pub const DEFAULT_KEY_PREFIX: &str = "gw_live_";
+/// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
+pub const MIN_PEPPER_LEN: usize = 32;
+
+/// One problem found in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, e.g. `routes[1].upstream` or `GATEWAY_PROXY_THREADS`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every error found in one configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "configuration has {} error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The serde schema of `gateway.toml`. Field docs live in `conf/gateway.toml`.
+///
+/// No `deny_unknown_fields` here on purpose: it stops at the first unknown
+/// key, while `serde_ignored` (see [`section`]) reports all of them.
+pub mod file {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Proxy {
+        pub listen: Option<String>,
+        pub threads: Option<u64>,
+        pub connect_timeout_ms: Option<u64>,
+        pub read_timeout_ms: Option<u64>,
+        pub write_timeout_ms: Option<u64>,
+        pub upstream_down_seconds: Option<u64>,
+        pub upstream_keepalive_pool_size: Option<u64>,
+        pub shutdown_grace_seconds: Option<u64>,
+        pub trusted_proxies: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Admin {
+        pub listen: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Database {
+        pub url: Option<String>,
+        pub pool_size: Option<u64>,
+        pub connect_timeout_ms: Option<u64>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Redis {
+        pub url: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Keys {
+        pub pepper: Option<String>,
+        pub prefix: Option<String>,
+        pub last_used_flush_ms: Option<u64>,
+    }
+
+    #[derive(Debug, Default, Clone, Copy, Deserialize)]
+    pub struct Limits {
+        pub per_minute: Option<i64>,
+        pub per_hour: Option<i64>,
+        pub per_day: Option<i64>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct RateLimits {
+        pub backend: Option<String>,
+        pub on_backend_error: Option<String>,
+        pub default: Option<Limits>,
+        pub anonymous: Option<Limits>,
+        pub exempt_ips: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Log {
+        pub level: Option<String>,
+        pub format: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Upstream {
+        pub name: Option<String>,
+        pub targets: Option<Vec<String>>,
+        pub connect_timeout_ms: Option<u64>,
+        pub read_timeout_ms: Option<u64>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    pub struct Route {
+        pub name: Option<String>,
+        pub path_prefix: Option<String>,
+        pub host: Option<String>,
+        pub upstream: Option<String>,
+        pub scopes: Option<Vec<String>>,
+        pub method_scopes: Option<BTreeMap<String, Vec<String>>>,
+        pub auth: Option<String>,
+        pub rate_limit: Option<Limits>,
+    }
+}
+
+/// Per-key or per-IP limits for one caller; `None` means "no such tier".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+    pub per_day: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBackend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long a target that refused a connection is skipped.
+    pub upstream_down_for: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// Secret mixed into every key hash. Never logged.
+    pub pepper: Secret,
+    pub prefix: String,
+    pub last_used_flush: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub backend: LimitBackend,
+    pub on_backend_error: OnBackendError,
+    pub default: Limits,
+    pub anonymous: Limits,
+    pub exempt_ips: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: Arc<str>,
+    pub targets: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    /// Lower-cased host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub upstream: Arc<str>,
+    pub scopes: Vec<Scope>,
+    /// Extra scopes required for one method (upper-case method name).
+    pub method_scopes: BTreeMap<String, Vec<Scope>>,
+    pub auth: AuthMode,
+    pub rate_limit: Option<Limits>,
+}
+
+/// A string that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin_listen: SocketAddr,
+    pub database: DatabaseConfig,
+    pub redis_url: Option<String>,
+    pub keys: KeysConfig,
+    pub rate_limits: RateLimitConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Which parts of the configuration a command needs. `gateway migrate` must
+/// not demand a pepper, `gateway keys` must not demand routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Everything `serve` needs.
+    Serve,
+    /// Database and keys (pepper): `keys` subcommands.
+    Keys,
+    /// Database only: `migrate`.
+    Database,
+}
+
+const SECTIONS: &[&str] = &[
+    "proxy",
+    "admin",
+    "database",
+    "redis",
+    "keys",
+    "rate_limits",
+    "log",
+    "upstreams",
+    "routes",
+];
+
+impl Config {
+    /// Reads `path`, applies `env` overrides and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        need: Need,
+    ) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read configuration file: {e}"),
+            }])
+        })?;
+        Self::from_toml(&text, env, need)
+    }
+
+    /// Parses TOML text, applies `env` overrides and validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        need: Need,
+    ) -> Result<Config, ConfigErrors> {
+        let mut errs = Errors::default();
+        let mut doc: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                // A syntax error hides everything after it; report it alone.
+                let msg = e.to_string().replace('\n', " ");
+                return Err(ConfigErrors(vec![ConfigError {
+                    path: "<file>".into(),
+                    message: msg.trim().to_string(),
+                }]));
+            }
+        };
+        apply_env(&mut doc, env, &mut errs);
+        let cfg = build(doc, need, &mut errs);
+        match (cfg, errs.0.is_empty()) {
+            (Some(cfg), true) => Ok(cfg),
+            _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// `GATEWAY_<SECTION>_<KEY>` overrides one scalar key; `DATABASE_URL` and
+/// `REDIS_URL` set the URLs. Values are read as TOML when they parse as a
+/// TOML value (`8`, `true`, `["a","b"]`), otherwise as a plain string.
+fn apply_env(
+    doc: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    errs: &mut Errors,
+) {
+    // Longest section first so `RATE_LIMITS_` wins over a shorter match.
+    let mut sections: Vec<&str> = SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| *s != "upstreams" && *s != "routes")
+        .collect();
+    sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut vars: Vec<(String, String)> = env.into_iter().collect();
+    // Explicit GATEWAY_ variables win over the conventional URL variables.
+    vars.sort_by_key(|(k, _)| k.starts_with("GATEWAY_"));
+    for (name, raw) in vars {
+        let (section, key) = match name.as_str() {
+            "DATABASE_URL" => ("database", "url".to_string()),
+            "REDIS_URL" => ("redis", "url".to_string()),
+            _ => {
+                let Some(rest) = name.strip_prefix("GATEWAY_") else {
+                    continue;
+                };
+                let lower = rest.to_ascii_lowercase();
+                let found = sections.iter().find_map(|s| {
+                    lower
+                        .strip_prefix(s)
+                        .and_then(|r| r.strip_prefix('_'))
+                        .filter(|k| !k.is_empty())
+                        .map(|k| (*s, k.to_string()))
+                });
+                match found {
+                    Some(f) => f,
+                    // GATEWAY_CONFIG and friends are not config keys.
+                    None => continue,
+                }
+            }
+        };
+        let value = parse_env_value(&raw);
+        let table = doc
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match table {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => errs.push(section, "must be a table"),
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Deserializes one value, recording unknown keys and type errors under `path`.
+fn section<T: DeserializeOwned + Default>(
+    value: Option<toml::Value>,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    let Some(value) = value else {
+        return Some(T::default());
+    };
+    let mut unknown = Vec::new();
+    let result: Result<T, _> = serde_ignored::deserialize(value, |p| unknown.push(p.to_string()));
+    for key in unknown {
+        errs.push(format!("{path}.{key}"), "unknown key");
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errs.push(path, e.to_string().trim().to_string());
+            None
+        }
+    }
+}
+
+fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> {
+    for key in doc.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            errs.push(key.clone(), "unknown section");
+        }
+    }
+    let proxy: Option<file::Proxy> = section(doc.remove("proxy"), "proxy", errs);
+    let admin: Option<file::Admin> = section(doc.remove("admin"), "admin", errs);
+    let database: Option<file::Database> = section(doc.remove("database"), "database", errs);
+    let redis_present = doc.contains_key("redis");
+    let redis: Option<file::Redis> = section(doc.remove("redis"), "redis", errs);
+    let keys: Option<file::Keys> = section(doc.remove("keys"), "keys", errs);
+    let rate_limits: Option<file::RateLimits> =
+        section(doc.remove("rate_limits"), "rate_limits", errs);
+    let log: Option<file::Log> = section(doc.remove("log"), "log", errs);
+    let upstreams = array_of::<file::Upstream>(doc.remove("upstreams"), "upstreams", errs);
+    let routes = array_of::<file::Route>(doc.remove("routes"), "routes", errs);
+
+    let proxy = proxy.map(|p| build_proxy(p, errs));
+    let admin_listen = admin.map(|a| {
+        parse_addr(
+            a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+            "admin.listen",
+            errs,
+        )
+    });
+    let database = database.map(|d| build_database(d, errs));
+    let redis_url = redis.and_then(|r| match (redis_present, r.url) {
+        (_, Some(url)) => {
+            check_url(&url, &["redis", "rediss"], "redis.url", errs);
+            Some(url)
+        }
+        (true, None) => {
+            errs.push("redis.url", "missing (the [redis] section needs a url)");
+            None
+        }
+        (false, None) => None,
+    });
+    let keys = keys.map(|k| build_keys(k, need, errs));
+    let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis_url.is_some(), errs));
+    let (log_level, log_format) = log.map(|l| build_log(l, errs)).unzip();
+
+    let upstreams: Vec<UpstreamConfig> = upstreams
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, u)| {
+            u.and_then(|u| build_upstream(u, i, proxy.as_ref().and_then(|p| p.as_ref()), errs))
+        })
+        .collect();
+    check_unique(
+        upstreams.iter().map(|u| u.name.to_string()),
+        "upstreams",
+        "name",
+        errs,
+    );
+    let upstream_names: HashSet<&str> = upstreams.iter().map(|u| &*u.name).collect();
+    let routes: Vec<RouteConfig> = routes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.and_then(|r| build_route(r, i, &upstream_names, errs)))
+        .collect();
+    check_unique(
+        routes.iter().map(|r| r.name.to_string()),
+        "routes",
+        "name",
+        errs,
+    );
+    let mut seen = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let k = (r.host.clone(), r.path_prefix.clone());
+        if let Some(first) = seen.insert(k, i) {
+            errs.push(
+                format!("routes[{i}].path_prefix"),
+                format!(
+                    "duplicate route: {} {:?} is already routed by routes[{first}]",
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path_prefix
+                ),
+            );
+        }
+    }
+    if need == Need::Serve && routes.is_empty() && errs.0.is_empty() {
+        errs.push("routes", "at least one [[routes]] entry is needed to serve");
+    }
+    if let (Some(Some(p)), Some(Some(a))) = (&proxy, &admin_listen) {
+        if p.listen == *a {
+            errs.push(
+                "admin.listen",
+                format!("same address as proxy.listen ({a})"),
+            );
+        }
+    }
+
+    Some(Config {
+        proxy: proxy??,
+        admin_listen: admin_listen??,
+        database: database??,
+        redis_url,
+        keys: keys??,
+        rate_limits: rate_limits??,
+        log_level: log_level??,
+        log_format: log_format??,
+        upstreams,
+        routes,
+    })
+}
+
+fn array_of<T: DeserializeOwned + Default>(
+    value: Option<toml::Value>,
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<Option<T>> {
+    match value {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| section(Some(v), &format!("{path}[{i}]"), errs))
+            .collect(),
+        Some(_) => {
+            errs.push(path, format!("must be an array of tables ([[{path}]])"));
+            Vec::new()
+        }
+    }
+}
+
+fn check_unique(
+    names: impl Iterator<Item = String>,
+    list: &str,
+    field: &str,
+    errs: &mut Errors,
+) {
+    let mut seen = HashMap::new();
+    for (i, n) in names.enumerate() {
+        if let Some(first) = seen.insert(n.clone(), i) {
+            errs.push(
+                format!("{list}[{i}].{field}"),
+                format!("duplicate {field} {n:?} (also {list}[{first}])"),
+            );
+        }
+    }
+}
+
+fn parse_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match SocketAddr::from_str(s) {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(path, format!("{s:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn check_url(s: &str, schemes: &[&str], path: &str, errs: &mut Errors) -> bool {
+    match url::Url::parse(s) {
+        Ok(u) if schemes.contains(&u.scheme()) && u.host().is_some() => true,
+        Ok(u) => {
+            errs.push(
+                path,
+                format!(
+                    "URL scheme must be one of {schemes:?} with a host (got {:?})",
+                    u.scheme()
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            errs.push(path, format!("not a valid URL: {e}"));
+            false
+        }
+    }
+}
+
+fn positive_ms(v: Option<u64>, default_ms: u64, path: &str, errs: &mut Errors) -> Duration {
+    match v {
+        Some(0) => {
+            errs.push(path, "must be greater than 0");
+            Duration::from_millis(default_ms)
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_millis(default_ms),
+    }
+}
+
+fn parse_cidrs(list: Option<Vec<String>>, path: &str, errs: &mut Errors) -> Vec<IpNet> {
+    list.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            // A bare address means a single host.
+            let parsed = IpNet::from_str(s).or_else(|_| {
+                std::net::IpAddr::from_str(s).map(IpNet::from)
+            });
+            match parsed {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    errs.push(format!("{path}[{i}]"), format!("{s:?} is not a CIDR or IP"));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
+    let listen = parse_addr(
+        p.listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
+        "proxy.listen",
+        errs,
+    );
+    let threads = match p.threads {
+        Some(0) => {
+            errs.push("proxy.threads", "must be at least 1");
+            1
+        }
+        Some(n) if n > 1024 => {
+            errs.push("proxy.threads", "must be at most 1024");
+            1
+        }
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let grace = match p.shutdown_grace_seconds {
+        Some(s) if s > 3600 => {
+            errs.push("proxy.shutdown_grace_seconds", "must be at most 3600");
+            5
+        }
+        Some(s) => s,
+        None => 5,
+    };
+    let pool = p.upstream_keepalive_pool_size.unwrap_or(128);
+    if pool > 1_000_000 {
+        errs.push("proxy.upstream_keepalive_pool_size", "must be at most 1000000");
+    }
+    Some(ProxyConfig {
+        listen: listen?,
+        threads,
+        connect_timeout: positive_ms(p.connect_timeout_ms, 2_000, "proxy.connect_timeout_ms", errs),
+        read_timeout: positive_ms(p.read_timeout_ms, 30_000, "proxy.read_timeout_ms", errs),
+        write_timeout: positive_ms(p.write_timeout_ms, 30_000, "proxy.write_timeout_ms", errs),
+        upstream_down_for: Duration::from_secs(p.upstream_down_seconds.unwrap_or(10)),
+        upstream_keepalive_pool_size: pool as usize,
+        shutdown_grace: Duration::from_secs(grace),
+        trusted_proxies: parse_cidrs(p.trusted_proxies, "proxy.trusted_proxies", errs),
+    })
+}
+
+fn build_database(d: file::Database, errs: &mut Errors) -> Option<DatabaseConfig> {
+    let url = d.url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+    let url_ok = match tokio_postgres::Config::from_str(&url) {
+        Ok(_) => check_url(&url, &["postgres", "postgresql"], "database.url", errs),
+        Err(e) => {
+            errs.push("database.url", format!("not a valid Postgres URL: {e}"));
+            false
+        }
+    };
+    let pool_size = match d.pool_size {
+        Some(0) => {
+            errs.push("database.pool_size", "must be at least 1");
+            1
+        }
+        Some(n) => n as usize,
+        None => 8,
+    };
+    let connect_timeout =
+        positive_ms(d.connect_timeout_ms, 3_000, "database.connect_timeout_ms", errs);
+    url_ok.then_some(DatabaseConfig {
+        url,
+        pool_size,
+        connect_timeout,
+    })
+}
+
+fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option<KeysConfig> {
+    let prefix = k.prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 16
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !prefix_ok {
+        errs.push(
+            "keys.prefix",
+            "must be 1-16 characters of A-Z, a-z, 0-9 and _",
+        );
+    }
+    let pepper = match k.pepper {
+        Some(p) if p.len() >= MIN_PEPPER_LEN => Some(Secret::new(p)),
+        Some(_) => {
+            errs.push(
+                "keys.pepper",
+                format!("must be at least {MIN_PEPPER_LEN} bytes (generate one with `openssl rand -hex 32`)"),
+            );
+            None
+        }
+        None if need == Need::Database => Some(Secret::new(String::new())),
+        None => {
+            errs.push(
+                "keys.pepper",
+                "missing: set [keys] pepper or GATEWAY_KEYS_PEPPER (at least 32 bytes of secret)",
+            );
+            None
+        }
+    };
+    let flush = positive_ms(k.last_used_flush_ms, 5_000, "keys.last_used_flush_ms", errs);
+    Some(KeysConfig {
+        pepper: pepper?,
+        prefix,
+        last_used_flush: flush,
+    })
+}
+
+fn build_limits(l: Option<file::Limits>, path: &str, errs: &mut Errors) -> Limits {
+    let Some(l) = l else {
+        return Limits::default();
+    };
+    let mut one = |v: Option<i64>, name: &str| -> Option<u32> {
+        match v {
+            Some(n) if n <= 0 => {
+                errs.push(format!("{path}.{name}"), "must be a positive integer");
+                None
+            }
+            Some(n) => match u32::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    errs.push(format!("{path}.{name}"), "must be at most 4294967295");
+                    None
+                }
+            },
+            None => None,
+        }
+    };
+    Limits {
+        per_minute: one(l.per_minute, "per_minute"),
+        per_hour: one(l.per_hour, "per_hour"),
+        per_day: one(l.per_day, "per_day"),
+    }
+}
+
+fn build_rate_limits(
+    r: file::RateLimits,
+    have_redis: bool,
+    errs: &mut Errors,
+) -> Option<RateLimitConfig> {
+    let backend = match r.backend.as_deref() {
+        None | Some("local") => LimitBackend::Local,
+        Some("redis") => {
+            if !have_redis {
+                errs.push(
+                    "rate_limits.backend",
+                    "\"redis\" needs [redis] url (or REDIS_URL)",
+                );
+            }
+            LimitBackend::Redis
+        }
+        Some(other) => {
+            errs.push(
+                "rate_limits.backend",
+                format!("must be \"local\" or \"redis\", got {other:?}"),
+            );
+            LimitBackend::Local
+        }
+    };
+    let on_backend_error = match r.on_backend_error.as_deref() {
+        None | Some("allow") => OnBackendError::Allow,
+        Some("deny") => OnBackendError::Deny,
+        Some(other) => {
+            errs.push(
+                "rate_limits.on_backend_error",
+                format!("must be \"allow\" or \"deny\", got {other:?}"),
+            );
+            OnBackendError::Allow
+        }
+    };
+    let default = match r.default {
+        Some(l) => build_limits(Some(l), "rate_limits.default", errs),
+        None => Limits {
+            per_minute: Some(600),
+            per_hour: Some(20_000),
+            per_day: Some(200_000),
+        },
+    };
+    let anonymous = match r.anonymous {
+        Some(l) => build_limits(Some(l), "rate_limits.anonymous", errs),
+        None => Limits {
+            per_minute: Some(60),
+            ..Limits::default()
+        },
+    };
+    Some(RateLimitConfig {
+        backend,
+        on_backend_error,
+        default,
+        anonymous,
+        exempt_ips: parse_cidrs(r.exempt_ips, "rate_limits.exempt_ips", errs),
+    })
+}
+
+fn build_log(l: file::Log, errs: &mut Errors) -> (Option<String>, Option<LogFormat>) {
+    let level = l.level.unwrap_or_else(|| "info".to_string());
+    let level = match tracing_subscriber::EnvFilter::try_new(&level) {
+        Ok(_) => Some(level),
+        Err(e) => {
+            errs.push("log.level", format!("not a valid level or filter: {e}"));
+            None
+        }
+    };
+    let format = match l.format.as_deref() {
+        None | Some("json") => Some(LogFormat::Json),
+        Some("text") => Some(LogFormat::Text),
+        Some(other) => {
+            errs.push(
+                "log.format",
+                format!("must be \"json\" or \"text\", got {other:?}"),
+            );
+            None
+        }
+    };
+    (level, format)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn build_upstream(
+    u: file::Upstream,
+    i: usize,
+    proxy: Option<&ProxyConfig>,
+    errs: &mut Errors,
+) -> Option<UpstreamConfig> {
+    let path = format!("upstreams[{i}]");
+    let name = match u.name {
+        Some(n) if is_name(&n) => Some(n),
+        Some(n) => {
+            errs.push(
+                format!("{path}.name"),
+                format!("{n:?} must be 1-64 characters of A-Z, a-z, 0-9, _ - ."),
+            );
+            None
+        }
+        None => {
+            errs.push(format!("{path}.name"), "missing");
+            None
+        }
+    };
+    let targets = u.targets.unwrap_or_default();
+    if targets.is_empty() {
+        errs.push(format!("{path}.targets"), "needs at least one host:port");
+    }
+    let mut addrs = Vec::new();
+    for (j, t) in targets.iter().enumerate() {
+        // Hostnames resolve once, at start-up: the hot path never resolves.
+        match t.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => addrs.push(a),
+            Ok(None) | Err(_) => errs.push(
+                format!("{path}.targets[{j}]"),
+                format!("{t:?} is not a resolvable host:port"),
+            ),
+        }
+    }
+    let (dc, dr) = proxy.map_or((2_000, 30_000), |p| {
+        (
+            p.connect_timeout.as_millis() as u64,
+            p.read_timeout.as_millis() as u64,
+        )
+    });
+    let connect_timeout = positive_ms(
+        u.connect_timeout_ms,
+        dc,
+        &format!("{path}.connect_timeout_ms"),
+        errs,
+    );
+    let read_timeout = positive_ms(u.read_timeout_ms, dr, &format!("{path}.read_timeout_ms"), errs);
+    Some(UpstreamConfig {
+        name: name?.into(),
+        targets: addrs,
+        connect_timeout,
+        read_timeout,
+    })
+}
+
+fn parse_scopes(list: &[String], path: &str, errs: &mut Errors) -> Vec<Scope> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| match Scope::parse(s) {
+            Ok(scope) => Some(scope),
+            Err(e) => {
+                errs.push(format!("{path}[{i}]"), e.to_string());
+                None
+            }
+        })
+        .collect()
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn build_route(
+    r: file::Route,
+    i: usize,
+    upstreams: &HashSet<&str>,
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let path = format!("routes[{i}]");
+    let before = errs.0.len();
+    let name = r.name.unwrap_or_else(|| format!("route{i}"));
+    if !is_name(&name) {
+        errs.push(
+            format!("{path}.name"),
+            format!("{name:?} must be 1-64 characters of A-Z, a-z, 0-9, _ - ."),
+        );
+    }
+    let prefix = r.path_prefix.unwrap_or_default();
+    if !prefix.starts_with('/') {
+        errs.push(
+            format!("{path}.path_prefix"),
+            format!("{prefix:?} must start with '/'"),
+        );
+    } else if prefix.contains(['?', '#']) || prefix.chars().any(|c| c.is_ascii_control()) {
+        errs.push(
+            format!("{path}.path_prefix"),
+            "must be a path without query, fragment or control characters",
+        );
+    }
+    let host = r.host.map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        if !ok {
+            errs.push(format!("{path}.host"), format!("{h:?} is not a hostname"));
+        }
+    }
+    let upstream = match r.upstream {
+        Some(u) if upstreams.contains(u.as_str()) => Some(u),
+        Some(u) => {
+            errs.push(
+                format!("{path}.upstream"),
+                format!("no [[upstreams]] entry named {u:?}"),
+            );
+            None
+        }
+        None => {
+            errs.push(format!("{path}.upstream"), "missing");
+            None
+        }
+    };
+    let auth = match r.auth.as_deref() {
+        None | Some("required") => AuthMode::Required,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            errs.push(
+                format!("{path}.auth"),
+                format!("must be \"required\" or \"none\", got {other:?}"),
+            );
+            AuthMode::Required
+        }
+    };
+    let scopes = parse_scopes(&r.scopes.unwrap_or_default(), &format!("{path}.scopes"), errs);
+    let mut method_scopes = BTreeMap::new();
+    for (method, list) in r.method_scopes.unwrap_or_default() {
+        let upper = method.to_ascii_uppercase();
+        if !METHODS.contains(&upper.as_str()) {
+            errs.push(
+                format!("{path}.method_scopes.{method}"),
+                "not an HTTP method",
+            );
+            continue;
+        }
+        let s = parse_scopes(&list, &format!("{path}.method_scopes.{method}"), errs);
+        method_scopes.insert(upper, s);
+    }
+    if auth == AuthMode::None && (!scopes.is_empty() || !method_scopes.is_empty()) {
+        errs.push(
+            format!("{path}.scopes"),
+            "a route with auth = \"none\" cannot require scopes",
+        );
+    }
+    let rate_limit = r
+        .rate_limit
+        .map(|l| build_limits(Some(l), &format!("{path}.rate_limit"), errs));
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: name.into(),
+        path_prefix: prefix,
+        host,
+        upstream: upstream?.into(),
+        scopes,
+        method_scopes,
+        auth,
+        rate_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEPPER: &str = "0123456789abcdef0123456789abcdef";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+[keys]
+pepper = "{PEPPER}"
+[[upstreams]]
+name = "echo"
+targets = ["127.0.0.1:3001"]
+[[routes]]
+name = "echo"
+path_prefix = "/echo"
+upstream = "echo"
+scopes = ["read:echo"]
+"#
+        )
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = Config::from_toml(&minimal(), no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.proxy.listen.to_string(), DEFAULT_PROXY_LISTEN);
+        assert_eq!(cfg.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(cfg.proxy.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(cfg.keys.prefix, "gw_live_");
+        assert_eq!(cfg.routes[0].auth, AuthMode::Required);
+        assert_eq!(cfg.rate_limits.default.per_minute, Some(600));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+bogus_section = 1
+[proxy]
+listen = "nope"
+colour = "blue"
+[database]
+url = "mysql://x"
+[keys]
+pepper = "short"
+[rate_limits]
+exempt_ips = ["10.0.0.0/8", "not-a-cidr"]
+[[upstreams]]
+name = "a"
+targets = ["127.0.0.1:1"]
+[[routes]]
+name = "r1"
+path_prefix = "/x"
+upstream = "missing"
+scopes = ["Bad Scope"]
+[[routes]]
+name = "r2"
+path_prefix = "/y"
+upstream = "a"
+[[routes]]
+name = "r3"
+path_prefix = "/y"
+upstream = "a"
+"#;
+        let errs = Config::from_toml(text, no_env(), Need::Serve).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "bogus_section",
+            "proxy.colour",
+            "database.url",
+            "keys.pepper",
+            "rate_limits.exempt_ips[1]",
+            "routes[0].upstream",
+            "routes[0].scopes[0]",
+            "routes[1].path_prefix",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_inside_known_section_is_an_error_when_types_are_fine() {
+        let text = format!("{}\n[admin]\nlisten = \"127.0.0.1:9999\"\nport = 1\n", minimal());
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "admin.port");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let text = format!("{}\n[proxy]\nthreads = \"many\"\n", minimal());
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "proxy");
+        assert!(errs.0[0].message.contains("invalid type"), "{errs}");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = vec![
+            ("GATEWAY_PROXY_THREADS".to_string(), "3".to_string()),
+            ("GATEWAY_RATE_LIMITS_BACKEND".to_string(), "local".to_string()),
+            ("DATABASE_URL".to_string(), "postgres://a@127.0.0.1:1/b".to_string()),
+            ("GATEWAY_DATABASE_URL".to_string(), "postgres://c@127.0.0.1:1/d".to_string()),
+            ("GATEWAY_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let cfg = Config::from_toml(&minimal(), env, Need::Serve).expect("valid");
+        assert_eq!(cfg.proxy.threads, 3);
+        assert_eq!(cfg.database.url, "postgres://c@127.0.0.1:1/d");
+    }
+
+    #[test]
+    fn env_override_of_unknown_key_is_an_error() {
+        let env = vec![("GATEWAY_PROXY_COLOUR".to_string(), "red".to_string())];
+        let errs = Config::from_toml(&minimal(), env, Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "proxy.colour");
+    }
+
+    #[test]
+    fn missing_pepper_is_fine_for_migrate_only() {
+        let text = "[database]\nurl = \"postgres://a@127.0.0.1/b\"\n";
+        assert!(Config::from_toml(text, no_env(), Need::Database).is_ok());
+        let errs = Config::from_toml(text, no_env(), Need::Keys).unwrap_err();
+        assert_eq!(errs.0[0].path, "keys.pepper");
+    }
+
+    #[test]
+    fn syntax_error_does_not_panic() {
+        for text in ["[proxy", "a = ", "[[routes]]\nname = 1\n[[routes]]\nx=", "\u{0}"] {
+            assert!(Config::from_toml(text, no_env(), Need::Serve).is_err());
+        }
+    }
+
+    #[test]
+    fn redis_backend_needs_redis_url() {
+        let text = format!("{}\n[rate_limits]\nbackend = \"redis\"\n", minimal());
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "rate_limits.backend");
+    }
+
+    #[test]
+    fn auth_none_with_scopes_is_rejected() {
+        let text = format!(
+            "{}\n[[routes]]\nname = \"pub\"\npath_prefix = \"/pub\"\nupstream = \"echo\"\nauth = \"none\"\nscopes = [\"read:x\"]\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "routes[1].scopes");
+    }
+
+    #[test]
+    fn pepper_is_not_printed_by_debug() {
+        let cfg = Config::from_toml(&minimal(), no_env(), Need::Serve).expect("valid");
+        assert!(!format!("{cfg:?}").contains(PEPPER));
+    }
+}

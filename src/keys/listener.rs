@@ -1,0 +1,177 @@
+//! The key listener: a Pingora background service that owns the snapshot.
+//!
+//! It holds one dedicated Postgres connection (pooled connections drop
+//! notifications) and drives it with `poll_message`. Per session:
+//! `LISTEN`, full load, then apply notifications as they come. `LISTEN`
+//! goes first so a change committed during the load is not missed; applying
+//! it twice is harmless. On any error it reconnects with capped exponential
+//! backoff and reloads everything, so changes made while it was away are
+//! picked up. The proxy keeps serving the last snapshot meanwhile.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::snapshot::{KeyChange, KeySnapshot, KeyStore};
+use crate::config::DatabaseConfig;
+use crate::store::{self, DbError};
+
+/// Channel every key change is announced on (see `sql/0001_api_keys.up.sql`).
+pub const CHANNEL: &str = "api_keys_changed";
+/// A silent connection is probed this often, so a half-open TCP connection
+/// is noticed even when no notification arrives.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct KeyListener {
+    store: Arc<KeyStore>,
+    db: DatabaseConfig,
+}
+
+impl KeyListener {
+    pub fn new(store: Arc<KeyStore>, db: DatabaseConfig) -> Self {
+        Self { store, db }
+    }
+
+    /// One connected session; returns only on error.
+    async fn session(&self, ready: &mut Option<ServiceReadyNotifier>) -> Result<(), DbError> {
+        let pg = store::pg_config(&self.db)?;
+        let (client, mut connection) =
+            tokio::time::timeout(self.db.connect_timeout, pg.connect(NoTls))
+                .await
+                .map_err(|_| DbError::Timeout(self.db.connect_timeout))??;
+
+        // Drive the connection here, forwarding notifications; the channel
+        // closing tells the session the connection is gone.
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(msg) = messages.next().await {
+                match msg {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        let result = self.serve(&client, &mut rx, ready).await;
+        driver.abort();
+        result
+    }
+
+    async fn serve(
+        &self,
+        client: &tokio_postgres::Client,
+        rx: &mut mpsc::UnboundedReceiver<String>,
+        ready: &mut Option<ServiceReadyNotifier>,
+    ) -> Result<(), DbError> {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        let started = Instant::now();
+        let records = store::keys::load_all(client).await?;
+        let count = records.len();
+        self.store.replace(KeySnapshot::from_records(records));
+        self.store.set_listener_connected(true);
+        metrics::histogram!("gateway_key_snapshot_load_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(keys = count, elapsed_ms = started.elapsed().as_millis() as u64, "key snapshot loaded");
+        if let Some(r) = ready.take() {
+            r.notify_ready();
+        }
+
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else {
+                        return Err(DbError::Other("listener connection closed".into()));
+                    };
+                    // Coalesce a burst into one snapshot rebuild.
+                    let mut payloads = vec![first];
+                    while let Ok(p) = rx.try_recv() {
+                        payloads.push(p);
+                    }
+                    self.apply(client, payloads).await?;
+                }
+                _ = ping.tick() => {
+                    tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1"))
+                        .await
+                        .map_err(|_| DbError::Timeout(PING_TIMEOUT))??;
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, client: &tokio_postgres::Client, payloads: Vec<String>) -> Result<(), DbError> {
+        let started = Instant::now();
+        let ids: HashSet<Uuid> = payloads
+            .iter()
+            .filter_map(|p| match Uuid::parse_str(p) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(payload = %p, "ignoring malformed key notification");
+                    None
+                }
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        let records = store::keys::load_by_ids(client, &ids).await?;
+        let found: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+        let mut changes: Vec<KeyChange> = records.into_iter().map(KeyChange::Upsert).collect();
+        changes.extend(ids.into_iter().filter(|id| !found.contains(id)).map(KeyChange::Remove));
+        let n = changes.len();
+        self.store.apply(changes);
+        metrics::histogram!("gateway_key_snapshot_apply_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(changes = n, "key changes applied");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyListener {
+    async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
+        let mut ready = Some(ready);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let began = Instant::now();
+            let result = tokio::select! {
+                r = self.session(&mut ready) => r,
+                _ = shutdown.changed() => return,
+            };
+            self.store.set_listener_connected(false);
+            if let Err(e) = result {
+                metrics::counter!("gateway_key_listener_errors_total").increment(1);
+                tracing::warn!(error = %e.describe(), retry_in_ms = backoff.as_millis() as u64,
+                    "key listener lost its database connection; serving the cached snapshot");
+            }
+            // A session that lived a while earns a fresh start on backoff.
+            if began.elapsed() > BACKOFF_MAX * 2 {
+                backoff = BACKOFF_MIN;
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The `gateway` binary: argument parsing and dispatch only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use gateway::cli::{self, CreateArgs, MigrateAction};
+use gateway::config::{Limits, Need};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "API-key gateway built on Pingora")]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", global = true, env = "GATEWAY_CONFIG", default_value = "conf/gateway.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy and admin listeners.
+    Serve,
+    /// Validate the configuration and print every error.
+    CheckConfig,
+    /// Apply, revert or list database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateCmd>,
+    },
+    /// Manage API keys directly in the database.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
+    /// Run the demo upstream used by the walkthrough and tests.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateCmd {
+    /// Apply every pending migration (the default).
+    Up,
+    /// Revert the last N applied migrations.
+    Down {
+        #[arg(default_value_t = 1)]
+        n: usize,
+    },
+    /// Show applied and pending migrations.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it (the plaintext is shown only once).
+    Create(CreateCmd),
+    /// List keys, newest first.
+    List {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; the proxy rejects it within a second.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct CreateCmd {
+    #[arg(long)]
+    name: String,
+    /// Comma-separated scopes, e.g. `read:orders,write:orders`.
+    #[arg(long, value_parser = cli::parse_scopes, default_value = "")]
+    scopes: std::vec::Vec<gateway::keys::scope::Scope>,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Lifetime such as 30d, 12h, 15m.
+    #[arg(long, value_parser = cli::parse_duration)]
+    expires_in: Option<std::time::Duration>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    per_minute: Option<u32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    per_hour: Option<u32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    per_day: Option<u32>,
+    /// Print one JSON object with `id`, `key` and the key's other fields.
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let cfg = cli::load_config(&cli.config, Need::Serve)?;
+            gateway::server::run(cfg)
+        }
+        Command::CheckConfig => {
+            cli::load_config(&cli.config, Need::Serve)?;
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Command::Migrate { action } => {
+            let cfg = cli::load_config(&cli.config, Need::Database)?;
+            let action = match action {
+                None | Some(MigrateCmd::Up) => MigrateAction::Up,
+                Some(MigrateCmd::Down { n }) => MigrateAction::Down(n),
+                Some(MigrateCmd::Status) => MigrateAction::Status,
+            };
+            runtime()?.block_on(cli::migrate(&cfg, action))
+        }
+        Command::Keys { action } => {
+            let cfg = cli::load_config(&cli.config, Need::Keys)?;
+            let rt = runtime()?;
+            match action {
+                KeysCmd::Create(c) => rt.block_on(cli::create_key(
+                    &cfg,
+                    CreateArgs {
+                        name: c.name,
+                        description: c.description,
+                        scopes: c.scopes,
+                        expires_in: c.expires_in,
+                        limits: Limits {
+                            per_minute: c.per_minute,
+                            per_hour: c.per_hour,
+                            per_day: c.per_day,
+                        },
+                        json: c.json,
+                    },
+                )),
+                KeysCmd::List { limit, json } => rt.block_on(cli::list_keys(&cfg, limit, json)),
+                KeysCmd::Revoke { id, json } => rt.block_on(cli::revoke_key(&cfg, &id, json)),
+            }
+        }
+        Command::DemoUpstream { listen } => {
+            gateway::telemetry::init_logging("info", gateway::config::LogFormat::Text);
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                eprintln!("demo upstream listening on {listen}");
+                gateway::demo::serve(listener).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The proxy service: one `ProxyHttp` impl and one typed request context.
+//!
+//! `request_filter` resolves route → key → scopes and answers denials
+//! itself (complete JSON responses, keep-alive intact); `upstream_peer` only
+//! picks a target; `upstream_request_filter` strips the credential and adds
+//! identity headers; `response_filter` stamps the request id; `logging`
+//! records metrics. Nothing here waits on Postgres.
+
+pub mod errors;
+pub mod routing;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::Method;
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use self::errors::{write_error, ProxyError};
+use self::routing::{normalize_host, Route, RouteTable};
+use self::upstream::Upstream;
+use crate::config::{AuthMode, Config};
+use crate::keys::format::{self, KeyHasher};
+use crate::keys::last_used::LastUsedTracker;
+use crate::keys::scope::first_missing;
+use crate::keys::snapshot::{KeyRecord, KeyStore, Rejection};
+
+/// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+/// Credentials longer than this are rejected before any parsing.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// Counts requests in flight, for a graceful shutdown that ends as soon as
+/// the last one finishes.
+#[derive(Debug, Default)]
+pub struct Inflight(AtomicUsize);
+
+impl Inflight {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Decrements [`Inflight`] when the request context is dropped.
+pub struct InflightGuard(Arc<Inflight>);
+
+impl InflightGuard {
+    fn new(counter: &Arc<Inflight>) -> Self {
+        counter.0.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct GatewayProxy {
+    routes: RouteTable,
+    keys: Arc<KeyStore>,
+    hasher: KeyHasher,
+    key_prefix: String,
+    trusted_proxies: Vec<IpNet>,
+    last_used: LastUsedTracker,
+    inflight: Arc<Inflight>,
+}
+
+/// Per-request state shared across the filters.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    route: Option<Arc<Route>>,
+    key: Option<Arc<KeyRecord>>,
+    /// Bit set of target indexes already tried for this request.
+    tried: u64,
+    target: Option<usize>,
+    upstream_started: Option<Instant>,
+    upstream_header_time: Option<Duration>,
+    /// Set when `request_filter` answered the request itself.
+    denied: Option<&'static str>,
+    _inflight: InflightGuard,
+}
+
+impl GatewayProxy {
+    pub fn new(
+        cfg: &Config,
+        keys: Arc<KeyStore>,
+        hasher: KeyHasher,
+        last_used: LastUsedTracker,
+        inflight: Arc<Inflight>,
+    ) -> Self {
+        let upstreams = Upstream::from_config(cfg);
+        Self {
+            routes: RouteTable::new(cfg, &upstreams),
+            keys,
+            hasher,
+            key_prefix: cfg.keys.prefix.clone(),
+            trusted_proxies: cfg.proxy.trusted_proxies.clone(),
+            last_used,
+            inflight,
+        }
+    }
+
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Resolves the key and checks the route's scopes for this method.
+    fn authorize(&self, req: &RequestHeader, route: &Route) -> Result<Arc<KeyRecord>, ProxyError> {
+        let presented = credential(req)?.ok_or(ProxyError::MissingApiKey)?;
+        format::verify(presented, &self.key_prefix).map_err(|e| {
+            metrics::counter!("gateway_auth_failures_total", "reason" => e.reason()).increment(1);
+            ProxyError::InvalidApiKey("The API key is not valid.")
+        })?;
+        let hash = self.hasher.hash(presented);
+        let auth = self
+            .keys
+            .load()
+            .authenticate(&hash, crate::now_ms())
+            .map_err(|r| {
+                let (reason, err) = match r {
+                    Rejection::Unknown => ("unknown", ProxyError::InvalidApiKey("The API key is not valid.")),
+                    Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+                    Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+                };
+                metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
+                err
+            })?;
+        for required in route.required_scopes(&req.method) {
+            if let Some(missing) = first_missing(&auth.record.scopes, required) {
+                metrics::counter!("gateway_auth_failures_total", "reason" => "insufficient_scope").increment(1);
+                return Err(ProxyError::InsufficientScope(missing.clone()));
+            }
+        }
+        Ok(auth.record)
+    }
+}
+
+/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
+/// credentials, a repeated header, or a non-Bearer `Authorization` without
+/// `X-API-Key` are rejected rather than guessed at.
+fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
+    const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
+    let mut api_key = req.headers.get_all("x-api-key").iter();
+    let x = match (api_key.next(), api_key.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(v), None) => Some(v.to_str().map_err(|_| MALFORMED)?.trim()),
+        (None, _) => None,
+    };
+    let mut auth = req.headers.get_all("authorization").iter();
+    let bearer = match (auth.next(), auth.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(v), None) => {
+            let v = v.to_str().map_err(|_| MALFORMED)?.trim();
+            match v.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+                // Another scheme next to X-API-Key may be meant for someone
+                // else; the header is stripped before forwarding anyway.
+                _ if x.is_some() => None,
+                _ => {
+                    return Err(ProxyError::InvalidApiKey(
+                        "The Authorization header must use the Bearer scheme.",
+                    ))
+                }
+            }
+        }
+        (None, _) => None,
+    };
+    let key = match (x, bearer) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ProxyError::InvalidApiKey(
+                "Authorization and X-API-Key carry different keys.",
+            ))
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => return Ok(None),
+    };
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_CREDENTIAL_LEN {
+        metrics::counter!("gateway_auth_failures_total", "reason" => "malformed").increment(1);
+        return Err(MALFORMED);
+    }
+    Ok(Some(key))
+}
+
+fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Method label with bounded cardinality.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+impl GatewayProxy {
+    async fn deny(&self, session: &mut Session, ctx: &mut RequestCtx, err: ProxyError) -> Result<bool> {
+        ctx.denied = Some(err.code());
+        write_error(session, &err, &ctx.request_id).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            key: None,
+            tried: 0,
+            target: None,
+            upstream_started: None,
+            upstream_header_time: None,
+            denied: None,
+            _inflight: InflightGuard::new(&self.inflight),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get("x-request-id") {
+            Some(v) if valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .map(normalize_host);
+        let Some(route) = self.routes.find(host.as_deref(), req.uri.path()).cloned() else {
+            return self.deny(session, ctx, ProxyError::RouteNotFound).await;
+        };
+        if route.auth == AuthMode::Required {
+            match self.authorize(req, &route) {
+                Ok(key) => {
+                    self.last_used.record(&key);
+                    ctx.key = Some(key);
+                }
+                Err(e) => {
+                    ctx.route = Some(route);
+                    return self.deny(session, ctx, e).await;
+                }
+            }
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
+        };
+        let up = &route.upstream;
+        let Some(idx) = up.select(ctx.tried, crate::now_ms()) else {
+            return Err(Error::explain(ErrorType::ConnectNoRoute, "every upstream target failed"));
+        };
+        ctx.tried |= 1 << idx;
+        ctx.target = Some(idx);
+        let mut peer = HttpPeer::new(up.targets[idx].addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(idx)) = (ctx.route.as_ref(), ctx.target) {
+            route.upstream.mark_down(idx, crate::now_ms());
+            // Nothing reached the upstream, so any method may go elsewhere.
+            let n = route.upstream.targets.len() as u32;
+            e.set_retry(ctx.tried.count_ones() < n);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The credential never leaves the gateway. On auth = "none" routes an
+        // Authorization header of another scheme is the upstream's business.
+        upstream.remove_header("x-api-key");
+        let auth_required = ctx.route.as_ref().is_some_and(|r| r.auth == AuthMode::Required);
+        let carries_gateway_key = upstream
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.get(7..).is_some_and(|t| t.trim_start().starts_with(self.key_prefix.as_str())));
+        if auth_required || carries_gateway_key {
+            upstream.remove_header(http::header::AUTHORIZATION.as_str());
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+
+        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = self.is_trusted(peer_ip);
+        let prior = upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| trusted)
+            .map(str::to_owned);
+        match (prior, peer_ip) {
+            (Some(prior), Some(ip)) => upstream.insert_header("x-forwarded-for", format!("{prior}, {ip}"))?,
+            (None, Some(ip)) => upstream.insert_header("x-forwarded-for", ip.to_string())?,
+            (_, None) => {
+                upstream.remove_header("x-forwarded-for");
+            }
+        }
+        if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
+            upstream.insert_header("x-forwarded-proto", "http")?;
+        }
+        // Never let a client claim an identity.
+        match &ctx.key {
+            Some(k) => upstream.insert_header("x-gateway-key-id", k.id.to_string())?,
+            None => {
+                upstream.remove_header("x-gateway-key-id");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_started {
+            ctx.upstream_header_time = Some(t.elapsed());
+        }
+        if let (Some(route), Some(idx)) = (ctx.route.as_ref(), ctx.target) {
+            route.upstream.mark_up(idx);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `logging` reports failures with the request id instead.
+        true
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let err = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Some(ProxyError::UpstreamTimeout)
+            }
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
+                Some(ProxyError::BadRequest("The request is malformed."))
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(ProxyError::UpstreamUnavailable),
+                ErrorSource::Downstream => match e.etype() {
+                    // The client is gone; nobody to answer.
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                    _ => Some(ProxyError::BadRequest("The request is malformed.")),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectError
+                    | ErrorType::SocketError => Some(ProxyError::UpstreamUnavailable),
+                    _ => Some(ProxyError::Internal),
+                },
+            },
+        };
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.request_id.is_empty() {
+            ctx.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        // Once the upstream's header went out, the response cannot change.
+        if session.response_written().is_none() {
+            if let Err(write_err) = write_error(session, &err, &ctx.request_id).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: err.status() < 500,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.as_ref().map_or("none", |r| &*r.name).to_string();
+        let method = method_label(&session.req_header().method);
+        metrics::counter!("gateway_requests_total",
+            "route" => route.clone(), "method" => method, "status" => status.to_string())
+        .increment(1);
+        metrics::histogram!("gateway_request_duration_seconds", "route" => route.clone())
+            .record(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.upstream_header_time {
+            metrics::histogram!("gateway_upstream_duration_seconds", "route" => route.clone())
+                .record(t.as_secs_f64());
+        }
+        if let Some(e) = e {
+            let client_gone = e.esource() == &ErrorSource::Downstream
+                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+            if client_gone {
+                tracing::debug!(request_id = %ctx.request_id, route, error = %e, "client went away");
+            } else {
+                tracing::warn!(request_id = %ctx.request_id, route, status, error = %e, "request failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn credential_sources() {
+        assert_eq!(credential(&req(&[])), Ok(None));
+        assert_eq!(credential(&req(&[("x-api-key", "k1")])), Ok(Some("k1")));
+        assert_eq!(credential(&req(&[("authorization", "Bearer k2")])), Ok(Some("k2")));
+        assert_eq!(credential(&req(&[("authorization", "bearer   k2 ")])), Ok(Some("k2")));
+        assert_eq!(credential(&req(&[("authorization", "Bearer k"), ("x-api-key", "k")])), Ok(Some("k")));
+        assert_eq!(credential(&req(&[("authorization", "Basic abc"), ("x-api-key", "k")])), Ok(Some("k")));
+        assert!(credential(&req(&[("authorization", "Basic abc")])).is_err());
+        assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
+        assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());
+        assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(b"quote\""));
+        assert!(!valid_request_id("x".repeat(129).as_bytes()));
+    }
+}

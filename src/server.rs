@@ -1,0 +1,126 @@
+//! Wiring for `gateway serve`: the Pingora server, its services, and a
+//! graceful shutdown bounded by `proxy.shutdown_grace_seconds`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::{AdminApp, AdminState};
+use crate::config::Config;
+use crate::keys::format::KeyHasher;
+use crate::keys::last_used;
+use crate::keys::listener::KeyListener;
+use crate::keys::snapshot::KeyStore;
+use crate::proxy::{GatewayProxy, Inflight};
+use crate::{store, telemetry};
+
+/// Fails early, with the address, when a listener cannot bind; Pingora would
+/// otherwise fail later with a less helpful message.
+fn check_bindable(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("cannot listen on {what} {addr}"))
+}
+
+/// Runs the gateway until SIGTERM (graceful) or SIGINT (fast). Never returns.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    telemetry::init_logging(&cfg.log_level, cfg.log_format);
+    let prometheus = telemetry::install_metrics()?;
+    check_bindable(cfg.proxy.listen, "proxy.listen")?;
+    check_bindable(cfg.admin_listen, "admin.listen")?;
+
+    let grace = cfg.proxy.shutdown_grace;
+    let conf = ServerConf {
+        threads: cfg.proxy.threads,
+        work_stealing: true,
+        upstream_keepalive_pool_size: cfg.proxy.upstream_keepalive_pool_size,
+        grace_period_seconds: Some(grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let keys = KeyStore::new();
+    let pool = store::pool(&cfg.database)?;
+    let hasher = KeyHasher::new(cfg.keys.pepper.expose());
+    let inflight = Arc::new(Inflight::default());
+
+    let listener = server.add_service(background_service(
+        "key listener",
+        KeyListener::new(keys.clone(), cfg.database.clone()),
+    ));
+    let (tracker, flusher) = last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
+    let drained = flusher.drained.clone();
+    server.add_service(background_service("last-used flusher", flusher));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        GatewayProxy::new(&cfg, keys.clone(), hasher, tracker, inflight.clone()),
+        "proxy",
+    );
+    proxy.add_tcp(&cfg.proxy.listen.to_string());
+    // No traffic before the first full key load: every key would look unknown.
+    server.add_service(proxy).add_dependency(&listener);
+
+    let state = Arc::new(AdminState {
+        keys,
+        pool,
+        prometheus,
+        started: Instant::now(),
+        redis_configured: cfg.redis_url.is_some(),
+    });
+    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(AdminApp::new(state)));
+    admin.add_tcp(&cfg.admin_listen.to_string());
+    server.add_service(admin);
+
+    spawn_shutdown_watch(&server, grace, inflight, drained);
+    tracing::info!(
+        proxy = %cfg.proxy.listen,
+        admin = %cfg.admin_listen,
+        routes = cfg.routes.len(),
+        threads = cfg.proxy.threads,
+        "gateway starting"
+    );
+    server.run_forever();
+}
+
+/// Pingora's graceful shutdown always sleeps the whole grace period. This
+/// watcher ends the process as soon as the last in-flight request finished
+/// and the final `last_used_at` flush ran, or when the grace period is up,
+/// whichever comes first.
+fn spawn_shutdown_watch(
+    server: &Server,
+    grace: Duration,
+    inflight: Arc<Inflight>,
+    drained: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        let deadline = Instant::now() + grace;
+        tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = inflight.get(), "draining");
+        while Instant::now() < deadline {
+            if inflight.get() == 0 && drained.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::info!(in_flight = inflight.get(), "shutdown complete");
+        std::process::exit(0);
+    });
+}

@@ -1,0 +1,269 @@
+//! The `api_keys` repository: the only code that reads or writes key rows.
+
+use chrono::{DateTime, Utc};
+use futures_util::{pin_mut, TryStreamExt};
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::DbError;
+use crate::config::Limits;
+use crate::keys::format::{self, KeyHash, KeyHasher};
+use crate::keys::scope::Scope;
+use crate::keys::snapshot::{KeyRecord, PreviousSecret};
+
+/// Columns the snapshot needs, in the order [`record_from_row`] reads them.
+const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_limit_per_hour, \
+     rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at";
+
+/// Columns shown to operators, in the order [`KeyRow::from_row`] reads them.
+const ROW_COLUMNS: &str = "id, name, description, prefix, scopes, rate_limit_per_minute, \
+     rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
+     revoked_at, last_used_at, rotated_at, previous_key_expires_at";
+
+/// A key as operators see it: never the secret, never its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRow {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub rate_limits: RateLimitsView,
+    pub metadata: serde_json::Value,
+    pub status: KeyStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// When the secret replaced by the last rotation stops working.
+    pub previous_key_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RateLimitsView {
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+    pub per_day: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+fn limit(v: Option<i32>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+fn limit_param(v: Option<u32>) -> Option<i32> {
+    v.map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+impl KeyRow {
+    fn from_row(r: &Row) -> KeyRow {
+        let expires_at: Option<DateTime<Utc>> = r.get(11);
+        let revoked_at: Option<DateTime<Utc>> = r.get(12);
+        let status = if revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if expires_at.is_some_and(|t| t <= Utc::now()) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        };
+        KeyRow {
+            id: r.get(0),
+            name: r.get(1),
+            description: r.get(2),
+            prefix: r.get(3),
+            scopes: r.get(4),
+            rate_limits: RateLimitsView {
+                per_minute: limit(r.get(5)),
+                per_hour: limit(r.get(6)),
+                per_day: limit(r.get(7)),
+            },
+            metadata: r.get(8),
+            status,
+            created_at: r.get(9),
+            updated_at: r.get(10),
+            expires_at,
+            revoked_at,
+            last_used_at: r.get(13),
+            rotated_at: r.get(14),
+            previous_key_expires_at: r.get(15),
+        }
+    }
+}
+
+/// What a new key is made of. Scopes are validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<Scope>,
+    pub limits: Limits,
+    pub metadata: serde_json::Value,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A freshly created key: the row plus the plaintext, shown once.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub row: KeyRow,
+    pub key: String,
+}
+
+/// Inserts a key; the NOTIFY trigger announces it in the same transaction.
+pub async fn create(
+    client: &impl GenericClient,
+    hasher: &KeyHasher,
+    key_prefix: &str,
+    new: &NewKey,
+) -> Result<CreatedKey, DbError> {
+    let plaintext = format::generate(key_prefix);
+    let hash = hasher.hash(&plaintext);
+    let scopes: Vec<&str> = new.scopes.iter().map(Scope::as_str).collect();
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO api_keys (id, name, description, prefix, key_hash, scopes, \
+                 rate_limit_per_minute, rate_limit_per_hour, rate_limit_per_day, metadata, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {ROW_COLUMNS}"
+            ),
+            &[
+                &Uuid::now_v7(),
+                &new.name,
+                &new.description,
+                &format::display_prefix(&plaintext),
+                &hash.as_slice(),
+                &scopes,
+                &limit_param(new.limits.per_minute),
+                &limit_param(new.limits.per_hour),
+                &limit_param(new.limits.per_day),
+                &new.metadata,
+                &new.expires_at,
+            ],
+        )
+        .await?;
+    Ok(CreatedKey {
+        row: KeyRow::from_row(&row),
+        key: plaintext,
+    })
+}
+
+/// Keys newest first, at most `limit`.
+pub async fn list(client: &impl GenericClient, limit: i64) -> Result<Vec<KeyRow>, DbError> {
+    let rows = client
+        .query(
+            &format!("SELECT {ROW_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC LIMIT $1"),
+            &[&limit],
+        )
+        .await?;
+    Ok(rows.iter().map(KeyRow::from_row).collect())
+}
+
+pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyRow>, DbError> {
+    let row = client
+        .query_opt(&format!("SELECT {ROW_COLUMNS} FROM api_keys WHERE id = $1"), &[&id])
+        .await?;
+    Ok(row.as_ref().map(KeyRow::from_row))
+}
+
+/// Revokes a key (soft delete: the row stays for audit). Revoking a revoked
+/// key keeps its first `revoked_at`. `None` when there is no such key.
+pub async fn revoke(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyRow>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) \
+                 WHERE id = $1 RETURNING {ROW_COLUMNS}"
+            ),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(KeyRow::from_row))
+}
+
+/// Sets `last_used_at = now()` for a batch of keys in one statement.
+pub async fn touch_last_used(client: &impl GenericClient, ids: &[Uuid]) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?)
+}
+
+fn ms(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(|t| t.timestamp_millis())
+}
+
+fn hash_of(bytes: &[u8]) -> Option<KeyHash> {
+    bytes.try_into().ok()
+}
+
+/// Builds a snapshot record; `None` (and a warning) for a row the proxy
+/// cannot use, such as a scope written by hand that does not parse.
+fn record_from_row(r: &Row) -> Option<KeyRecord> {
+    let id: Uuid = r.get(0);
+    let hash = hash_of(r.get::<_, &[u8]>(1))?;
+    let raw_scopes: Vec<&str> = r.get(2);
+    let mut scopes = Vec::with_capacity(raw_scopes.len());
+    for s in raw_scopes {
+        match Scope::parse(s) {
+            Ok(s) => scopes.push(s),
+            // Dropping the scope only ever narrows access.
+            Err(e) => tracing::warn!(key_id = %id, error = %e, "ignoring invalid scope on key"),
+        }
+    }
+    let previous = match (r.get::<_, Option<&[u8]>>(8), ms(r.get(9))) {
+        (Some(h), Some(expires_at_ms)) => hash_of(h).map(|hash| PreviousSecret { hash, expires_at_ms }),
+        _ => None,
+    };
+    Some(KeyRecord::new(
+        id,
+        hash,
+        scopes,
+        Limits {
+            per_minute: limit(r.get(3)),
+            per_hour: limit(r.get(4)),
+            per_day: limit(r.get(5)),
+        },
+        ms(r.get(6)),
+        ms(r.get(7)),
+        previous,
+    ))
+}
+
+/// Streams every key into snapshot records (no full result set in memory).
+pub async fn load_all(client: &impl GenericClient) -> Result<Vec<KeyRecord>, DbError> {
+    let stream = client
+        .query_raw(
+            &format!("SELECT {RECORD_COLUMNS} FROM api_keys"),
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await?;
+    pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        out.extend(record_from_row(&row));
+    }
+    Ok(out)
+}
+
+/// The current records of `ids`; ids without a row are absent from the result.
+pub async fn load_by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<KeyRecord>, DbError> {
+    let rows = client
+        .query(
+            &format!("SELECT {RECORD_COLUMNS} FROM api_keys WHERE id = ANY($1)"),
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(record_from_row).collect())
+}

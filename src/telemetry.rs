@@ -1,0 +1,51 @@
+//! Logs and metrics set-up. Logs are structured JSON via `tracing` (Pingora's
+//! own `log` records are bridged in); metrics go to a Prometheus recorder
+//! that the admin listener renders on `/metrics`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Latency buckets in seconds: sub-millisecond gateway work up to slow upstreams.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global subscriber. `level` is an `EnvFilter` directive.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests, embedding) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Installs the global Prometheus recorder and returns the handle to render it.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("gateway_requests_total", "Proxied requests by route, method and status.");
+    describe_histogram!("gateway_request_duration_seconds", Unit::Seconds, "Time from request start to end of response, by route.");
+    describe_histogram!("gateway_upstream_duration_seconds", Unit::Seconds, "Time from choosing the upstream to its response header, by route.");
+    describe_counter!("gateway_auth_failures_total", "Rejected credentials by reason.");
+    describe_gauge!("gateway_key_snapshot_keys", "Keys in the in-memory snapshot.");
+    describe_gauge!("gateway_key_snapshot_seconds_since_reload", Unit::Seconds, "Seconds since the last full snapshot reload.");
+    describe_gauge!("gateway_key_snapshot_seconds_since_change", Unit::Seconds, "Seconds since the snapshot last changed.");
+    describe_gauge!("gateway_key_listener_connected", "1 while the key listener holds its Postgres connection.");
+    describe_counter!("gateway_key_listener_errors_total", "Key listener connection losses.");
+    describe_histogram!("gateway_key_snapshot_load_seconds", Unit::Seconds, "Duration of full snapshot loads.");
+    describe_histogram!("gateway_key_snapshot_apply_seconds", Unit::Seconds, "Duration of incremental snapshot updates.");
+    describe_counter!("gateway_queue_dropped_total", "Items dropped because a background queue was full.");
+    describe_counter!("gateway_last_used_flushed_total", "Keys whose last_used_at was written.");
+    describe_counter!("gateway_upstream_marked_down_total", "Upstream targets marked down after a failed connect.");
+}
