@@ -52,7 +52,9 @@ pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
 }
 
 pub async fn migrate(cfg: &Config, action: MigrateAction) -> anyhow::Result<()> {
-    let mut client = store::connect(&cfg.database).await.map_err(|e| anyhow!(e.describe()))?;
+    let mut client = store::connect(&cfg.database)
+        .await
+        .map_err(|e| anyhow!(e.describe()))?;
     match action {
         MigrateAction::Up => {
             let ran = migrations::up(&mut client).await?;
@@ -103,10 +105,14 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
     if name.is_empty() || name.len() > 200 {
         bail!("--name must be 1-200 characters");
     }
-    let client = store::connect(&cfg.database).await.map_err(|e| anyhow!(e.describe()))?;
+    let client = store::connect(&cfg.database)
+        .await
+        .map_err(|e| anyhow!(e.describe()))?;
     let hasher = KeyHasher::new(cfg.keys.pepper.expose());
     let expires_at = match args.expires_in {
-        Some(d) => Some(Utc::now() + chrono::Duration::from_std(d).context("--expires-in is too long")?),
+        Some(d) => {
+            Some(Utc::now() + chrono::Duration::from_std(d).context("--expires-in is too long")?)
+        }
         None => None,
     };
     let new = NewKey {
@@ -135,8 +141,12 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<()> {
-    let client = store::connect(&cfg.database).await.map_err(|e| anyhow!(e.describe()))?;
-    let rows = store::keys::list(&client, limit).await.map_err(|e| anyhow!(e.describe()))?;
+    let client = store::connect(&cfg.database)
+        .await
+        .map_err(|e| anyhow!(e.describe()))?;
+    let rows = store::keys::list(&client, limit)
+        .await
+        .map_err(|e| anyhow!(e.describe()))?;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -153,7 +163,9 @@ pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<(
             truncate(&r.name, 20),
             r.prefix,
             status.as_str().unwrap_or("?"),
-            r.last_used_at.map_or("never".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            r.last_used_at.map_or("never".to_string(), |t| t
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()),
             r.scopes.join(",")
         );
     }
@@ -172,7 +184,9 @@ fn truncate(s: &str, n: usize) -> String {
 
 pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let id = Uuid::parse_str(id.trim()).map_err(|_| anyhow!("{id:?} is not a key id (a UUID)"))?;
-    let client = store::connect(&cfg.database).await.map_err(|e| anyhow!(e.describe()))?;
+    let client = store::connect(&cfg.database)
+        .await
+        .map_err(|e| anyhow!(e.describe()))?;
     let row = store::keys::revoke(&client, id)
         .await
         .map_err(|e| anyhow!(e.describe()))?
@@ -199,7 +213,16 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "d", "10", "10x", "0s", "-1d", "99999999999999999999d", "1.5h"] {
+        for bad in [
+            "",
+            "d",
+            "10",
+            "10x",
+            "0s",
+            "-1d",
+            "99999999999999999999d",
+            "1.5h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -416,7 +416,9 @@ fn apply_env(
 fn parse_env_value(raw: &str) -> toml::Value {
     let probe = format!("v = {raw}");
     match probe.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -486,35 +488,41 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis_url.is_some(), errs));
     let (log_level, log_format) = log.map(|l| build_log(l, errs)).unzip();
 
-    let upstreams: Vec<UpstreamConfig> = upstreams
+    // Entries keep their index in the file so errors point at the right one
+    // even when an earlier entry was dropped for its own errors.
+    let upstreams: Vec<(usize, UpstreamConfig)> = upstreams
         .into_iter()
         .enumerate()
         .filter_map(|(i, u)| {
             u.and_then(|u| build_upstream(u, i, proxy.as_ref().and_then(|p| p.as_ref()), errs))
+                .map(|u| (i, u))
         })
         .collect();
     check_unique(
-        upstreams.iter().map(|u| u.name.to_string()),
+        upstreams.iter().map(|(i, u)| (*i, u.name.to_string())),
         "upstreams",
         "name",
         errs,
     );
+    let upstreams: Vec<UpstreamConfig> = upstreams.into_iter().map(|(_, u)| u).collect();
     let upstream_names: HashSet<&str> = upstreams.iter().map(|u| &*u.name).collect();
-    let routes: Vec<RouteConfig> = routes
+    let routes: Vec<(usize, RouteConfig)> = routes
         .into_iter()
         .enumerate()
-        .filter_map(|(i, r)| r.and_then(|r| build_route(r, i, &upstream_names, errs)))
+        .filter_map(|(i, r)| {
+            r.and_then(|r| build_route(r, i, &upstream_names, errs))
+                .map(|r| (i, r))
+        })
         .collect();
     check_unique(
-        routes.iter().map(|r| r.name.to_string()),
+        routes.iter().map(|(i, r)| (*i, r.name.to_string())),
         "routes",
         "name",
         errs,
     );
-    let mut seen = HashMap::new();
-    for (i, r) in routes.iter().enumerate() {
-        let k = (r.host.clone(), r.path_prefix.clone());
-        if let Some(first) = seen.insert(k, i) {
+    let mut prefixes = HashMap::new();
+    for (i, r) in &routes {
+        if let Some(first) = prefixes.insert((r.host.clone(), r.path_prefix.clone()), *i) {
             errs.push(
                 format!("routes[{i}].path_prefix"),
                 format!(
@@ -525,6 +533,7 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
             );
         }
     }
+    let routes: Vec<RouteConfig> = routes.into_iter().map(|(_, r)| r).collect();
     if need == Need::Serve && routes.is_empty() && errs.0.is_empty() {
         errs.push("routes", "at least one [[routes]] entry is needed to serve");
     }
@@ -570,14 +579,15 @@ fn array_of<T: DeserializeOwned + Default>(
     }
 }
 
+/// Reports every repeated `field` value among `(index in file, value)` pairs.
 fn check_unique(
-    names: impl Iterator<Item = String>,
+    names: impl Iterator<Item = (usize, String)>,
     list: &str,
     field: &str,
     errs: &mut Errors,
 ) {
     let mut seen = HashMap::new();
-    for (i, n) in names.enumerate() {
+    for (i, n) in names {
         if let Some(first) = seen.insert(n.clone(), i) {
             errs.push(
                 format!("{list}[{i}].{field}"),
@@ -634,9 +644,8 @@ fn parse_cidrs(list: Option<Vec<String>>, path: &str, errs: &mut Errors) -> Vec<
         .enumerate()
         .filter_map(|(i, s)| {
             // A bare address means a single host.
-            let parsed = IpNet::from_str(s).or_else(|_| {
-                std::net::IpAddr::from_str(s).map(IpNet::from)
-            });
+            let parsed =
+                IpNet::from_str(s).or_else(|_| std::net::IpAddr::from_str(s).map(IpNet::from));
             match parsed {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -676,12 +685,20 @@ fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
     };
     let pool = p.upstream_keepalive_pool_size.unwrap_or(128);
     if pool > 1_000_000 {
-        errs.push("proxy.upstream_keepalive_pool_size", "must be at most 1000000");
+        errs.push(
+            "proxy.upstream_keepalive_pool_size",
+            "must be at most 1000000",
+        );
     }
     Some(ProxyConfig {
         listen: listen?,
         threads,
-        connect_timeout: positive_ms(p.connect_timeout_ms, 2_000, "proxy.connect_timeout_ms", errs),
+        connect_timeout: positive_ms(
+            p.connect_timeout_ms,
+            2_000,
+            "proxy.connect_timeout_ms",
+            errs,
+        ),
         read_timeout: positive_ms(p.read_timeout_ms, 30_000, "proxy.read_timeout_ms", errs),
         write_timeout: positive_ms(p.write_timeout_ms, 30_000, "proxy.write_timeout_ms", errs),
         upstream_down_for: Duration::from_secs(p.upstream_down_seconds.unwrap_or(10)),
@@ -708,8 +725,12 @@ fn build_database(d: file::Database, errs: &mut Errors) -> Option<DatabaseConfig
         Some(n) => n as usize,
         None => 8,
     };
-    let connect_timeout =
-        positive_ms(d.connect_timeout_ms, 3_000, "database.connect_timeout_ms", errs);
+    let connect_timeout = positive_ms(
+        d.connect_timeout_ms,
+        3_000,
+        "database.connect_timeout_ms",
+        errs,
+    );
     url_ok.then_some(DatabaseConfig {
         url,
         pool_size,
@@ -868,8 +889,7 @@ fn build_log(l: file::Log, errs: &mut Errors) -> (Option<String>, Option<LogForm
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
@@ -897,6 +917,11 @@ fn build_upstream(
     let targets = u.targets.unwrap_or_default();
     if targets.is_empty() {
         errs.push(format!("{path}.targets"), "needs at least one host:port");
+    } else if targets.len() > crate::proxy::upstream::MAX_TARGETS {
+        errs.push(
+            format!("{path}.targets"),
+            format!("at most {} targets", crate::proxy::upstream::MAX_TARGETS),
+        );
     }
     let mut addrs = Vec::new();
     for (j, t) in targets.iter().enumerate() {
@@ -921,7 +946,12 @@ fn build_upstream(
         &format!("{path}.connect_timeout_ms"),
         errs,
     );
-    let read_timeout = positive_ms(u.read_timeout_ms, dr, &format!("{path}.read_timeout_ms"), errs);
+    let read_timeout = positive_ms(
+        u.read_timeout_ms,
+        dr,
+        &format!("{path}.read_timeout_ms"),
+        errs,
+    );
     Some(UpstreamConfig {
         name: name?.into(),
         targets: addrs,
@@ -1009,7 +1039,11 @@ fn build_route(
             AuthMode::Required
         }
     };
-    let scopes = parse_scopes(&r.scopes.unwrap_or_default(), &format!("{path}.scopes"), errs);
+    let scopes = parse_scopes(
+        &r.scopes.unwrap_or_default(),
+        &format!("{path}.scopes"),
+        errs,
+    );
     let mut method_scopes = BTreeMap::new();
     for (method, list) in r.method_scopes.unwrap_or_default() {
         let upper = method.to_ascii_uppercase();
@@ -1133,7 +1167,10 @@ upstream = "a"
 
     #[test]
     fn unknown_key_inside_known_section_is_an_error_when_types_are_fine() {
-        let text = format!("{}\n[admin]\nlisten = \"127.0.0.1:9999\"\nport = 1\n", minimal());
+        let text = format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:9999\"\nport = 1\n",
+            minimal()
+        );
         let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
         assert_eq!(errs.0[0].path, "admin.port");
     }
@@ -1150,9 +1187,18 @@ upstream = "a"
     fn env_overrides_win() {
         let env = vec![
             ("GATEWAY_PROXY_THREADS".to_string(), "3".to_string()),
-            ("GATEWAY_RATE_LIMITS_BACKEND".to_string(), "local".to_string()),
-            ("DATABASE_URL".to_string(), "postgres://a@127.0.0.1:1/b".to_string()),
-            ("GATEWAY_DATABASE_URL".to_string(), "postgres://c@127.0.0.1:1/d".to_string()),
+            (
+                "GATEWAY_RATE_LIMITS_BACKEND".to_string(),
+                "local".to_string(),
+            ),
+            (
+                "DATABASE_URL".to_string(),
+                "postgres://a@127.0.0.1:1/b".to_string(),
+            ),
+            (
+                "GATEWAY_DATABASE_URL".to_string(),
+                "postgres://c@127.0.0.1:1/d".to_string(),
+            ),
             ("GATEWAY_CONFIG".to_string(), "ignored".to_string()),
         ];
         let cfg = Config::from_toml(&minimal(), env, Need::Serve).expect("valid");
@@ -1177,7 +1223,12 @@ upstream = "a"
 
     #[test]
     fn syntax_error_does_not_panic() {
-        for text in ["[proxy", "a = ", "[[routes]]\nname = 1\n[[routes]]\nx=", "\u{0}"] {
+        for text in [
+            "[proxy",
+            "a = ",
+            "[[routes]]\nname = 1\n[[routes]]\nx=",
+            "\u{0}",
+        ] {
             assert!(Config::from_toml(text, no_env(), Need::Serve).is_err());
         }
     }

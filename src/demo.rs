@@ -28,7 +28,10 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let query = req.uri().query().unwrap_or("").to_string();
     let status = query_param(&query, "status")
         .and_then(|s| s.parse::<u16>().ok())
@@ -42,7 +45,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Ful
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let body_len = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().len(),
@@ -60,8 +68,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Ful
     let body = serde_json::to_vec_pretty(&echo).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -78,7 +88,10 @@ pub async fn serve(listener: TcpListener) {
         };
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, peer));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(error = %e, "demo upstream connection ended");
             }
         });

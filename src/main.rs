@@ -11,7 +11,13 @@ use gateway::config::{Limits, Need};
 #[command(name = "gateway", version, about = "API-key gateway built on Pingora")]
 struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "config", global = true, env = "GATEWAY_CONFIG", default_value = "conf/gateway.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "GATEWAY_CONFIG",
+        default_value = "conf/gateway.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -96,7 +102,9 @@ struct CreateCmd {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

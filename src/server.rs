@@ -58,7 +58,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "key listener",
         KeyListener::new(keys.clone(), cfg.database.clone()),
     ));
-    let (tracker, flusher) = last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
+    let (tracker, flusher) =
+        last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
     let drained = flusher.drained.clone();
     server.add_service(background_service("last-used flusher", flusher));
 
@@ -78,7 +79,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         started: Instant::now(),
         redis_configured: cfg.redis_url.is_some(),
     });
-    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(AdminApp::new(state)));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(AdminApp::new(state)),
+    );
     admin.add_tcp(&cfg.admin_listen.to_string());
     server.add_service(admin);
 
@@ -113,7 +117,11 @@ fn spawn_shutdown_watch(
             }
         }
         let deadline = Instant::now() + grace;
-        tracing::info!(grace_ms = grace.as_millis() as u64, in_flight = inflight.get(), "draining");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            in_flight = inflight.get(),
+            "draining"
+        );
         while Instant::now() < deadline {
             if inflight.get() == 0 && drained.load(Ordering::Acquire) {
                 break;

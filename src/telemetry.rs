@@ -15,10 +15,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Installs the global subscriber. `level` is an `EnvFilter` directive.
 pub fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -34,18 +40,66 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("gateway_requests_total", "Proxied requests by route, method and status.");
-    describe_histogram!("gateway_request_duration_seconds", Unit::Seconds, "Time from request start to end of response, by route.");
-    describe_histogram!("gateway_upstream_duration_seconds", Unit::Seconds, "Time from choosing the upstream to its response header, by route.");
-    describe_counter!("gateway_auth_failures_total", "Rejected credentials by reason.");
-    describe_gauge!("gateway_key_snapshot_keys", "Keys in the in-memory snapshot.");
-    describe_gauge!("gateway_key_snapshot_seconds_since_reload", Unit::Seconds, "Seconds since the last full snapshot reload.");
-    describe_gauge!("gateway_key_snapshot_seconds_since_change", Unit::Seconds, "Seconds since the snapshot last changed.");
-    describe_gauge!("gateway_key_listener_connected", "1 while the key listener holds its Postgres connection.");
-    describe_counter!("gateway_key_listener_errors_total", "Key listener connection losses.");
-    describe_histogram!("gateway_key_snapshot_load_seconds", Unit::Seconds, "Duration of full snapshot loads.");
-    describe_histogram!("gateway_key_snapshot_apply_seconds", Unit::Seconds, "Duration of incremental snapshot updates.");
-    describe_counter!("gateway_queue_dropped_total", "Items dropped because a background queue was full.");
-    describe_counter!("gateway_last_used_flushed_total", "Keys whose last_used_at was written.");
-    describe_counter!("gateway_upstream_marked_down_total", "Upstream targets marked down after a failed connect.");
+    describe_counter!(
+        "gateway_requests_total",
+        "Proxied requests by route, method and status."
+    );
+    describe_histogram!(
+        "gateway_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request start to end of response, by route."
+    );
+    describe_histogram!(
+        "gateway_upstream_duration_seconds",
+        Unit::Seconds,
+        "Time from choosing the upstream to its response header, by route."
+    );
+    describe_counter!(
+        "gateway_auth_failures_total",
+        "Rejected credentials by reason."
+    );
+    describe_gauge!(
+        "gateway_key_snapshot_keys",
+        "Keys in the in-memory snapshot."
+    );
+    describe_gauge!(
+        "gateway_key_snapshot_seconds_since_reload",
+        Unit::Seconds,
+        "Seconds since the last full snapshot reload."
+    );
+    describe_gauge!(
+        "gateway_key_snapshot_seconds_since_change",
+        Unit::Seconds,
+        "Seconds since the snapshot last changed."
+    );
+    describe_gauge!(
+        "gateway_key_listener_connected",
+        "1 while the key listener holds its Postgres connection."
+    );
+    describe_counter!(
+        "gateway_key_listener_errors_total",
+        "Key listener connection losses."
+    );
+    describe_histogram!(
+        "gateway_key_snapshot_load_seconds",
+        Unit::Seconds,
+        "Duration of full snapshot loads."
+    );
+    describe_histogram!(
+        "gateway_key_snapshot_apply_seconds",
+        Unit::Seconds,
+        "Duration of incremental snapshot updates."
+    );
+    describe_counter!(
+        "gateway_queue_dropped_total",
+        "Items dropped because a background queue was full."
+    );
+    describe_counter!(
+        "gateway_last_used_flushed_total",
+        "Keys whose last_used_at was written."
+    );
+    describe_counter!(
+        "gateway_upstream_marked_down_total",
+        "Upstream targets marked down after a failed connect."
+    );
 }

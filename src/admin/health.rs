@@ -31,7 +31,10 @@ async fn probe_database(s: &AdminState) -> Result<Duration, String> {
     let started = Instant::now();
     let probe = async {
         let client = s.pool.get().await.map_err(|e| e.to_string())?;
-        client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
     match tokio::time::timeout(DB_PROBE_TIMEOUT, probe).await {
@@ -76,7 +79,11 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
             "redis": redis,
         },
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json(status, &body)
 }
 
@@ -89,7 +96,11 @@ pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
         metrics::gauge!("gateway_key_snapshot_seconds_since_change").set(age);
     }
     metrics::gauge!("gateway_key_snapshot_keys").set(s.keys.load().len() as f64);
-    metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() { 1.0 } else { 0.0 });
+    metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() {
+        1.0
+    } else {
+        0.0
+    });
     s.prometheus.run_upkeep();
     respond(
         StatusCode::OK,

@@ -45,19 +45,31 @@ pub fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Respons
     if let Ok(v) = content_type.parse() {
         headers.insert(http::header::CONTENT_TYPE, v);
     }
-    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     let len = resp.body().len();
-    resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     resp
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", serde_json::to_vec(value).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
 }
 
 /// The JSON error response, with the request id echoed in body and header.
 pub fn error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Vec<u8>> {
-    let mut resp = respond(status, "application/json", error_body(code, message, request_id));
+    let mut resp = respond(
+        status,
+        "application/json",
+        error_body(code, message, request_id),
+    );
     if let Ok(v) = request_id.parse() {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -71,7 +83,8 @@ fn method_not_allowed(allow: &'static str, request_id: &str) -> Response<Vec<u8>
         &format!("Use {allow}."),
         request_id,
     );
-    resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    resp.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
     resp
 }
 

@@ -53,7 +53,11 @@ pub struct LastUsedFlusher {
     pub drained: Arc<AtomicBool>,
 }
 
-pub fn channel(pool: Pool, store: Arc<KeyStore>, every: Duration) -> (LastUsedTracker, LastUsedFlusher) {
+pub fn channel(
+    pool: Pool,
+    store: Arc<KeyStore>,
+    every: Duration,
+) -> (LastUsedTracker, LastUsedFlusher) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     (
         LastUsedTracker { tx },
@@ -91,7 +95,9 @@ impl LastUsedFlusher {
                 pending.clear();
                 metrics::counter!("gateway_last_used_flushed_total").increment(ids.len() as u64);
             }
-            Ok(Err(e)) => tracing::warn!(error = %e.describe(), keys = ids.len(), "last_used_at flush failed; will retry"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.describe(), keys = ids.len(), "last_used_at flush failed; will retry")
+            }
             Err(_) => tracing::warn!(keys = ids.len(), "last_used_at flush timed out; will retry"),
         }
     }

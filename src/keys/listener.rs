@@ -87,8 +87,13 @@ impl KeyListener {
         let count = records.len();
         self.store.replace(KeySnapshot::from_records(records));
         self.store.set_listener_connected(true);
-        metrics::histogram!("gateway_key_snapshot_load_seconds").record(started.elapsed().as_secs_f64());
-        tracing::info!(keys = count, elapsed_ms = started.elapsed().as_millis() as u64, "key snapshot loaded");
+        metrics::histogram!("gateway_key_snapshot_load_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            keys = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "key snapshot loaded"
+        );
         if let Some(r) = ready.take() {
             r.notify_ready();
         }
@@ -117,7 +122,11 @@ impl KeyListener {
         }
     }
 
-    async fn apply(&self, client: &tokio_postgres::Client, payloads: Vec<String>) -> Result<(), DbError> {
+    async fn apply(
+        &self,
+        client: &tokio_postgres::Client,
+        payloads: Vec<String>,
+    ) -> Result<(), DbError> {
         let started = Instant::now();
         let ids: HashSet<Uuid> = payloads
             .iter()
@@ -136,10 +145,15 @@ impl KeyListener {
         let records = store::keys::load_by_ids(client, &ids).await?;
         let found: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
         let mut changes: Vec<KeyChange> = records.into_iter().map(KeyChange::Upsert).collect();
-        changes.extend(ids.into_iter().filter(|id| !found.contains(id)).map(KeyChange::Remove));
+        changes.extend(
+            ids.into_iter()
+                .filter(|id| !found.contains(id))
+                .map(KeyChange::Remove),
+        );
         let n = changes.len();
         self.store.apply(changes);
-        metrics::histogram!("gateway_key_snapshot_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("gateway_key_snapshot_apply_seconds")
+            .record(started.elapsed().as_secs_f64());
         tracing::debug!(changes = n, "key changes applied");
         Ok(())
     }
@@ -147,7 +161,11 @@ impl KeyListener {
 
 #[async_trait]
 impl BackgroundService for KeyListener {
-    async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
         let mut ready = Some(ready);
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -166,7 +184,8 @@ impl BackgroundService for KeyListener {
             if began.elapsed() > BACKOFF_MAX * 2 {
                 backoff = BACKOFF_MIN;
             }
-            let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+            let jitter =
+                Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
             tokio::select! {
                 _ = tokio::time::sleep(backoff + jitter) => {}
                 _ = shutdown.changed() => return,

@@ -17,9 +17,9 @@ pub struct InvalidScope(pub String);
 
 fn is_part(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        })
 }
 
 impl Scope {
@@ -29,7 +29,9 @@ impl Scope {
             && (s == "*"
                 || match s.split_once(':') {
                     None => is_part(s),
-                    Some((action, resource)) => is_part(action) && (resource == "*" || is_part(resource)),
+                    Some((action, resource)) => {
+                        is_part(action) && (resource == "*" || is_part(resource))
+                    }
                 });
         if ok {
             Ok(Scope(s.into()))
@@ -82,10 +84,27 @@ mod tests {
 
     #[test]
     fn parse_accepts_the_documented_forms() {
-        for ok in ["*", "admin", "read:orders", "read:*", "write:orders.v2", "a-b:c_d"] {
+        for ok in [
+            "*",
+            "admin",
+            "read:orders",
+            "read:*",
+            "write:orders.v2",
+            "a-b:c_d",
+        ] {
             assert!(Scope::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Read:orders", "read:", ":orders", "read:orders:x", "*:orders", "read orders", "read:o*", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Read:orders",
+            "read:",
+            ":orders",
+            "read:orders:x",
+            "*:orders",
+            "read orders",
+            "read:o*",
+            &"a".repeat(65),
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
     }

@@ -263,7 +263,8 @@ impl KeyStore {
     fn publish(&self, snap: KeySnapshot) {
         metrics::gauge!("gateway_key_snapshot_keys").set(snap.len() as f64);
         self.current.store(Arc::new(snap));
-        self.last_change_ms.store(crate::now_ms(), Ordering::Relaxed);
+        self.last_change_ms
+            .store(crate::now_ms(), Ordering::Relaxed);
     }
 
     /// True once the first full load has completed; stays true afterwards,
@@ -318,9 +319,18 @@ mod tests {
         expired.expires_at_ms = Some(1_000);
         let snap = KeySnapshot::from_records([rec(1, 1), revoked, expired]);
         assert!(snap.authenticate(&[1; 32], 5_000).is_ok());
-        assert_eq!(snap.authenticate(&[9; 32], 5_000).unwrap_err(), Rejection::Unknown);
-        assert_eq!(snap.authenticate(&[2; 32], 5_000).unwrap_err(), Rejection::Revoked);
-        assert_eq!(snap.authenticate(&[3; 32], 5_000).unwrap_err(), Rejection::Expired);
+        assert_eq!(
+            snap.authenticate(&[9; 32], 5_000).unwrap_err(),
+            Rejection::Unknown
+        );
+        assert_eq!(
+            snap.authenticate(&[2; 32], 5_000).unwrap_err(),
+            Rejection::Revoked
+        );
+        assert_eq!(
+            snap.authenticate(&[3; 32], 5_000).unwrap_err(),
+            Rejection::Expired
+        );
         assert!(snap.authenticate(&[3; 32], 999).is_ok());
     }
 
@@ -334,7 +344,10 @@ mod tests {
         let snap = KeySnapshot::from_records([r]);
         let ok = snap.authenticate(&[7; 32], 9_999).expect("grace");
         assert_eq!(ok.previous_secret_sunset_ms, Some(10_000));
-        assert_eq!(snap.authenticate(&[7; 32], 10_000).unwrap_err(), Rejection::Expired);
+        assert_eq!(
+            snap.authenticate(&[7; 32], 10_000).unwrap_err(),
+            Rejection::Expired
+        );
         assert!(snap.authenticate(&[1; 32], 10_000).is_ok());
     }
 
@@ -349,11 +362,23 @@ mod tests {
         let mid = old.with_changes([KeyChange::Upsert(rotated)]);
         assert!(mid.authenticate(&[1; 32], 0).is_ok());
         assert!(mid.authenticate(&[2; 32], 0).is_ok());
-        let new = mid.with_changes([KeyChange::Upsert(rec(1, 3)), KeyChange::Remove(Uuid::from_u128(5))]);
-        assert_eq!(new.authenticate(&[1; 32], 0).unwrap_err(), Rejection::Unknown);
-        assert_eq!(new.authenticate(&[2; 32], 0).unwrap_err(), Rejection::Unknown);
+        let new = mid.with_changes([
+            KeyChange::Upsert(rec(1, 3)),
+            KeyChange::Remove(Uuid::from_u128(5)),
+        ]);
+        assert_eq!(
+            new.authenticate(&[1; 32], 0).unwrap_err(),
+            Rejection::Unknown
+        );
+        assert_eq!(
+            new.authenticate(&[2; 32], 0).unwrap_err(),
+            Rejection::Unknown
+        );
         assert!(new.authenticate(&[3; 32], 0).is_ok());
-        assert_eq!(new.authenticate(&[5; 32], 0).unwrap_err(), Rejection::Unknown);
+        assert_eq!(
+            new.authenticate(&[5; 32], 0).unwrap_err(),
+            Rejection::Unknown
+        );
         assert_eq!(new.len(), 1);
         // The earlier generation still answers as it did.
         assert!(old.authenticate(&[1; 32], 0).is_ok());

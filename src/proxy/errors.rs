@@ -62,7 +62,8 @@ impl ProxyError {
     pub fn message(&self) -> Cow<'static, str> {
         match self {
             ProxyError::MissingApiKey => {
-                "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.".into()
+                "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+                    .into()
             }
             ProxyError::InvalidApiKey(why) => (*why).into(),
             ProxyError::ExpiredApiKey => "The API key has expired.".into(),
@@ -100,11 +101,17 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
             request_id,
         },
     })
-    .unwrap_or_else(|_| br#"{"error":{"code":"internal_error","message":"","request_id":""}}"#.to_vec())
+    .unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal_error","message":"","request_id":""}}"#.to_vec()
+    })
 }
 
 /// Builds the response header for `err`.
-pub fn error_header(err: &ProxyError, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+pub fn error_header(
+    err: &ProxyError,
+    request_id: &str,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body_len.to_string())?;
@@ -117,11 +124,17 @@ pub fn error_header(err: &ProxyError, request_id: &str, body_len: usize) -> ping
 }
 
 /// Writes `err` as a complete JSON response on the downstream session.
-pub async fn write_error(session: &mut Session, err: &ProxyError, request_id: &str) -> pingora::Result<()> {
+pub async fn write_error(
+    session: &mut Session,
+    err: &ProxyError,
+    request_id: &str,
+) -> pingora::Result<()> {
     let body = error_body(err.code(), &err.message(), request_id);
     let resp = error_header(err, request_id, body.len())?;
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 #[cfg(test)]

@@ -114,31 +114,41 @@ impl GatewayProxy {
         ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
     }
 
-    /// Resolves the key and checks the route's scopes for this method.
-    fn authorize(&self, req: &RequestHeader, route: &Route) -> Result<Arc<KeyRecord>, ProxyError> {
-        let presented = credential(req)?.ok_or(ProxyError::MissingApiKey)?;
+    /// Resolves the key and checks the route's scopes for this method. The
+    /// error carries the `gateway_auth_failures_total` reason label.
+    fn authorize(
+        &self,
+        req: &RequestHeader,
+        route: &Route,
+    ) -> Result<Arc<KeyRecord>, (&'static str, ProxyError)> {
+        let presented = credential(req)
+            .map_err(|e| ("malformed", e))?
+            .ok_or(("missing", ProxyError::MissingApiKey))?;
         format::verify(presented, &self.key_prefix).map_err(|e| {
-            metrics::counter!("gateway_auth_failures_total", "reason" => e.reason()).increment(1);
-            ProxyError::InvalidApiKey("The API key is not valid.")
+            (
+                e.reason(),
+                ProxyError::InvalidApiKey("The API key is not valid."),
+            )
         })?;
         let hash = self.hasher.hash(presented);
         let auth = self
             .keys
             .load()
             .authenticate(&hash, crate::now_ms())
-            .map_err(|r| {
-                let (reason, err) = match r {
-                    Rejection::Unknown => ("unknown", ProxyError::InvalidApiKey("The API key is not valid.")),
-                    Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-                    Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
-                };
-                metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
-                err
+            .map_err(|r| match r {
+                Rejection::Unknown => (
+                    "unknown",
+                    ProxyError::InvalidApiKey("The API key is not valid."),
+                ),
+                Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+                Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
             })?;
         for required in route.required_scopes(&req.method) {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
-                metrics::counter!("gateway_auth_failures_total", "reason" => "insufficient_scope").increment(1);
-                return Err(ProxyError::InsufficientScope(missing.clone()));
+                return Err((
+                    "insufficient_scope",
+                    ProxyError::InsufficientScope(missing.clone()),
+                ));
             }
         }
         Ok(auth.record)
@@ -162,7 +172,9 @@ fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
         (Some(v), None) => {
             let v = v.to_str().map_err(|_| MALFORMED)?.trim();
             match v.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(token.trim())
+                }
                 // Another scheme next to X-API-Key may be meant for someone
                 // else; the header is stripped before forwarding anyway.
                 _ if x.is_some() => None,
@@ -188,7 +200,6 @@ fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
         return Ok(None);
     }
     if key.len() > MAX_CREDENTIAL_LEN {
-        metrics::counter!("gateway_auth_failures_total", "reason" => "malformed").increment(1);
         return Err(MALFORMED);
     }
     Ok(Some(key))
@@ -217,7 +228,12 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 impl GatewayProxy {
-    async fn deny(&self, session: &mut Session, ctx: &mut RequestCtx, err: ProxyError) -> Result<bool> {
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: ProxyError,
+    ) -> Result<bool> {
         ctx.denied = Some(err.code());
         write_error(session, &err, &ctx.request_id).await?;
         Ok(true)
@@ -246,7 +262,9 @@ impl ProxyHttp for GatewayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = match req.headers.get("x-request-id") {
-            Some(v) if valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => uuid::Uuid::new_v4().to_string(),
         };
         let host = req
@@ -264,7 +282,9 @@ impl ProxyHttp for GatewayProxy {
                     self.last_used.record(&key);
                     ctx.key = Some(key);
                 }
-                Err(e) => {
+                Err((reason, e)) => {
+                    metrics::counter!("gateway_auth_failures_total", "reason" => reason)
+                        .increment(1);
                     ctx.route = Some(route);
                     return self.deny(session, ctx, e).await;
                 }
@@ -274,13 +294,20 @@ impl ProxyHttp for GatewayProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.as_ref() else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
         let up = &route.upstream;
         let Some(idx) = up.select(ctx.tried, crate::now_ms()) else {
-            return Err(Error::explain(ErrorType::ConnectNoRoute, "every upstream target failed"));
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "every upstream target failed",
+            ));
         };
         ctx.tried |= 1 << idx;
         ctx.target = Some(idx);
@@ -318,18 +345,27 @@ impl ProxyHttp for GatewayProxy {
         // The credential never leaves the gateway. On auth = "none" routes an
         // Authorization header of another scheme is the upstream's business.
         upstream.remove_header("x-api-key");
-        let auth_required = ctx.route.as_ref().is_some_and(|r| r.auth == AuthMode::Required);
+        let auth_required = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.auth == AuthMode::Required);
         let carries_gateway_key = upstream
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.get(7..).is_some_and(|t| t.trim_start().starts_with(self.key_prefix.as_str())));
+            .is_some_and(|v| {
+                v.get(7..)
+                    .is_some_and(|t| t.trim_start().starts_with(self.key_prefix.as_str()))
+            });
         if auth_required || carries_gateway_key {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
 
-        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let trusted = self.is_trusted(peer_ip);
         let prior = upstream
             .headers
@@ -338,7 +374,9 @@ impl ProxyHttp for GatewayProxy {
             .filter(|_| trusted)
             .map(str::to_owned);
         match (prior, peer_ip) {
-            (Some(prior), Some(ip)) => upstream.insert_header("x-forwarded-for", format!("{prior}, {ip}"))?,
+            (Some(prior), Some(ip)) => {
+                upstream.insert_header("x-forwarded-for", format!("{prior}, {ip}"))?
+            }
             (None, Some(ip)) => upstream.insert_header("x-forwarded-for", ip.to_string())?,
             (_, None) => {
                 upstream.remove_header("x-forwarded-for");
@@ -387,7 +425,12 @@ impl ProxyHttp for GatewayProxy {
         true
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(ProxyError::UpstreamTimeout)
@@ -399,7 +442,9 @@ impl ProxyHttp for GatewayProxy {
                 ErrorSource::Upstream => Some(ProxyError::UpstreamUnavailable),
                 ErrorSource::Downstream => match e.etype() {
                     // The client is gone; nobody to answer.
-                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                        None
+                    }
                     _ => Some(ProxyError::BadRequest("The request is malformed.")),
                 },
                 ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
@@ -447,7 +492,10 @@ impl ProxyHttp for GatewayProxy {
         }
         if let Some(e) = e {
             let client_gone = e.esource() == &ErrorSource::Downstream
-                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+                && matches!(
+                    e.etype(),
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                );
             if client_gone {
                 tracing::debug!(request_id = %ctx.request_id, route, error = %e, "client went away");
             } else {
@@ -473,10 +521,22 @@ mod tests {
     fn credential_sources() {
         assert_eq!(credential(&req(&[])), Ok(None));
         assert_eq!(credential(&req(&[("x-api-key", "k1")])), Ok(Some("k1")));
-        assert_eq!(credential(&req(&[("authorization", "Bearer k2")])), Ok(Some("k2")));
-        assert_eq!(credential(&req(&[("authorization", "bearer   k2 ")])), Ok(Some("k2")));
-        assert_eq!(credential(&req(&[("authorization", "Bearer k"), ("x-api-key", "k")])), Ok(Some("k")));
-        assert_eq!(credential(&req(&[("authorization", "Basic abc"), ("x-api-key", "k")])), Ok(Some("k")));
+        assert_eq!(
+            credential(&req(&[("authorization", "Bearer k2")])),
+            Ok(Some("k2"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "bearer   k2 ")])),
+            Ok(Some("k2"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "Bearer k"), ("x-api-key", "k")])),
+            Ok(Some("k"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "Basic abc"), ("x-api-key", "k")])),
+            Ok(Some("k"))
+        );
         assert!(credential(&req(&[("authorization", "Basic abc")])).is_err());
         assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
         assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());

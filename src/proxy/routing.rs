@@ -63,7 +63,9 @@ impl RouteTable {
                     method_scopes: r
                         .method_scopes
                         .iter()
-                        .filter_map(|(m, s)| Some((Method::from_bytes(m.as_bytes()).ok()?, s.clone())))
+                        .filter_map(|(m, s)| {
+                            Some((Method::from_bytes(m.as_bytes()).ok()?, s.clone()))
+                        })
                         .collect(),
                     auth: r.auth,
                 }))
@@ -80,9 +82,9 @@ impl RouteTable {
 
     /// The route for `host` (lower-case, no port) and `path`.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| {
-            r.matches_path(path) && r.host.as_deref().is_none_or(|h| Some(h) == host)
-        })
+        self.routes
+            .iter()
+            .find(|r| r.matches_path(path) && r.host.as_deref().is_none_or(|h| Some(h) == host))
     }
 }
 
@@ -139,7 +141,10 @@ upstream = "u"
         );
         assert_eq!(name(&t, None, "/orders").as_deref(), Some("orders"));
         assert_eq!(name(&t, None, "/orders/7").as_deref(), Some("orders"));
-        assert_eq!(name(&t, None, "/orders/items/1").as_deref(), Some("order-items"));
+        assert_eq!(
+            name(&t, None, "/orders/items/1").as_deref(),
+            Some("order-items")
+        );
         assert_eq!(name(&t, None, "/ordersx").as_deref(), Some("root"));
         assert_eq!(name(&t, None, "/other").as_deref(), Some("root"));
     }
@@ -159,8 +164,14 @@ host = "Tenant.example.com"
 upstream = "u"
 "#,
         );
-        assert_eq!(name(&t, Some("tenant.example.com"), "/api/x").as_deref(), Some("tenant"));
-        assert_eq!(name(&t, Some("other.example.com"), "/api/x").as_deref(), Some("any"));
+        assert_eq!(
+            name(&t, Some("tenant.example.com"), "/api/x").as_deref(),
+            Some("tenant")
+        );
+        assert_eq!(
+            name(&t, Some("other.example.com"), "/api/x").as_deref(),
+            Some("any")
+        );
         assert_eq!(name(&t, None, "/nope"), None);
     }
 
@@ -177,8 +188,16 @@ method_scopes = { post = ["write:orders"] }
 "#,
         );
         let r = t.find(None, "/orders").expect("route");
-        let get: Vec<&str> = r.required_scopes(&Method::GET).flatten().map(Scope::as_str).collect();
-        let post: Vec<&str> = r.required_scopes(&Method::POST).flatten().map(Scope::as_str).collect();
+        let get: Vec<&str> = r
+            .required_scopes(&Method::GET)
+            .flatten()
+            .map(Scope::as_str)
+            .collect();
+        let post: Vec<&str> = r
+            .required_scopes(&Method::POST)
+            .flatten()
+            .map(Scope::as_str)
+            .collect();
         assert_eq!(get, ["read:orders"]);
         assert_eq!(post, ["read:orders", "write:orders"]);
     }

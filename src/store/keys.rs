@@ -161,7 +161,9 @@ pub async fn create(
 pub async fn list(client: &impl GenericClient, limit: i64) -> Result<Vec<KeyRow>, DbError> {
     let rows = client
         .query(
-            &format!("SELECT {ROW_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC LIMIT $1"),
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC LIMIT $1"
+            ),
             &[&limit],
         )
         .await?;
@@ -170,7 +172,10 @@ pub async fn list(client: &impl GenericClient, limit: i64) -> Result<Vec<KeyRow>
 
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyRow>, DbError> {
     let row = client
-        .query_opt(&format!("SELECT {ROW_COLUMNS} FROM api_keys WHERE id = $1"), &[&id])
+        .query_opt(
+            &format!("SELECT {ROW_COLUMNS} FROM api_keys WHERE id = $1"),
+            &[&id],
+        )
         .await?;
     Ok(row.as_ref().map(KeyRow::from_row))
 }
@@ -223,7 +228,10 @@ fn record_from_row(r: &Row) -> Option<KeyRecord> {
         }
     }
     let previous = match (r.get::<_, Option<&[u8]>>(8), ms(r.get(9))) {
-        (Some(h), Some(expires_at_ms)) => hash_of(h).map(|hash| PreviousSecret { hash, expires_at_ms }),
+        (Some(h), Some(expires_at_ms)) => hash_of(h).map(|hash| PreviousSecret {
+            hash,
+            expires_at_ms,
+        }),
         _ => None,
     };
     Some(KeyRecord::new(
@@ -258,7 +266,10 @@ pub async fn load_all(client: &impl GenericClient) -> Result<Vec<KeyRecord>, DbE
 }
 
 /// The current records of `ids`; ids without a row are absent from the result.
-pub async fn load_by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<KeyRecord>, DbError> {
+pub async fn load_by_ids(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<KeyRecord>, DbError> {
     let rows = client
         .query(
             &format!("SELECT {RECORD_COLUMNS} FROM api_keys WHERE id = ANY($1)"),

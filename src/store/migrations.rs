@@ -17,19 +17,26 @@ pub struct Migration {
     pub down: &'static str,
 }
 
+/// `migration!(1, "0001", "api_keys")` embeds `sql/0001_api_keys.{up,down}.sql`.
 macro_rules! migration {
-    ($version:literal, $name:literal) => {
+    ($version:literal, $file_version:literal, $name:literal) => {
         Migration {
             version: $version,
             name: $name,
-            up: include_str!(concat!("../../sql/", stringify!($version), "_", $name, ".up.sql")),
-            down: include_str!(concat!("../../sql/", stringify!($version), "_", $name, ".down.sql")),
+            up: include_str!(concat!("../../sql/", $file_version, "_", $name, ".up.sql")),
+            down: include_str!(concat!(
+                "../../sql/",
+                $file_version,
+                "_",
+                $name,
+                ".down.sql"
+            )),
         }
     };
 }
 
 /// Every migration, in order. A unit test checks this list against `sql/`.
-pub const MIGRATIONS: &[Migration] = &[migration!(0001, "api_keys")];
+pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001", "api_keys")];
 
 /// Arbitrary constant naming the migration advisory lock.
 const LOCK_ID: i64 = 0x6761_7465_7761_7901; // "gateway" + 1
@@ -79,7 +86,9 @@ where
         Box<dyn std::future::Future<Output = Result<T, MigrateError>> + Send + 'c>,
     >,
 {
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_ID]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_ID])
+        .await?;
     let result = async {
         client
             .batch_execute(
@@ -95,13 +104,18 @@ where
     }
     .await;
     // Unlock even on error; a lost connection releases it anyway.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_ID]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_ID])
+        .await;
     result
 }
 
 async fn applied(client: &Client) -> Result<Vec<(i32, String)>, MigrateError> {
     let rows = client
-        .query("SELECT version, checksum FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, checksum FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
@@ -167,8 +181,11 @@ pub async fn down(client: &mut Client, n: usize) -> Result<Vec<i32>, MigrateErro
                 };
                 let tx = client.transaction().await?;
                 tx.batch_execute(m.down).await?;
-                tx.execute("DELETE FROM schema_migrations WHERE version = $1", &[version])
-                    .await?;
+                tx.execute(
+                    "DELETE FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await?;
                 tx.commit().await?;
                 reverted.push(*version);
             }

@@ -1,0 +1,498 @@
+//! Integration-test harness: a private database per test, the demo upstream
+//! in-process on a real socket, and real `gateway` processes on free ports.
+//!
+//! Tests pass configuration in through files; they never change the
+//! environment of the test process. Children get a clean environment for
+//! `GATEWAY_*`, `DATABASE_URL` and `REDIS_URL` so an operator's shell cannot
+//! leak into a test.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PEPPER: &str = "test-pepper-test-pepper-test-pepper-0001";
+const DEFAULT_ADMIN_DB_URL: &str = "postgres://gateway@127.0.0.1:55432/postgres";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gateway")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn admin_db_url() -> String {
+    std::env::var("GATEWAY_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_DB_URL.to_string())
+}
+
+/// Replaces the database name of a Postgres URL.
+fn with_db(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("database URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to {url}: {e} (run the tests with scripts/test.sh)")
+        });
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A database of its own, migrated, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin_url = admin_db_url();
+        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        connect(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = with_db(&admin_url, &name);
+        let mut client = connect(&url).await;
+        gateway::store::migrations::up(&mut client)
+            .await
+            .expect("migrate");
+        TestDb {
+            name,
+            url,
+            admin_url,
+        }
+    }
+
+    /// An empty, unmigrated database.
+    pub async fn empty() -> TestDb {
+        let admin_url = admin_db_url();
+        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        connect(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = with_db(&admin_url, &name);
+        TestDb {
+            name,
+            url,
+            admin_url,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Simulates losing the database: new connections are refused and every
+    /// existing one except `keep` (a backend pid) is terminated.
+    pub async fn cut_off(&self, keep: i32) {
+        let admin = connect(&self.admin_url).await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                self.name
+            ))
+            .await
+            .expect("disallow connections");
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> $2",
+                &[&self.name, &keep],
+            )
+            .await
+            .expect("terminate backends");
+    }
+
+    pub async fn restore(&self) {
+        connect(&self.admin_url)
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                self.name
+            ))
+            .await
+            .expect("allow connections");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The demo upstream on a real socket, served by the test's runtime.
+pub async fn start_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    tokio::spawn(gateway::demo::serve(listener));
+    addr
+}
+
+/// A port with nothing listening on it.
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// The routes most tests use, in front of `upstream`.
+pub fn default_routes(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "echo"
+targets = ["{upstream}"]
+
+[[upstreams]]
+name = "dead"
+targets = ["{dead}"]
+
+[[routes]]
+name = "echo"
+path_prefix = "/echo"
+upstream = "echo"
+scopes = ["read:echo"]
+method_scopes = {{ POST = ["write:echo"] }}
+
+[[routes]]
+name = "public"
+path_prefix = "/public"
+upstream = "echo"
+auth = "none"
+
+[[routes]]
+name = "dead"
+path_prefix = "/dead"
+upstream = "dead"
+auth = "none"
+"#,
+        dead = dead_addr()
+    )
+}
+
+/// Settings a test may change; the rest of the config is fixed.
+pub struct Opts {
+    pub routes: String,
+    pub read_timeout_ms: u64,
+    pub grace_seconds: u64,
+}
+
+impl Opts {
+    pub fn new(routes: String) -> Opts {
+        Opts {
+            routes,
+            read_timeout_ms: 2_000,
+            grace_seconds: 5,
+        }
+    }
+}
+
+/// One running `gateway serve` process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A command for the gateway binary with a scrubbed environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATEWAY_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+pub fn write_config(
+    dir: &std::path::Path,
+    db_url: &str,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    opts: &Opts,
+) -> PathBuf {
+    let text = format!(
+        r#"
+[proxy]
+listen = "{proxy}"
+threads = 1
+connect_timeout_ms = 500
+read_timeout_ms = {read}
+shutdown_grace_seconds = {grace}
+upstream_down_seconds = 30
+
+[admin]
+listen = "{admin}"
+
+[database]
+url = "{db_url}"
+pool_size = 2
+connect_timeout_ms = 1000
+
+[keys]
+pepper = "{PEPPER}"
+last_used_flush_ms = 200
+
+[log]
+level = "info"
+format = "json"
+{routes}
+"#,
+        read = opts.read_timeout_ms,
+        grace = opts.grace_seconds,
+        routes = opts.routes,
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+impl Gateway {
+    /// Starts a gateway on `db` and waits until it is ready.
+    pub async fn start(db: &TestDb, opts: Opts) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = write_config(dir.path(), &db.url, proxy, admin, &opts);
+        let log = dir.path().join("gateway.log");
+        let child = command()
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Gateway {
+            child: Some(child),
+            proxy,
+            admin,
+            config,
+            log,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = http();
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gateway exited with {status}; log:\n{}", self.logs());
+            }
+            let ready = client.get(self.admin_url("/health/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200)
+                && std::net::TcpStream::connect(self.proxy).is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not ready after 30s; log:\n{}", self.logs());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `gateway <args> -c <this config>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .expect("run gateway cli")
+    }
+
+    /// Creates a key through the CLI and waits until this instance's
+    /// snapshot knows it (NOTIFY makes that a matter of milliseconds);
+    /// returns (id, plaintext).
+    pub async fn create_key(&self, scopes: &str, extra: &[&str]) -> (String, String) {
+        let (id, key) = self.create_key_unseen(scopes, extra);
+        let known = eventually(Duration::from_secs(5), || async {
+            code(&get(&self.url("/echo"), Some(&key)).await.2) != "invalid_api_key"
+        })
+        .await;
+        assert!(
+            known,
+            "key {id} never reached the snapshot; log:\n{}",
+            self.logs()
+        );
+        (id, key)
+    }
+
+    /// Creates a key through the CLI without waiting for the snapshot.
+    pub fn create_key_unseen(&self, scopes: &str, extra: &[&str]) -> (String, String) {
+        let mut args = vec![
+            "keys", "create", "--name", "test", "--scopes", scopes, "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("keys create --json prints JSON");
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["key"].as_str().expect("key").to_string(),
+        )
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill -{sig} failed");
+        }
+    }
+
+    /// Waits for the process to exit; returns how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let child = self.child.as_mut()?;
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+/// GET `url` with an optional bearer key; returns status, headers and JSON body.
+pub async fn get(url: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = http().get(url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    send(req).await
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+/// The error code of a JSON error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// Polls `check` every 10 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The `/metrics` text of `gw`.
+pub async fn metrics(gw: &Gateway) -> String {
+    http()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample whose name and labels are exactly `series`
+/// (e.g. `gateway_auth_failures_total{reason="unknown"}`); 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

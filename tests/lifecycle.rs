@@ -1,0 +1,352 @@
+//! Operating the gateway: several instances on one database, losing and
+//! regaining Postgres, graceful shutdown, and the CLI (check-config,
+//! migrate, keys).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_by_the_cli_is_rejected_by_another_instance_within_a_second() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let a = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    let b = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    let (id, key) = a.create_key("read:echo", &[]).await;
+    // A key created through one instance's config shows up on the other.
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            get(&b.url("/echo"), Some(&key)).await.0 == 200
+        })
+        .await
+    );
+
+    let out = a.cli(&["keys", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked_at = Instant::now();
+    let seen = eventually(Duration::from_secs(1), || async {
+        let (status, _, body) = get(&b.url("/echo"), Some(&key)).await;
+        status == 401 && code(&body) == "revoked_api_key"
+    })
+    .await;
+    assert!(
+        seen,
+        "instance b still accepts the key {:?} after revocation",
+        revoked_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_database_keeps_cached_keys_working_and_recovers_on_its_own() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    let (id, key) = gw.create_key("read:echo", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            get(&gw.url("/echo"), Some(&key)).await.0 == 200
+        })
+        .await
+    );
+    let (status, _, health) = get(&gw.admin_url("/health"), None).await;
+    assert_eq!(status, 200, "{health}");
+
+    // Our own connection survives the cut; everyone else's is terminated and
+    // new connections are refused.
+    let ours = db.client().await;
+    let pid: i32 = ours
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    db.cut_off(pid).await;
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (status, _, body) = get(&gw.admin_url("/health"), None).await;
+            status == 503 && body["checks"]["database"]["status"] == "down"
+        })
+        .await,
+        "health did not report the database down"
+    );
+    let (status, _, _) = get(&gw.admin_url("/health/ready"), None).await;
+    assert_eq!(status, 200, "ready must stay 200 while serving from cache");
+    for _ in 0..5 {
+        assert_eq!(
+            get(&gw.url("/echo"), Some(&key)).await.0,
+            200,
+            "cached key stopped working"
+        );
+    }
+
+    // Changes made while the gateway cannot see the database...
+    let hasher = gateway::keys::format::KeyHasher::new(PEPPER);
+    let new = gateway::store::keys::NewKey {
+        name: "made-during-outage".into(),
+        description: String::new(),
+        scopes: vec![gateway::keys::scope::Scope::parse("read:echo").expect("scope")],
+        limits: Default::default(),
+        metadata: serde_json::json!({}),
+        expires_at: None,
+    };
+    let created = gateway::store::keys::create(&ours, &hasher, "gw_live_", &new)
+        .await
+        .expect("create");
+    gateway::store::keys::revoke(&ours, uuid::Uuid::parse_str(&id).expect("uuid"))
+        .await
+        .expect("revoke");
+    assert_eq!(
+        get(&gw.url("/echo"), Some(&key)).await.0,
+        200,
+        "nothing can have reached the gateway yet"
+    );
+
+    // ...are applied once it returns, without a restart.
+    db.restore().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            get(&gw.url("/echo"), Some(&created.key)).await.0 == 200
+                && code(&get(&gw.url("/echo"), Some(&key)).await.2) == "revoked_api_key"
+        })
+        .await,
+        "changes made during the outage were not picked up; log:\n{}",
+        gw.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&gw.admin_url("/health"), None).await.0 == 200
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_then_exits_within_the_grace_period() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut opts = Opts::new(default_routes(upstream));
+    opts.grace_seconds = 4;
+    let mut gw = Gateway::start(&db, opts).await;
+
+    let url = gw.url("/public/slow?delay_ms=1500");
+    let in_flight = tokio::spawn(async move { get(&url, None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    let (status, _, body) = in_flight.await.expect("join");
+    assert_eq!(status, 200, "in-flight request was cut: {body}");
+
+    let took = tokio::task::spawn_blocking(move || {
+        let took = gw.wait_exit(Duration::from_secs(10));
+        (took, gw)
+    })
+    .await
+    .expect("join");
+    let (took, gw) = took;
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "gateway still running 10s after SIGTERM; log:\n{}",
+            gw.logs()
+        )
+    });
+    assert!(
+        took < Duration::from_secs(4 + 1),
+        "exit took {took:?}, grace is 4s"
+    );
+    assert!(
+        std::net::TcpStream::connect(gw.proxy).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_when_idle_exits_promptly() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    gw.signal("TERM");
+    let took = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("exited");
+    // Nothing in flight: no reason to sit out the 5 s grace period.
+    assert!(took < Duration::from_secs(3), "idle shutdown took {took:?}");
+}
+
+#[test]
+fn check_config_lists_every_error_and_serve_refuses_the_same_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        r#"
+[proxy]
+listen = "not-an-address"
+colour = "blue"
+[database]
+url = "mysql://nope"
+[keys]
+pepper = "short"
+[rate_limits]
+exempt_ips = ["10.0.0.0/33"]
+[[upstreams]]
+name = "u"
+targets = ["127.0.0.1:1"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+upstream = "ghost"
+scopes = ["NOT VALID"]
+[[routes]]
+name = "b"
+path_prefix = "/b"
+upstream = "u"
+[[routes]]
+name = "c"
+path_prefix = "/b"
+upstream = "u"
+"#,
+    )
+    .expect("write");
+    let check = command()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!check.status.success());
+    let stderr = String::from_utf8_lossy(&check.stderr).to_string();
+    for want in [
+        "proxy.listen",
+        "proxy.colour",
+        "database.url",
+        "keys.pepper",
+        "rate_limits.exempt_ips[0]",
+        "routes[0].upstream",
+        "routes[0].scopes[0]",
+        "routes[2].path_prefix",
+    ] {
+        assert!(stderr.contains(want), "missing {want} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let serve = command()
+        .args(["serve", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!serve.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&serve.stderr),
+        stderr,
+        "serve and check-config disagree"
+    );
+
+    // An environment override is checked like the file.
+    let env = command()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .env("GATEWAY_PROXY_THREADS", "zero")
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&env.stderr).contains("proxy"),
+        "override not validated"
+    );
+
+    let missing = command()
+        .args(["check-config", "-c", "/nonexistent.toml"])
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_up_down_status_checksums_and_concurrent_starts() {
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, format!("[database]\nurl = \"{}\"\n", db.url)).expect("write");
+    let run = |args: &[&str]| {
+        command()
+            .args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .expect("run")
+    };
+
+    // Two instances migrating at once: the advisory lock serialises them.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&["migrate", "up"]));
+        let b = s.spawn(|| run(&["migrate"]));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let status = String::from_utf8_lossy(&run(&["migrate", "status"]).stdout).to_string();
+    assert!(
+        status.contains("0001") && status.contains("applied"),
+        "{status}"
+    );
+
+    let down = run(&["migrate", "down", "1"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let status = String::from_utf8_lossy(&run(&["migrate", "status"]).stdout).to_string();
+    assert!(status.contains("pending"), "{status}");
+    assert!(run(&["migrate", "up"]).status.success());
+
+    // A changed script is refused.
+    db.client()
+        .await
+        .execute(
+            "UPDATE schema_migrations SET checksum = 'tampered' WHERE version = 1",
+            &[],
+        )
+        .await
+        .expect("tamper");
+    let refused = run(&["migrate", "up"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("changed after it was applied"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_cli_create_list_revoke_never_show_secrets_again() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    let (id, key) = gw
+        .create_key("read:echo,write:echo", &["--expires-in", "30d"])
+        .await;
+    assert!(key.starts_with("gw_live_"));
+
+    let human = gw.cli(&["keys", "create", "--name", "human", "--scopes", "read:echo"]);
+    let human = String::from_utf8_lossy(&human.stdout).to_string();
+    assert!(human.contains("key:     gw_live_"), "{human}");
+
+    for args in [&["keys", "list"][..], &["keys", "list", "--json"][..]] {
+        let out = gw.cli(args);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains(&id), "{text}");
+        assert!(text.contains(&key[..12]), "prefix shown");
+        assert!(!text.contains(&key), "plaintext key in list");
+        assert!(!text.contains("hash"), "hash in list");
+    }
+    let bad = gw.cli(&["keys", "create", "--name", "x", "--scopes", "Not Valid"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Not Valid"));
+    let bad = gw.cli(&["keys", "revoke", "not-a-uuid"]);
+    assert!(!bad.status.success());
+    let none = gw.cli(&["keys", "revoke", &uuid::Uuid::new_v4().to_string()]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no key"));
+    assert!(!gw.logs().contains(&key), "a key leaked into the logs");
+}
