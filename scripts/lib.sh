@@ -73,6 +73,9 @@ PG_URL_BASE="postgres://$PG_USER@127.0.0.1:$PG_PORT"
 start_postgres() {
   local bin dir run
   bin=$(pg_bin_dir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+  if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+  fi
   mkdir -p "$DATA"
   dir=$(pg_data_dir)
   run="$DATA/run"

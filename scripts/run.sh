@@ -36,7 +36,7 @@ KEY_FILE="$DATA/dev-admin.key"
 KEY=""
 if [ -s "$KEY_FILE" ]; then
   read -r KEY_ID KEY < "$KEY_FILE"
-  "$GW" keys list -c "$CONF" --json --limit 10000 | grep -q "\"id\":\"$KEY_ID\",[^}]*\"status\":\"active\"" || KEY=""
+  "$GW" keys list -c "$CONF" --limit 10000 | grep -Eq "^$KEY_ID .* active " || KEY=""
 fi
 if [ -z "$KEY" ]; then
   out=$("$GW" keys create -c "$CONF" --name dev-admin --scopes 'admin,*' --description "created by scripts/run.sh" --json)

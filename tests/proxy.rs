@@ -59,6 +59,14 @@ async fn valid_key_reaches_upstream_with_identity_headers_and_without_credential
     assert_ne!(rid, "not ok!");
     assert_eq!(body["headers"]["x-request-id"], rid);
     assert!(body["headers"].get("x-api-key").is_none());
+
+    // On an auth = "none" route another scheme is the upstream's business;
+    // a gateway key still never leaves the gateway.
+    let basic = "Basic dXNlcjpwdw==";
+    let (_, _, body) = send(http().get(gw.url("/public")).header("authorization", basic)).await;
+    assert_eq!(body["headers"]["authorization"], basic);
+    let (_, _, body) = send(http().get(gw.url("/public")).bearer_auth(&key)).await;
+    assert!(body["headers"].get("authorization").is_none(), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

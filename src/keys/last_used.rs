@@ -116,8 +116,9 @@ impl BackgroundService for LastUsedFlusher {
                 _ = shutdown.changed() => break,
             }
         }
-        // Requests still in flight may mark keys; the shutdown coordinator
-        // waits for them before this last flush matters, so flush twice.
+        // Final flush on shutdown. Keys first used by requests still in
+        // flight after this point are not recorded: last_used_at is
+        // accurate to the flush interval, not to the request.
         self.flush(&mut rx, &mut pending).await;
         self.drained.store(true, Ordering::Release);
     }

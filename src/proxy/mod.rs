@@ -353,9 +353,10 @@ impl ProxyHttp for GatewayProxy {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.get(7..)
-                    .is_some_and(|t| t.trim_start().starts_with(self.key_prefix.as_str()))
+            .and_then(|v| v.trim().split_once(' '))
+            .is_some_and(|(scheme, token)| {
+                scheme.eq_ignore_ascii_case("bearer")
+                    && token.trim_start().starts_with(self.key_prefix.as_str())
             });
         if auth_required || carries_gateway_key {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());

@@ -289,12 +289,27 @@ format = "json"
 }
 
 impl Gateway {
-    /// Starts a gateway on `db` and waits until it is ready.
+    /// Starts a gateway on `db` and waits until it is ready. Free ports are
+    /// picked by binding and releasing them, so another test can take one in
+    /// between; a start that fails to bind is retried on fresh ports.
     pub async fn start(db: &TestDb, opts: Opts) -> Gateway {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut gw = Gateway::spawn(db, &opts);
+            match gw.wait_ready().await {
+                Ok(()) => return gw,
+                Err(log) if attempt < 3 && log.contains("cannot listen") => continue,
+                Err(log) => panic!("gateway did not become ready; log:\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(db: &TestDb, opts: &Opts) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = write_config(dir.path(), &db.url, proxy, admin, &opts);
+        let config = write_config(dir.path(), &db.url, proxy, admin, opts);
         let log = dir.path().join("gateway.log");
         let child = command()
             .args(["serve", "-c"])
@@ -303,34 +318,33 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn gateway");
-        let mut gw = Gateway {
+        Gateway {
             child: Some(child),
             proxy,
             admin,
             config,
             log,
             _dir: dir,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits for `/health/ready` and the proxy port; the log on failure.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = http();
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("gateway exited with {status}; log:\n{}", self.logs());
+                return Err(format!("exited with {status}\n{}", self.logs()));
             }
             let ready = client.get(self.admin_url("/health/ready")).send().await;
             if ready.is_ok_and(|r| r.status() == 200)
                 && std::net::TcpStream::connect(self.proxy).is_ok()
             {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway not ready after 30s; log:\n{}", self.logs());
+        Err(format!("not ready after 30s\n{}", self.logs()))
     }
 
     pub fn url(&self, path: &str) -> String {
