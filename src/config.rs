@@ -488,6 +488,13 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis_url.is_some(), errs));
     let (log_level, log_format) = log.map(|l| build_log(l, errs)).unzip();
 
+    // Routes are checked against every upstream the file declares, so an
+    // upstream with a bad target does not also make its routes "dangling".
+    let declared: HashSet<String> = upstreams
+        .iter()
+        .flatten()
+        .filter_map(|u| u.name.clone())
+        .collect();
     // Entries keep their index in the file so errors point at the right one
     // even when an earlier entry was dropped for its own errors.
     let upstreams: Vec<(usize, UpstreamConfig)> = upstreams
@@ -505,12 +512,11 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         errs,
     );
     let upstreams: Vec<UpstreamConfig> = upstreams.into_iter().map(|(_, u)| u).collect();
-    let upstream_names: HashSet<&str> = upstreams.iter().map(|u| &*u.name).collect();
     let routes: Vec<(usize, RouteConfig)> = routes
         .into_iter()
         .enumerate()
         .filter_map(|(i, r)| {
-            r.and_then(|r| build_route(r, i, &upstream_names, errs))
+            r.and_then(|r| build_route(r, i, &declared, errs))
                 .map(|r| (i, r))
         })
         .collect();
@@ -538,10 +544,14 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         errs.push("routes", "at least one [[routes]] entry is needed to serve");
     }
     if let (Some(Some(p)), Some(Some(a))) = (&proxy, &admin_listen) {
-        if p.listen == *a {
+        let overlap = p.listen.port() == a.port()
+            && (p.listen.ip() == a.ip()
+                || p.listen.ip().is_unspecified()
+                || a.ip().is_unspecified());
+        if overlap {
             errs.push(
                 "admin.listen",
-                format!("same address as proxy.listen ({a})"),
+                format!("{a} overlaps proxy.listen ({})", p.listen),
             );
         }
     }
@@ -980,7 +990,7 @@ const METHODS: &[&str] = &[
 fn build_route(
     r: file::Route,
     i: usize,
-    upstreams: &HashSet<&str>,
+    upstreams: &HashSet<String>,
     errs: &mut Errors,
 ) -> Option<RouteConfig> {
     let path = format!("routes[{i}]");
@@ -1232,6 +1242,27 @@ upstream = "a"
         ] {
             assert!(Config::from_toml(text, no_env(), Need::Serve).is_err());
         }
+    }
+
+    #[test]
+    fn overlapping_listeners_are_rejected() {
+        let text = format!(
+            "{}\n[proxy]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "admin.listen");
+    }
+
+    #[test]
+    fn a_route_to_a_broken_upstream_is_not_also_dangling() {
+        let text = format!(
+            "{}\n[[upstreams]]\nname = \"bad\"\ntargets = [\"nope\"]\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"bad\"\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["upstreams[1].targets[0]"]);
     }
 
     #[test]

@@ -221,6 +221,28 @@ async fn unknown_route_is_a_json_404() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_cannot_walk_from_a_public_route_into_a_protected_one() {
+    let (_db, gw) = setup().await;
+    // Raw requests: an HTTP client would normalise these paths itself.
+    for path in [
+        "/public/../echo",
+        "/public/%2e%2e/echo",
+        "/public/./x",
+        "/public\\..\\echo",
+    ] {
+        let mut s = TcpStream::connect(gw.proxy).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let resp = raw_exchange(
+            &mut s,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+        assert!(resp.contains("\"code\":\"bad_request\""), "{path}: {resp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_failures_are_json_and_statuses_pass_through() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;

@@ -273,7 +273,19 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host())
             .map(normalize_host);
-        let Some(route) = self.routes.find(host.as_deref(), req.uri.path()).cloned() else {
+        let path = req.uri.path();
+        if !routing::is_canonical_path(path) {
+            return self
+                .deny(
+                    session,
+                    ctx,
+                    ProxyError::BadRequest(
+                        "The path must not contain dot segments or backslashes.",
+                    ),
+                )
+                .await;
+        }
+        let Some(route) = self.routes.find(host.as_deref(), path).cloned() else {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         if route.auth == AuthMode::Required {

@@ -88,6 +88,22 @@ impl RouteTable {
     }
 }
 
+/// False for paths an upstream might resolve to somewhere other than where
+/// the route table matched them: `.`/`..` segments (also percent-encoded)
+/// and backslashes. `/public/../admin` would otherwise match an
+/// `auth = "none"` route and reach `/admin` upstream. Such requests are
+/// refused rather than normalised, so the gateway and the upstream can
+/// never disagree about the path.
+pub fn is_canonical_path(path: &str) -> bool {
+    if path.contains('\\') || path.to_ascii_lowercase().contains("%5c") {
+        return false;
+    }
+    path.split('/').all(|seg| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
+}
+
 /// The request's host without port, lower-cased only when needed.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let host = if raw.starts_with('[') {
@@ -200,6 +216,24 @@ method_scopes = { post = ["write:orders"] }
             .collect();
         assert_eq!(get, ["read:orders"]);
         assert_eq!(post, ["read:orders", "write:orders"]);
+    }
+
+    #[test]
+    fn dot_segments_and_backslashes_are_not_canonical() {
+        for ok in ["/", "/a/b", "/a/.well-known", "/a/..b", "/a/b.", "/a%2Fb"] {
+            assert!(is_canonical_path(ok), "{ok}");
+        }
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/x",
+            "/a/.%2E/b",
+            "/a\\b",
+            "/a%5Cb",
+        ] {
+            assert!(!is_canonical_path(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -60,23 +60,12 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let admin_url = admin_db_url();
-        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
-        connect(&admin_url)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let url = with_db(&admin_url, &name);
-        let mut client = connect(&url).await;
+        let db = TestDb::empty().await;
+        let mut client = db.client().await;
         gateway::store::migrations::up(&mut client)
             .await
             .expect("migrate");
-        TestDb {
-            name,
-            url,
-            admin_url,
-        }
+        db
     }
 
     /// An empty, unmigrated database.
