@@ -127,6 +127,46 @@ async fn losing_the_database_keeps_cached_keys_working_and_recovers_on_its_own()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_traffic_and_not_ready_until_the_first_full_key_load() {
+    let db = TestDb::new().await;
+    // pid 0 is no backend: every connection to the database is cut.
+    db.cut_off(0).await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start_unready(&db, Opts::new(default_routes(upstream))).await;
+
+    let (status, _, body) = get(&gw.admin_url("/health/ready"), None).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _, body) = get(&gw.admin_url("/health"), None).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body["checks"]["key_snapshot"]["status"], "loading",
+        "{body}"
+    );
+    // Without keys every caller would look unknown: the proxy does not
+    // accept connections yet.
+    assert!(
+        std::net::TcpStream::connect(gw.proxy).is_err(),
+        "proxy accepted before the first load"
+    );
+
+    db.restore().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            get(&gw.admin_url("/health/ready"), None).await.0 == 200
+        })
+        .await,
+        "never became ready; log:\n{}",
+        gw.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&gw.url("/public"), None).await.0 == 200
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_requests_then_exits_within_the_grace_period() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;

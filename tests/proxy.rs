@@ -400,10 +400,39 @@ async fn malformed_and_oversized_input_gets_4xx_never_5xx() {
 async fn metrics_cover_requests_latency_auth_and_snapshot() {
     let (_db, gw) = setup().await;
     let (_, key) = gw.create_key("read:echo", &[]).await;
-    let before = metrics(&gw).await;
+    let count = r#"gateway_request_duration_seconds_count{route="echo"}"#;
+    // create_key's own probes may still be in their logging phase: start
+    // from a settled count.
+    let mut before = metrics(&gw).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = metrics(&gw).await;
+        if sample(&again, count) == sample(&before, count) {
+            break;
+        }
+        before = again;
+    }
     assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200);
     assert_eq!(get(&gw.url("/echo"), None).await.0, 401);
-    let after = metrics(&gw).await;
+    // Metrics are recorded in the logging phase, after the response went
+    // out: wait until both requests are counted.
+    let counted = |text: &str| {
+        sample(
+            text,
+            r#"gateway_request_duration_seconds_count{route="echo"}"#,
+        ) - sample(
+            &before,
+            r#"gateway_request_duration_seconds_count{route="echo"}"#,
+        ) >= 2.0
+    };
+    let mut after = metrics(&gw).await;
+    for _ in 0..200 {
+        if counted(&after) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        after = metrics(&gw).await;
+    }
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
     assert_eq!(
         delta(r#"gateway_requests_total{route="echo",method="GET",status="200"}"#),

@@ -294,6 +294,19 @@ impl Gateway {
         }
     }
 
+    /// Starts a gateway and waits only for `/health/live`: for tests of what
+    /// happens before readiness.
+    pub async fn start_unready(db: &TestDb, opts: Opts) -> Gateway {
+        let gw = Gateway::spawn(db, &opts);
+        let live = eventually(Duration::from_secs(30), || async {
+            let resp = http().get(gw.admin_url("/health/live")).send().await;
+            resp.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(live, "gateway never became live; log:\n{}", gw.logs());
+        gw
+    }
+
     fn spawn(db: &TestDb, opts: &Opts) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
