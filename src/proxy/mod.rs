@@ -556,6 +556,33 @@ mod tests {
         assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
     }
 
+    /// Every helper that sees raw client input, fed random input: none may panic.
+    #[test]
+    fn client_input_helpers_never_panic() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let alphabet: Vec<char> = "[]:/.%2eE\\ abcAB09_-é\u{0}\u{7f}gw_live_Bearer "
+            .chars()
+            .collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..48);
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let _ = routing::normalize_host(&s);
+            let _ = routing::is_canonical_path(&s);
+            let _ = format::verify(&s, "gw_live_");
+            let _ = valid_request_id(s.as_bytes());
+            let _ = format::display_prefix(&s);
+            if let Ok(v) = http::HeaderValue::from_str(&s) {
+                let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+                r.insert_header("authorization", v.clone()).expect("header");
+                r.insert_header("x-api-key", v).expect("header");
+                let _ = credential(&r);
+            }
+        }
+    }
+
     #[test]
     fn request_ids() {
         assert!(valid_request_id(b"abc-123_x.y:z"));

@@ -107,8 +107,8 @@ pub fn is_canonical_path(path: &str) -> bool {
 /// The request's host without port, lower-cased only when needed.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let host = if raw.starts_with('[') {
-        // [v6]:port
-        raw.split(']').next().map_or(raw, |h| &raw[..h.len() + 1])
+        // [v6]:port; an unterminated bracket is kept as it is.
+        raw.find(']').map_or(raw, |i| &raw[..=i])
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
@@ -241,5 +241,8 @@ method_scopes = { post = ["write:orders"] }
         assert_eq!(normalize_host("Example.COM:8080"), "example.com");
         assert_eq!(normalize_host("example.com"), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        for odd in ["[", "[abc", "]", ":", "", "a:b:c", "[::1"] {
+            let _ = normalize_host(odd);
+        }
     }
 }
