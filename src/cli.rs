@@ -51,10 +51,17 @@ pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
         .collect()
 }
 
+/// Database errors as operators should read them (server code and message).
+fn db_error(e: store::DbError) -> anyhow::Error {
+    anyhow!(e.describe())
+}
+
+async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    store::connect(&cfg.database).await.map_err(db_error)
+}
+
 pub async fn migrate(cfg: &Config, action: MigrateAction) -> anyhow::Result<()> {
-    let mut client = store::connect(&cfg.database)
-        .await
-        .map_err(|e| anyhow!(e.describe()))?;
+    let mut client = connect(cfg).await?;
     match action {
         MigrateAction::Up => {
             let ran = migrations::up(&mut client).await?;
@@ -105,9 +112,7 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
     if name.is_empty() || name.len() > 200 {
         bail!("--name must be 1-200 characters");
     }
-    let client = store::connect(&cfg.database)
-        .await
-        .map_err(|e| anyhow!(e.describe()))?;
+    let client = connect(cfg).await?;
     let hasher = KeyHasher::new(cfg.keys.pepper.expose());
     let expires_at = match args.expires_in {
         Some(d) => {
@@ -125,7 +130,7 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
     };
     let created = store::keys::create(&client, &hasher, &cfg.keys.prefix, &new)
         .await
-        .map_err(|e| anyhow!(e.describe()))?;
+        .map_err(db_error)?;
     if args.json {
         println!("{}", serde_json::to_string(&created)?);
     } else {
@@ -141,12 +146,8 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<()> {
-    let client = store::connect(&cfg.database)
-        .await
-        .map_err(|e| anyhow!(e.describe()))?;
-    let rows = store::keys::list(&client, limit)
-        .await
-        .map_err(|e| anyhow!(e.describe()))?;
+    let client = connect(cfg).await?;
+    let rows = store::keys::list(&client, limit).await.map_err(db_error)?;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -184,12 +185,10 @@ fn truncate(s: &str, n: usize) -> String {
 
 pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let id = Uuid::parse_str(id.trim()).map_err(|_| anyhow!("{id:?} is not a key id (a UUID)"))?;
-    let client = store::connect(&cfg.database)
-        .await
-        .map_err(|e| anyhow!(e.describe()))?;
+    let client = connect(cfg).await?;
     let row = store::keys::revoke(&client, id)
         .await
-        .map_err(|e| anyhow!(e.describe()))?
+        .map_err(db_error)?
         .ok_or_else(|| anyhow!("no key with id {id}"))?;
     if json {
         println!("{}", serde_json::to_string(&row)?);

@@ -95,7 +95,6 @@ pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
     if let Some(age) = age_seconds(s.keys.last_change_ms()) {
         metrics::gauge!("gateway_key_snapshot_seconds_since_change").set(age);
     }
-    metrics::gauge!("gateway_key_snapshot_keys").set(s.keys.load().len() as f64);
     metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() {
         1.0
     } else {

@@ -241,10 +241,6 @@ impl KeyStore {
         self.current.load()
     }
 
-    pub fn snapshot(&self) -> Arc<KeySnapshot> {
-        self.current.load_full()
-    }
-
     /// Publishes a complete reload.
     pub fn replace(&self, snap: KeySnapshot) {
         self.publish(snap);

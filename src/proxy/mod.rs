@@ -32,6 +32,9 @@ use crate::keys::last_used::LastUsedTracker;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{KeyRecord, KeyStore, Rejection};
 
+/// The answer to any key that is not one of ours, whatever the reason, so a
+/// caller learns nothing about why.
+const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
 /// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// Credentials longer than this are rejected before any parsing.
@@ -124,22 +127,14 @@ impl GatewayProxy {
         let presented = credential(req)
             .map_err(|e| ("malformed", e))?
             .ok_or(("missing", ProxyError::MissingApiKey))?;
-        format::verify(presented, &self.key_prefix).map_err(|e| {
-            (
-                e.reason(),
-                ProxyError::InvalidApiKey("The API key is not valid."),
-            )
-        })?;
+        format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
         let hash = self.hasher.hash(presented);
         let auth = self
             .keys
             .load()
             .authenticate(&hash, crate::now_ms())
             .map_err(|r| match r {
-                Rejection::Unknown => (
-                    "unknown",
-                    ProxyError::InvalidApiKey("The API key is not valid."),
-                ),
+                Rejection::Unknown => ("unknown", INVALID_KEY),
                 Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
                 Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
             })?;
@@ -158,6 +153,15 @@ impl GatewayProxy {
 /// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
 /// credentials, a repeated header, or a non-Bearer `Authorization` without
 /// `X-API-Key` are rejected rather than guessed at.
+/// The token of an `Authorization: Bearer <token>` value (scheme
+/// case-insensitive), or `None` for any other scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+        _ => None,
+    }
+}
+
 fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
     const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
     let mut api_key = req.headers.get_all("x-api-key").iter();
@@ -170,15 +174,13 @@ fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
     let bearer = match (auth.next(), auth.next()) {
         (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
         (Some(v), None) => {
-            let v = v.to_str().map_err(|_| MALFORMED)?.trim();
-            match v.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                    Some(token.trim())
-                }
+            let v = v.to_str().map_err(|_| MALFORMED)?;
+            match bearer_token(v) {
+                Some(token) => Some(token),
                 // Another scheme next to X-API-Key may be meant for someone
                 // else; the header is stripped before forwarding anyway.
-                _ if x.is_some() => None,
-                _ => {
+                None if x.is_some() => None,
+                None => {
                     return Err(ProxyError::InvalidApiKey(
                         "The Authorization header must use the Bearer scheme.",
                     ))
@@ -365,11 +367,8 @@ impl ProxyHttp for GatewayProxy {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .is_some_and(|(scheme, token)| {
-                scheme.eq_ignore_ascii_case("bearer")
-                    && token.trim_start().starts_with(self.key_prefix.as_str())
-            });
+            .and_then(bearer_token)
+            .is_some_and(|token| token.starts_with(self.key_prefix.as_str()));
         if auth_required || carries_gateway_key {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());
         }
@@ -492,7 +491,13 @@ impl ProxyHttp for GatewayProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.as_ref().map_or("none", |r| &*r.name).to_string();
+        // Label values share the route's Arc<str>: a refcount, not a copy.
+        let route: metrics::SharedString = ctx
+            .route
+            .as_ref()
+            .map_or(metrics::SharedString::const_str("none"), |r| {
+                r.name.clone().into()
+            });
         let method = method_label(&session.req_header().method);
         metrics::counter!("gateway_requests_total",
             "route" => route.clone(), "method" => method, "status" => status.to_string())
@@ -503,6 +508,7 @@ impl ProxyHttp for GatewayProxy {
             metrics::histogram!("gateway_upstream_duration_seconds", "route" => route.clone())
                 .record(t.as_secs_f64());
         }
+        let route = &*route;
         if let Some(e) = e {
             let client_gone = e.esource() == &ErrorSource::Downstream
                 && matches!(
@@ -528,6 +534,14 @@ mod tests {
             r.append_header(k.to_string(), *v).expect("header");
         }
         r
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("  bEaReR   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl Gateway {
     }
 
     /// Waits for the process to exit; returns how long it took.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
         let child = self.child.as_mut()?;
         while started.elapsed() < limit {
@@ -427,7 +427,7 @@ impl Gateway {
                 self.child = None;
                 return Some(started.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
     }
