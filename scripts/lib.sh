@@ -19,10 +19,12 @@ pg_bin_dir() {
   [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
 }
 
-# Installs cmake (Pingora's build), a C toolchain, PostgreSQL, Redis and curl
-# when they are missing.
+# Installs cmake (Pingora's build), a C toolchain, PostgreSQL, Redis, curl
+# and Python with venv (for the schemathesis fuzz run) when they are missing.
 ensure_packages() {
   local missing=()
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
   command -v cc >/dev/null || missing+=(build-essential)
   command -v cmake >/dev/null || missing+=(cmake)
   command -v curl >/dev/null || missing+=(curl)

@@ -6,13 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{Config, Limits, Need};
-use crate::keys::format::KeyHasher;
+use crate::keys::lifecycle::{Authority, KeyService, KeyUpdate, OpError, MAX_ROTATION_GRACE};
 use crate::keys::scope::Scope;
-use crate::store::{self, keys::NewKey, migrations};
+use crate::store::audit::{self, AuditChain, Origin, Verdict};
+use crate::store::keys::{CreatedKey, KeyRow, NewKey};
+use crate::store::{self, migrations};
 
 /// Loads the config at `path` with the process environment applied, or
 /// returns every error in one message.
@@ -107,17 +109,76 @@ pub struct CreateArgs {
     pub json: bool,
 }
 
-pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
-    let name = args.name.trim().to_string();
-    if name.is_empty() || name.len() > 200 {
+/// The CLI's key operations: unrestricted, audited with actor `cli`.
+async fn key_ops(cfg: &Config) -> anyhow::Result<(tokio_postgres::Client, KeyService, Origin)> {
+    Ok((connect(cfg).await?, KeyService::new(cfg), Origin::cli()))
+}
+
+fn op_error(id: Uuid) -> impl Fn(OpError) -> anyhow::Error {
+    move |e| match e {
+        OpError::NotFound => anyhow!("no key with id {id}"),
+        OpError::Revoked => anyhow!("key {id} is revoked; a revoked key cannot change"),
+        OpError::Forbidden(s) => anyhow!("not allowed: needs scope {s}"),
+        OpError::Db(e) => db_error(e),
+    }
+}
+
+fn parse_id(id: &str) -> anyhow::Result<Uuid> {
+    Uuid::parse_str(id.trim()).map_err(|_| anyhow!("{id:?} is not a key id (a UUID)"))
+}
+
+fn name_arg(name: &str) -> anyhow::Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
         bail!("--name must be 1-200 characters");
     }
-    let client = connect(cfg).await?;
-    let hasher = KeyHasher::new(cfg.keys.pepper.expose());
+    Ok(name.to_string())
+}
+
+fn in_future(d: Duration, flag: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(
+        Utc::now()
+            + chrono::Duration::from_std(d).with_context(|| format!("{flag} is too long"))?,
+    )
+}
+
+/// Prints a key together with its plaintext, which is shown only now.
+fn print_secret(verb: &str, k: &CreatedKey, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(k)?);
+        return Ok(());
+    }
+    println!("{verb} key {} ({})", k.row.id, k.row.name);
+    println!("scopes:  {}", k.row.scopes.join(","));
+    if let Some(t) = k.row.expires_at {
+        println!("expires: {}", t.to_rfc3339());
+    }
+    if let Some(t) = k
+        .row
+        .rotation
+        .as_ref()
+        .and_then(|r| r.previous_key_expires_at)
+    {
+        println!("the previous secret works until {}", t.to_rfc3339());
+    }
+    println!("key:     {}", k.key);
+    println!("The key is shown only now; store it somewhere safe.");
+    Ok(())
+}
+
+fn print_row(verb: &str, r: &KeyRow, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{verb} key {} ({})", r.id, r.name);
+    }
+    Ok(())
+}
+
+pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
+    let name = name_arg(&args.name)?;
     let expires_at = match args.expires_in {
-        Some(d) => {
-            Some(Utc::now() + chrono::Duration::from_std(d).context("--expires-in is too long")?)
-        }
+        Some(d) => Some(in_future(d, "--expires-in")?),
         None => None,
     };
     let new = NewKey {
@@ -128,26 +189,123 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
         metadata: serde_json::json!({}),
         expires_at,
     };
-    let created = store::keys::create(&client, &hasher, &cfg.keys.prefix, &new)
+    let (mut client, ops, origin) = key_ops(cfg).await?;
+    let created = ops
+        .create(&mut client, &origin, &Authority::Unrestricted, &new)
         .await
-        .map_err(db_error)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&created)?);
-    } else {
-        println!("created key {} ({})", created.row.id, created.row.name);
-        println!("scopes:  {}", created.row.scopes.join(","));
-        if let Some(t) = created.row.expires_at {
-            println!("expires: {}", t.to_rfc3339());
+        .map_err(op_error(Uuid::nil()))?;
+    print_secret("created", &created, args.json)
+}
+
+/// `gateway keys update`: the fields given change, the others stay.
+pub struct UpdateArgs {
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<Scope>>,
+    pub expires_in: Option<Duration>,
+    pub no_expiry: bool,
+    /// Replaces all overrides when set.
+    pub limits: Option<Limits>,
+    pub metadata: Option<String>,
+    pub json: bool,
+}
+
+pub async fn update_key(cfg: &Config, args: UpdateArgs) -> anyhow::Result<()> {
+    let id = parse_id(&args.id)?;
+    let metadata = match args.metadata {
+        Some(m) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&m).context("--metadata must be a JSON object")?;
+            if !v.is_object() {
+                bail!("--metadata must be a JSON object");
+            }
+            Some(v)
         }
-        println!("key:     {}", created.key);
-        println!("The key is shown only now; store it somewhere safe.");
+        None => None,
+    };
+    let expires_at = match (args.expires_in, args.no_expiry) {
+        (Some(d), false) => Some(Some(in_future(d, "--expires-in")?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+        (Some(_), true) => bail!("give --expires-in or --no-expiry, not both"),
+    };
+    if args.name.is_none()
+        && args.description.is_none()
+        && args.scopes.is_none()
+        && expires_at.is_none()
+        && args.limits.is_none()
+        && metadata.is_none()
+    {
+        bail!("nothing to change: give at least one of --name, --description, --scopes, --expires-in, --no-expiry, --per-minute/--per-hour/--per-day, --clear-limits, --metadata");
     }
-    Ok(())
+    let change = KeyUpdate {
+        name: args.name.as_deref().map(name_arg).transpose()?,
+        description: args.description,
+        scopes: args.scopes,
+        expires_at,
+        limits: args.limits,
+        metadata,
+    };
+    let (mut client, ops, origin) = key_ops(cfg).await?;
+    let row = ops
+        .update(&mut client, &origin, &Authority::Unrestricted, id, change)
+        .await
+        .map_err(op_error(id))?;
+    print_row("updated", &row, args.json)
+}
+
+pub async fn rotate_key(cfg: &Config, id: &str, grace: Duration, json: bool) -> anyhow::Result<()> {
+    let id = parse_id(id)?;
+    if grace > MAX_ROTATION_GRACE {
+        bail!("--grace must be at most 7d");
+    }
+    let (mut client, ops, origin) = key_ops(cfg).await?;
+    let rotated = ops
+        .rotate(&mut client, &origin, &Authority::Unrestricted, id, grace)
+        .await
+        .map_err(op_error(id))?;
+    print_secret("rotated", &rotated, json)
+}
+
+/// Parses a rotation grace period: `0` or a duration such as `1h`.
+pub fn parse_grace(s: &str) -> Result<Duration, String> {
+    if matches!(s.trim(), "0" | "0s") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// `gateway audit verify`: walks the chain; an error names the first broken entry.
+pub async fn verify_audit(cfg: &Config) -> anyhow::Result<()> {
+    let client = connect(cfg).await?;
+    let chain = AuditChain::new(cfg.keys.pepper.expose());
+    match audit::verify(&client, &chain).await.map_err(db_error)? {
+        Verdict::Intact { entries, head } => {
+            println!("audit log intact: {entries} entries");
+            if let Some(h) = head {
+                println!("head hash: {h}");
+                println!(
+                    "(record the head hash elsewhere to detect removal of the newest entries)"
+                );
+            }
+            Ok(())
+        }
+        Verdict::Broken {
+            id,
+            checked,
+            reason,
+        } => {
+            bail!("audit log broken at entry {id}: {reason}; the {checked} entries before it check out")
+        }
+    }
 }
 
 pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<()> {
     let client = connect(cfg).await?;
-    let rows = store::keys::list(&client, limit).await.map_err(db_error)?;
+    let rows = store::keys::list(&client, &Default::default(), limit)
+        .await
+        .map_err(db_error)?;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -184,12 +342,12 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
-    let id = Uuid::parse_str(id.trim()).map_err(|_| anyhow!("{id:?} is not a key id (a UUID)"))?;
-    let client = connect(cfg).await?;
-    let row = store::keys::revoke(&client, id)
+    let id = parse_id(id)?;
+    let (mut client, ops, origin) = key_ops(cfg).await?;
+    let row = ops
+        .revoke(&mut client, &origin, &Authority::Unrestricted, id)
         .await
-        .map_err(db_error)?
-        .ok_or_else(|| anyhow!("no key with id {id}"))?;
+        .map_err(op_error(id))?;
     if json {
         println!("{}", serde_json::to_string(&row)?);
     } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gateway::cli::{self, CreateArgs, MigrateAction};
+use gateway::cli::{self, CreateArgs, MigrateAction, UpdateArgs};
 use gateway::config::{Limits, Need};
 
 #[derive(Parser)]
@@ -38,6 +38,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysCmd,
+    },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
     },
     /// Run the demo upstream used by the walkthrough and tests.
     DemoUpstream {
@@ -76,6 +81,58 @@ enum KeysCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Give a key a new secret; the old one works for the grace period.
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working: 0 or e.g. 30m, 1h, 7d (at most 7d).
+        #[arg(long, value_parser = cli::parse_grace, default_value = "1d")]
+        grace: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, description, scopes, expiry, limits or metadata.
+    Update(UpdateCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain and report the first entry that was altered,
+    /// removed or reordered.
+    Verify,
+}
+
+#[derive(Args)]
+struct UpdateCmd {
+    id: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Replaces the scopes: comma-separated, e.g. `read:orders,write:orders`.
+    #[arg(long, value_parser = cli::parse_scopes)]
+    scopes: Option<std::vec::Vec<gateway::keys::scope::Scope>>,
+    /// New lifetime from now, such as 30d.
+    #[arg(long, value_parser = cli::parse_duration, conflicts_with = "no_expiry")]
+    expires_in: Option<std::time::Duration>,
+    /// Remove the expiry.
+    #[arg(long)]
+    no_expiry: bool,
+    /// With --per-hour and --per-day: replace the key's rate-limit overrides
+    /// as a set; tiers not given fall back to the configured default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "clear_limits")]
+    per_minute: Option<u32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "clear_limits")]
+    per_hour: Option<u32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "clear_limits")]
+    per_day: Option<u32>,
+    /// Remove every rate-limit override.
+    #[arg(long)]
+    clear_limits: bool,
+    /// Replaces the metadata: a JSON object.
+    #[arg(long)]
+    metadata: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -148,7 +205,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )),
                 KeysCmd::List { limit, json } => rt.block_on(cli::list_keys(&cfg, limit, json)),
                 KeysCmd::Revoke { id, json } => rt.block_on(cli::revoke_key(&cfg, &id, json)),
+                KeysCmd::Rotate { id, grace, json } => {
+                    rt.block_on(cli::rotate_key(&cfg, &id, grace, json))
+                }
+                KeysCmd::Update(u) => {
+                    let limits = (u.per_minute.is_some()
+                        || u.per_hour.is_some()
+                        || u.per_day.is_some()
+                        || u.clear_limits)
+                        .then_some(Limits {
+                            per_minute: u.per_minute,
+                            per_hour: u.per_hour,
+                            per_day: u.per_day,
+                        });
+                    rt.block_on(cli::update_key(
+                        &cfg,
+                        UpdateArgs {
+                            id: u.id,
+                            name: u.name,
+                            description: u.description,
+                            scopes: u.scopes,
+                            expires_in: u.expires_in,
+                            no_expiry: u.no_expiry,
+                            limits,
+                            metadata: u.metadata,
+                            json: u.json,
+                        },
+                    ))
+                }
             }
+        }
+        Command::Audit {
+            action: AuditCmd::Verify,
+        } => {
+            let cfg = cli::load_config(&cli.config, Need::Keys)?;
+            runtime()?.block_on(cli::verify_audit(&cfg))
         }
         Command::DemoUpstream { listen } => {
             gateway::telemetry::init_logging("info", gateway::config::LogFormat::Text);

@@ -17,8 +17,10 @@ use crate::admin::{AdminApp, AdminState};
 use crate::config::Config;
 use crate::keys::format::KeyHasher;
 use crate::keys::last_used;
+use crate::keys::lifecycle::KeyService;
 use crate::keys::listener::KeyListener;
 use crate::keys::snapshot::KeyStore;
+use crate::proxy::auth::Authenticator;
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::{store, telemetry};
 
@@ -65,20 +67,28 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        GatewayProxy::new(&cfg, keys.clone(), hasher, tracker, inflight.clone()),
+        GatewayProxy::new(
+            &cfg,
+            keys.clone(),
+            hasher.clone(),
+            tracker.clone(),
+            inflight.clone(),
+        ),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
     // No traffic before the first full key load: every key would look unknown.
     server.add_service(proxy).add_dependency(&listener);
 
-    let state = Arc::new(AdminState {
-        keys,
+    let state = Arc::new(AdminState::new(
+        keys.clone(),
         pool,
         prometheus,
-        started: Instant::now(),
-        redis_configured: cfg.redis_url.is_some(),
-    });
+        cfg.redis_url.is_some(),
+        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
+        KeyService::new(&cfg),
+        tracker,
+    ));
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(AdminApp::new(state)),

@@ -14,7 +14,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Pingora's HTTP app (our admin listener) logs the raw request, with its
+    // Authorization header, at error level when a request does not parse.
+    // Keys must never reach the logs, so that target stays silent.
+    if let Ok(d) = "pingora_core::apps::http_app=off".parse() {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,22 +1,46 @@
-//! The admin listener: health, metrics, and (next) the `/api/v1` router.
+//! The admin listener: `/api/v1` (keys, audit logs), health, metrics and
+//! `/openapi.json`.
 //!
-//! The router is plain code, a `match` on method and path segments, as in
-//! linkerd2's admin server. Every error is the same JSON shape as the proxy's.
+//! The router is plain code: a table of (path, method, operation) in
+//! [`routes`] and one exhaustive `match` on the operation here, as in
+//! linkerd2's admin server. Callers authenticate with an API key exactly as
+//! on the proxy; every error is the proxy's JSON shape, built in [`error`].
 
+pub mod audit;
+pub mod error;
 pub mod health;
+pub mod input;
+pub mod keys;
+pub mod routes;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+use tokio::sync::Semaphore;
 
-use crate::keys::snapshot::KeyStore;
-use crate::proxy::errors::error_body;
+use self::error::{ApiError, MAX_BODY_BYTES};
+use self::routes::{Op, Resolved};
+use crate::keys::last_used::LastUsedTracker;
+use crate::keys::lifecycle::{Authority, KeyService};
+use crate::keys::scope::{first_missing, Scope};
+use crate::keys::snapshot::{KeyStore, PreviousSecret};
+use crate::proxy::auth::{self, Authenticator};
+use crate::proxy::errors::ProxyError;
+use crate::store::audit::{Actor, Origin};
+
+/// Denied calls whose audit entries may be in flight at once; beyond this
+/// they are dropped and counted, so a flood of bad credentials cannot pile
+/// up tasks waiting on the database.
+const MAX_PENDING_DENIAL_AUDITS: usize = 64;
+/// Longest `User-Agent` kept in the audit log.
+const MAX_USER_AGENT: usize = 256;
 
 /// Everything the admin handlers read.
 pub struct AdminState {
@@ -25,6 +49,55 @@ pub struct AdminState {
     pub prometheus: PrometheusHandle,
     pub started: Instant,
     pub redis_configured: bool,
+    pub auth: Authenticator,
+    pub key_service: KeyService,
+    pub last_used: LastUsedTracker,
+    /// `admin/openapi.yaml` as JSON, converted once at start.
+    pub openapi_json: Result<Vec<u8>, String>,
+    pending_denial_audits: Arc<Semaphore>,
+}
+
+impl AdminState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        keys: Arc<KeyStore>,
+        pool: Pool,
+        prometheus: PrometheusHandle,
+        redis_configured: bool,
+        auth: Authenticator,
+        key_service: KeyService,
+        last_used: LastUsedTracker,
+    ) -> Self {
+        Self {
+            keys,
+            pool,
+            prometheus,
+            started: Instant::now(),
+            redis_configured,
+            auth,
+            key_service,
+            last_used,
+            openapi_json: openapi_json(),
+            pending_denial_audits: Arc::new(Semaphore::new(MAX_PENDING_DENIAL_AUDITS)),
+        }
+    }
+}
+
+/// The admin API's OpenAPI document, embedded at build time.
+pub const OPENAPI_YAML: &str = include_str!("../../admin/openapi.yaml");
+
+/// The spec as JSON.
+pub fn openapi_json() -> Result<Vec<u8>, String> {
+    let v: serde_json::Value = serde_yaml_ng::from_str(OPENAPI_YAML)
+        .map_err(|e| format!("admin/openapi.yaml does not parse: {e}"))?;
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+/// An authenticated admin caller.
+pub struct Caller {
+    pub origin: Origin,
+    pub authority: Authority,
+    previous_secret: Option<PreviousSecret>,
 }
 
 pub struct AdminApp {
@@ -55,63 +128,247 @@ pub fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Respons
     resp
 }
 
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
-    respond(
-        status,
-        "application/json",
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
-}
-
-/// The JSON error response, with the request id echoed in body and header.
-pub fn error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Vec<u8>> {
-    let mut resp = respond(
-        status,
-        "application/json",
-        error_body(code, message, request_id),
-    );
-    if let Ok(v) = request_id.parse() {
-        resp.headers_mut().insert("x-request-id", v);
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Vec<u8>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise admin response");
+            respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                br#"{"error":{"code":"internal_error","message":"Internal error.","request_id":""}}"#
+                    .to_vec(),
+            )
+        }
     }
-    resp
 }
 
-fn method_not_allowed(allow: &'static str, request_id: &str) -> Response<Vec<u8>> {
-    let mut resp = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("Use {allow}."),
-        request_id,
-    );
-    resp.headers_mut()
-        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
-    resp
+/// A pooled connection, or 503 when Postgres cannot be reached.
+pub async fn db(s: &AdminState) -> Result<deadpool_postgres::Object, ApiError> {
+    Ok(s.pool.get().await.map_err(crate::store::DbError::from)?)
+}
+
+/// Reads the request body, refusing more than [`MAX_BODY_BYTES`] and any
+/// content type but JSON.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
+    let req = session.req_header();
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        // Do not read (or drain) what we refuse.
+        session.set_keepalive(None);
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let is_json = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    session.set_keepalive(None);
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                tracing::debug!(request_id = ?session.req_header().headers.get("x-request-id"), error = %e, "admin body read failed");
+                return Err(ApiError::InvalidJson(
+                    "The request body could not be read.".into(),
+                ));
+            }
+        }
+    }
+    if !body.is_empty() && is_json != Some(true) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(body)
+}
+
+fn header_string(
+    session: &ServerSession,
+    name: http::header::HeaderName,
+    max: usize,
+) -> Option<String> {
+    session.req_header().headers.get(name).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(max)
+            .collect()
+    })
+}
+
+impl AdminApp {
+    /// Authenticates the caller and checks `scope`. Refusals are audited in
+    /// the background, so they answer at once even when Postgres is slow.
+    fn authorize(
+        &self,
+        session: &ServerSession,
+        scope: &'static str,
+        request_id: &str,
+    ) -> Result<Caller, ApiError> {
+        let req = session.req_header();
+        let mut origin = Origin {
+            actor: Actor::Anonymous,
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string()),
+            user_agent: header_string(session, http::header::USER_AGENT, MAX_USER_AGENT),
+            request_id: request_id.to_string(),
+        };
+        let endpoint: String = format!("{} {}", req.method, req.uri.path())
+            .chars()
+            .take(200)
+            .collect();
+        let s = &self.state;
+        let authenticated = match s.auth.authenticate(req) {
+            Ok(a) => a,
+            Err((reason, e)) => {
+                metrics::counter!("gateway_admin_auth_failures_total", "reason" => reason)
+                    .increment(1);
+                self.audit_denial(origin, endpoint, &e);
+                return Err(ApiError::Auth(e));
+            }
+        };
+        origin.actor = Actor::Key(authenticated.record.id);
+        s.last_used.record(&authenticated.record);
+        let held = &authenticated.record.scopes;
+        let authority = Authority::of(held);
+        let required = [Scope::parse(scope).map_err(|_| ApiError::Internal)?];
+        // `admin` satisfies every admin scope (DESIGN §3 "Scopes").
+        let missing = match authority {
+            Authority::Unrestricted => None,
+            Authority::Holds(_) => first_missing(held, &required),
+        };
+        if let Some(missing) = missing {
+            let e = ProxyError::InsufficientScope(missing.clone());
+            metrics::counter!("gateway_admin_auth_failures_total", "reason" => "insufficient_scope")
+                .increment(1);
+            self.audit_denial(origin, endpoint, &e);
+            return Err(ApiError::Auth(e));
+        }
+        Ok(Caller {
+            origin,
+            authority,
+            previous_secret: authenticated.previous_secret,
+        })
+    }
+
+    fn audit_denial(&self, origin: Origin, endpoint: String, e: &ProxyError) {
+        let Ok(permit) = self.state.pending_denial_audits.clone().try_acquire_owned() else {
+            metrics::counter!("gateway_audit_dropped_total").increment(1);
+            tracing::warn!(request_id = %origin.request_id, "audit of a denied admin call dropped: too many pending");
+            return;
+        };
+        let state = self.state.clone();
+        let (code, message) = (e.code(), e.message().into_owned());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match state.pool.get().await {
+                Ok(mut client) => {
+                    state
+                        .key_service
+                        .record_denied(&mut client, &origin, endpoint, code, &message)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                metrics::counter!("gateway_audit_dropped_total").increment(1);
+                tracing::warn!(request_id = %origin.request_id, error = %e.describe(), "audit of a denied admin call failed");
+            }
+        });
+    }
+
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        op: Op,
+        id: Option<&str>,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Result<Response<Vec<u8>>, ApiError> {
+        let s = &*self.state;
+        let caller = match op.required_scope() {
+            Some(scope) => Some(self.authorize(session, scope, request_id)?),
+            None => None,
+        };
+        let body = match op {
+            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RotateKey => {
+                read_body(session).await?
+            }
+            _ => Vec::new(),
+        };
+        let authed = || caller.as_ref().ok_or(ApiError::Internal);
+        let mut resp = match op {
+            Op::Health => health::health(s).await,
+            Op::HealthLive => health::live(),
+            Op::HealthReady => health::ready(s),
+            Op::Metrics => health::metrics(s),
+            Op::GetOpenapi => match &s.openapi_json {
+                Ok(spec) => respond(StatusCode::OK, "application/json", spec.clone()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve /openapi.json");
+                    return Err(ApiError::Internal);
+                }
+            },
+            Op::CreateKey => keys::create_key(s, authed()?, &body).await?,
+            Op::ListKeys => keys::list_keys(s, query).await?,
+            Op::GetKey => keys::get_key(s, id).await?,
+            Op::UpdateKey | Op::PatchKey => keys::update_key(s, authed()?, id, &body).await?,
+            Op::RevokeKey => keys::revoke_key(s, authed()?, id).await?,
+            Op::RotateKey => keys::rotate_key(s, authed()?, id, &body).await?,
+            Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
+        };
+        if let Some(prev) = caller.as_ref().and_then(|c| c.previous_secret) {
+            for (name, value) in auth::deprecation_headers(&prev) {
+                if let Ok(v) = value.parse() {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+        }
+        Ok(resp)
+    }
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let request_id = auth::request_id(req);
         let method = req.method.clone();
         let path = req.uri.path().to_string();
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let s = &self.state;
-        let read_only = method == Method::GET || method == Method::HEAD;
-        match segments.as_slice() {
-            ["health"] if read_only => health::health(s).await,
-            ["health", "live"] if read_only => health::live(),
-            ["health", "ready"] if read_only => health::ready(s),
-            ["metrics"] if read_only => health::metrics(s),
-            ["health"] | ["health", "live" | "ready"] | ["metrics"] => {
-                method_not_allowed("GET, HEAD", &request_id)
+        let query = req.uri.query().map(str::to_string);
+        let mut resp = match routes::resolve(&method, &path) {
+            Resolved::Found { op, id } => self
+                .handle(session, op, id, query.as_deref(), &request_id)
+                .await
+                .unwrap_or_else(|e| e.response(&request_id)),
+            Resolved::MethodNotAllowed(allow) => {
+                ApiError::MethodNotAllowed(allow).response(&request_id)
             }
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "No admin endpoint at this path.",
-                &request_id,
-            ),
+            Resolved::NotFound => {
+                ApiError::NotFound("No admin endpoint at this path.").response(&request_id)
+            }
+        };
+        if let Ok(v) = request_id.parse() {
+            resp.headers_mut().insert("x-request-id", v);
         }
+        resp
     }
 }

@@ -1,8 +1,10 @@
 //! API keys: format and hashing, scopes, the in-memory snapshot, the
-//! listener that keeps it current, and the batched `last_used_at` flush.
+//! listener that keeps it current, the batched `last_used_at` flush, and the
+//! audited lifecycle operations (create, update, revoke, rotate).
 
 pub mod format;
 pub mod last_used;
+pub mod lifecycle;
 pub mod listener;
 pub mod scope;
 pub mod snapshot;

@@ -47,10 +47,13 @@ impl Hasher for PrehashedHasher {
 type HashIndex = HashMap<KeyHash, Arc<KeyRecord>, BuildHasherDefault<PrehashedHasher>>;
 
 /// The secret a key had before its last rotation, valid until `expires_at_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreviousSecret {
     pub hash: KeyHash,
+    /// End of the grace period: from then on the secret answers `expired_api_key`.
     pub expires_at_ms: i64,
+    /// When the rotation that replaced it happened (the `Deprecation` date).
+    pub rotated_at_ms: i64,
 }
 
 /// What the hot path needs to know about one key. Names, descriptions and
@@ -116,8 +119,8 @@ pub enum Rejection {
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub record: Arc<KeyRecord>,
-    /// Set when the caller used the pre-rotation secret: when it stops working.
-    pub previous_secret_sunset_ms: Option<i64>,
+    /// Set when the caller used the pre-rotation secret, still in its grace period.
+    pub previous_secret: Option<PreviousSecret>,
 }
 
 /// One immutable generation of all keys.
@@ -203,17 +206,17 @@ impl KeySnapshot {
         if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
             return Err(Rejection::Expired);
         }
-        let mut sunset = None;
+        let mut previous_secret = None;
         if record.hash != *hash {
-            let prev = record.previous.as_ref().ok_or(Rejection::Unknown)?;
+            let prev = record.previous.ok_or(Rejection::Unknown)?;
             if prev.expires_at_ms <= now_ms {
                 return Err(Rejection::Expired);
             }
-            sunset = Some(prev.expires_at_ms);
+            previous_secret = Some(prev);
         }
         Ok(Authenticated {
             record: record.clone(),
-            previous_secret_sunset_ms: sunset,
+            previous_secret,
         })
     }
 }
@@ -336,10 +339,11 @@ mod tests {
         r.previous = Some(PreviousSecret {
             hash: [7; 32],
             expires_at_ms: 10_000,
+            rotated_at_ms: 5_000,
         });
         let snap = KeySnapshot::from_records([r]);
         let ok = snap.authenticate(&[7; 32], 9_999).expect("grace");
-        assert_eq!(ok.previous_secret_sunset_ms, Some(10_000));
+        assert_eq!(ok.previous_secret.map(|p| p.expires_at_ms), Some(10_000));
         assert_eq!(
             snap.authenticate(&[7; 32], 10_000).unwrap_err(),
             Rejection::Expired
@@ -353,6 +357,7 @@ mod tests {
         rotated.previous = Some(PreviousSecret {
             hash: [1; 32],
             expires_at_ms: i64::MAX,
+            rotated_at_ms: 0,
         });
         let old = KeySnapshot::from_records([rec(1, 1), rec(5, 5)]);
         let mid = old.with_changes([KeyChange::Upsert(rotated)]);

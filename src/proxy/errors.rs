@@ -90,15 +90,36 @@ struct Inner<'a> {
     code: &'a str,
     message: &'a str,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    details: &'a [FieldError],
+}
+
+/// One invalid input field of a `validation_failed` error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the field: `name`, `scopes[2]`, `rate_limits.per_minute`.
+    pub field: String,
+    pub message: String,
 }
 
 /// The JSON error body shared by the proxy and the admin listener.
 pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    error_body_with_details(code, message, request_id, &[])
+}
+
+/// [`error_body`] with per-field `details` (omitted when empty).
+pub fn error_body_with_details(
+    code: &str,
+    message: &str,
+    request_id: &str,
+    details: &[FieldError],
+) -> Vec<u8> {
     serde_json::to_vec(&Body {
         error: Inner {
             code,
             message,
             request_id,
+            details,
         },
     })
     .unwrap_or_else(|_| {

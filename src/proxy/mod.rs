@@ -6,6 +6,7 @@
 //! identity headers; `response_filter` stamps the request id; `logging`
 //! records metrics. Nothing here waits on Postgres.
 
+pub mod auth;
 pub mod errors;
 pub mod routing;
 pub mod upstream;
@@ -23,22 +24,15 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use self::auth::{bearer_token, Authenticator};
 use self::errors::{write_error, ProxyError};
 use self::routing::{normalize_host, Route, RouteTable};
 use self::upstream::Upstream;
 use crate::config::{AuthMode, Config};
-use crate::keys::format::{self, KeyHasher};
+use crate::keys::format::KeyHasher;
 use crate::keys::last_used::LastUsedTracker;
 use crate::keys::scope::first_missing;
-use crate::keys::snapshot::{KeyRecord, KeyStore, Rejection};
-
-/// The answer to any key that is not one of ours, whatever the reason, so a
-/// caller learns nothing about why.
-const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
-/// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
-const MAX_REQUEST_ID_LEN: usize = 128;
-/// Credentials longer than this are rejected before any parsing.
-const MAX_CREDENTIAL_LEN: usize = 256;
+use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 
 /// Counts requests in flight, for a graceful shutdown that ends as soon as
 /// the last one finishes.
@@ -69,8 +63,7 @@ impl Drop for InflightGuard {
 
 pub struct GatewayProxy {
     routes: RouteTable,
-    keys: Arc<KeyStore>,
-    hasher: KeyHasher,
+    auth: Authenticator,
     key_prefix: String,
     trusted_proxies: Vec<IpNet>,
     last_used: LastUsedTracker,
@@ -83,6 +76,9 @@ pub struct RequestCtx {
     request_id: String,
     route: Option<Arc<Route>>,
     key: Option<Arc<KeyRecord>>,
+    /// Set when the caller used a secret replaced by a rotation, still in
+    /// its grace period: answered with `Deprecation` and `Sunset`.
+    previous_secret: Option<PreviousSecret>,
     /// Bit set of target indexes already tried for this request.
     tried: u64,
     target: Option<usize>,
@@ -104,8 +100,7 @@ impl GatewayProxy {
         let upstreams = Upstream::from_config(cfg);
         Self {
             routes: RouteTable::new(cfg, &upstreams),
-            keys,
-            hasher,
+            auth: Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
             key_prefix: cfg.keys.prefix.clone(),
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
             last_used,
@@ -123,21 +118,8 @@ impl GatewayProxy {
         &self,
         req: &RequestHeader,
         route: &Route,
-    ) -> Result<Arc<KeyRecord>, (&'static str, ProxyError)> {
-        let presented = credential(req)
-            .map_err(|e| ("malformed", e))?
-            .ok_or(("missing", ProxyError::MissingApiKey))?;
-        format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
-        let hash = self.hasher.hash(presented);
-        let auth = self
-            .keys
-            .load()
-            .authenticate(&hash, crate::now_ms())
-            .map_err(|r| match r {
-                Rejection::Unknown => ("unknown", INVALID_KEY),
-                Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-                Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
-            })?;
+    ) -> Result<Authenticated, (&'static str, ProxyError)> {
+        let auth = self.auth.authenticate(req)?;
         for required in route.required_scopes(&req.method) {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
                 return Err((
@@ -146,73 +128,8 @@ impl GatewayProxy {
                 ));
             }
         }
-        Ok(auth.record)
+        Ok(auth)
     }
-}
-
-/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
-/// credentials, a repeated header, or a non-Bearer `Authorization` without
-/// `X-API-Key` are rejected rather than guessed at.
-/// The token of an `Authorization: Bearer <token>` value (scheme
-/// case-insensitive), or `None` for any other scheme.
-fn bearer_token(value: &str) -> Option<&str> {
-    match value.trim().split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
-        _ => None,
-    }
-}
-
-fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
-    const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
-    let mut api_key = req.headers.get_all("x-api-key").iter();
-    let x = match (api_key.next(), api_key.next()) {
-        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
-        (Some(v), None) => Some(v.to_str().map_err(|_| MALFORMED)?.trim()),
-        (None, _) => None,
-    };
-    let mut auth = req.headers.get_all("authorization").iter();
-    let bearer = match (auth.next(), auth.next()) {
-        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
-        (Some(v), None) => {
-            let v = v.to_str().map_err(|_| MALFORMED)?;
-            match bearer_token(v) {
-                Some(token) => Some(token),
-                // Another scheme next to X-API-Key may be meant for someone
-                // else; the header is stripped before forwarding anyway.
-                None if x.is_some() => None,
-                None => {
-                    return Err(ProxyError::InvalidApiKey(
-                        "The Authorization header must use the Bearer scheme.",
-                    ))
-                }
-            }
-        }
-        (None, _) => None,
-    };
-    let key = match (x, bearer) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(ProxyError::InvalidApiKey(
-                "Authorization and X-API-Key carry different keys.",
-            ))
-        }
-        (Some(k), _) | (None, Some(k)) => k,
-        (None, None) => return Ok(None),
-    };
-    if key.is_empty() {
-        return Ok(None);
-    }
-    if key.len() > MAX_CREDENTIAL_LEN {
-        return Err(MALFORMED);
-    }
-    Ok(Some(key))
-}
-
-fn valid_request_id(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID_LEN
-        && id
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Method label with bounded cardinality.
@@ -252,6 +169,7 @@ impl ProxyHttp for GatewayProxy {
             request_id: String::new(),
             route: None,
             key: None,
+            previous_secret: None,
             tried: 0,
             target: None,
             upstream_started: None,
@@ -263,12 +181,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = match req.headers.get("x-request-id") {
-            Some(v) if valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => uuid::Uuid::new_v4().to_string(),
-        };
+        ctx.request_id = auth::request_id(req);
         let host = req
             .headers
             .get(http::header::HOST)
@@ -292,9 +205,10 @@ impl ProxyHttp for GatewayProxy {
         };
         if route.auth == AuthMode::Required {
             match self.authorize(req, &route) {
-                Ok(key) => {
-                    self.last_used.record(&key);
-                    ctx.key = Some(key);
+                Ok(auth) => {
+                    self.last_used.record(&auth.record);
+                    ctx.key = Some(auth.record);
+                    ctx.previous_secret = auth.previous_secret;
                 }
                 Err((reason, e)) => {
                     metrics::counter!("gateway_auth_failures_total", "reason" => reason)
@@ -429,6 +343,11 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(prev) = &ctx.previous_secret {
+            for (name, value) in auth::deprecation_headers(prev) {
+                resp.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -528,48 +447,6 @@ impl ProxyHttp for GatewayProxy {
 mod tests {
     use super::*;
 
-    fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).expect("header");
-        }
-        r
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("  bEaReR   abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-    }
-
-    #[test]
-    fn credential_sources() {
-        assert_eq!(credential(&req(&[])), Ok(None));
-        assert_eq!(credential(&req(&[("x-api-key", "k1")])), Ok(Some("k1")));
-        assert_eq!(
-            credential(&req(&[("authorization", "Bearer k2")])),
-            Ok(Some("k2"))
-        );
-        assert_eq!(
-            credential(&req(&[("authorization", "bearer   k2 ")])),
-            Ok(Some("k2"))
-        );
-        assert_eq!(
-            credential(&req(&[("authorization", "Bearer k"), ("x-api-key", "k")])),
-            Ok(Some("k"))
-        );
-        assert_eq!(
-            credential(&req(&[("authorization", "Basic abc"), ("x-api-key", "k")])),
-            Ok(Some("k"))
-        );
-        assert!(credential(&req(&[("authorization", "Basic abc")])).is_err());
-        assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
-        assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());
-        assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
-    }
-
     /// Every helper that sees raw client input, fed random input: none may panic.
     #[test]
     fn client_input_helpers_never_panic() {
@@ -585,24 +462,15 @@ mod tests {
                 .collect();
             let _ = routing::normalize_host(&s);
             let _ = routing::is_canonical_path(&s);
-            let _ = format::verify(&s, "gw_live_");
-            let _ = valid_request_id(s.as_bytes());
-            let _ = format::display_prefix(&s);
+            let _ = crate::keys::format::verify(&s, "gw_live_");
+            let _ = auth::valid_request_id(s.as_bytes());
+            let _ = crate::keys::format::display_prefix(&s);
             if let Ok(v) = http::HeaderValue::from_str(&s) {
                 let mut r = RequestHeader::build("GET", b"/", None).expect("request");
                 r.insert_header("authorization", v.clone()).expect("header");
                 r.insert_header("x-api-key", v).expect("header");
-                let _ = credential(&r);
+                let _ = auth::credential(&r);
             }
         }
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(valid_request_id(b"abc-123_x.y:z"));
-        assert!(!valid_request_id(b""));
-        assert!(!valid_request_id(b"has space"));
-        assert!(!valid_request_id(b"quote\""));
-        assert!(!valid_request_id("x".repeat(129).as_bytes()));
     }
 }

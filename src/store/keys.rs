@@ -14,12 +14,13 @@ use crate::keys::snapshot::{KeyRecord, PreviousSecret};
 
 /// Columns the snapshot needs, in the order [`record_from_row`] reads them.
 const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_limit_per_hour, \
-     rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at";
+     rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
+     rotated_at";
 
 /// Columns shown to operators, in the order [`KeyRow::from_row`] reads them.
 const ROW_COLUMNS: &str = "id, name, description, prefix, scopes, rate_limit_per_minute, \
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
-     revoked_at, last_used_at, rotated_at, previous_key_expires_at";
+     revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at";
 
 /// A key as operators see it: never the secret, never its hash.
 #[derive(Debug, Clone, Serialize)]
@@ -37,8 +38,17 @@ pub struct KeyRow {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
-    pub rotated_at: Option<DateTime<Utc>>,
-    /// When the secret replaced by the last rotation stops working.
+    /// The last rotation, or `None` if the key was never rotated.
+    pub rotation: Option<Rotation>,
+}
+
+/// The state left by the last rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    pub rotated_at: DateTime<Utc>,
+    /// Display prefix of the secret the rotation replaced.
+    pub previous_prefix: Option<String>,
+    /// When the replaced secret stops working (the end of the grace period).
     pub previous_key_expires_at: Option<DateTime<Utc>>,
 }
 
@@ -87,15 +97,20 @@ impl KeyRow {
                 per_hour: limit(r.get(6)),
                 per_day: limit(r.get(7)),
             },
-            metadata: r.get(8),
+            metadata: super::json_column(r, 8).unwrap_or_default(),
             status,
             created_at: r.get(9),
             updated_at: r.get(10),
             expires_at,
             revoked_at,
             last_used_at: r.get(13),
-            rotated_at: r.get(14),
-            previous_key_expires_at: r.get(15),
+            rotation: r
+                .get::<_, Option<DateTime<Utc>>>(14)
+                .map(|rotated_at| Rotation {
+                    rotated_at,
+                    previous_prefix: r.get(15),
+                    previous_key_expires_at: r.get(16),
+                }),
         }
     }
 }
@@ -157,14 +172,59 @@ pub async fn create(
     })
 }
 
-/// Keys newest first, at most `limit`.
-pub async fn list(client: &impl GenericClient, limit: i64) -> Result<Vec<KeyRow>, DbError> {
+/// Filters of a key listing; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub status: Option<KeyStatus>,
+    /// Keys whose scope list contains exactly this scope.
+    pub scope: Option<String>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    /// Only keys listed after this id (the cursor): ids are UUIDv7, so
+    /// descending id order is newest first, and it is stable.
+    pub after_id: Option<Uuid>,
+}
+
+impl KeyStatus {
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "expired" => Some(KeyStatus::Expired),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// Keys newest first, at most `limit`, matching `f`.
+pub async fn list(
+    client: &impl GenericClient,
+    f: &KeyFilter,
+    limit: i64,
+) -> Result<Vec<KeyRow>, DbError> {
+    let status = f.status.map(KeyStatus::as_str);
     let rows = client
         .query(
             &format!(
-                "SELECT {ROW_COLUMNS} FROM api_keys ORDER BY created_at DESC, id DESC LIMIT $1"
+                "SELECT {ROW_COLUMNS} FROM api_keys \
+                 WHERE ($1::text IS NULL OR CASE \
+                         WHEN revoked_at IS NOT NULL THEN 'revoked' \
+                         WHEN expires_at <= now() THEN 'expired' \
+                         ELSE 'active' END = $1) \
+                   AND ($2::text IS NULL OR $2 = ANY(scopes)) \
+                   AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0) \
+                   AND ($4::uuid IS NULL OR id < $4) \
+                 ORDER BY id DESC LIMIT $5"
             ),
-            &[&limit],
+            &[&status, &f.scope, &f.name_contains, &f.after_id, &limit],
         )
         .await?;
     Ok(rows.iter().map(KeyRow::from_row).collect())
@@ -180,6 +240,47 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyRow>
     Ok(row.as_ref().map(KeyRow::from_row))
 }
 
+/// Reads a key and locks its row until the transaction ends, so a change is
+/// checked against the state it replaces.
+pub async fn get_for_update(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<KeyRow>, DbError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {ROW_COLUMNS} FROM api_keys WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(KeyRow::from_row))
+}
+
+/// Writes every editable field of `row` (name, description, scopes, limits,
+/// metadata, expiry) back to the database.
+pub async fn save(client: &impl GenericClient, row: &KeyRow) -> Result<KeyRow, DbError> {
+    let updated = client
+        .query_one(
+            &format!(
+                "UPDATE api_keys SET name = $2, description = $3, scopes = $4, \
+                 rate_limit_per_minute = $5, rate_limit_per_hour = $6, rate_limit_per_day = $7, \
+                 metadata = $8, expires_at = $9 WHERE id = $1 RETURNING {ROW_COLUMNS}"
+            ),
+            &[
+                &row.id,
+                &row.name,
+                &row.description,
+                &row.scopes,
+                &limit_param(row.rate_limits.per_minute),
+                &limit_param(row.rate_limits.per_hour),
+                &limit_param(row.rate_limits.per_day),
+                &row.metadata,
+                &row.expires_at,
+            ],
+        )
+        .await?;
+    Ok(KeyRow::from_row(&updated))
+}
+
 /// Revokes a key (soft delete: the row stays for audit). Revoking a revoked
 /// key keeps its first `revoked_at`. `None` when there is no such key.
 pub async fn revoke(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyRow>, DbError> {
@@ -193,6 +294,42 @@ pub async fn revoke(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyR
         )
         .await?;
     Ok(row.as_ref().map(KeyRow::from_row))
+}
+
+/// Gives a key a new secret. The current secret becomes the previous one,
+/// valid for `grace` more (then `expired_api_key`); a secret kept from an
+/// earlier rotation is dropped. `None` when there is no such key.
+pub async fn rotate(
+    client: &impl GenericClient,
+    hasher: &KeyHasher,
+    key_prefix: &str,
+    id: Uuid,
+    grace: std::time::Duration,
+) -> Result<Option<CreatedKey>, DbError> {
+    let plaintext = format::generate(key_prefix);
+    let hash = hasher.hash(&plaintext);
+    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE api_keys SET \
+                   previous_key_hash = key_hash, previous_prefix = prefix, \
+                   previous_key_expires_at = now() + $4::bigint * interval '1 second', \
+                   rotated_at = now(), key_hash = $2, prefix = $3 \
+                 WHERE id = $1 RETURNING {ROW_COLUMNS}"
+            ),
+            &[
+                &id,
+                &hash.as_slice(),
+                &format::display_prefix(&plaintext),
+                &grace_secs,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| CreatedKey {
+        row: KeyRow::from_row(&r),
+        key: plaintext,
+    }))
 }
 
 /// Sets `last_used_at = now()` for a batch of keys in one statement.
@@ -231,6 +368,7 @@ fn record_from_row(r: &Row) -> Option<KeyRecord> {
         (Some(h), Some(expires_at_ms)) => hash_of(h).map(|hash| PreviousSecret {
             hash,
             expires_at_ms,
+            rotated_at_ms: ms(r.get(10)).unwrap_or(expires_at_ms),
         }),
         _ => None,
     };

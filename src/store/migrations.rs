@@ -36,7 +36,10 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. A unit test checks this list against `sql/`.
-pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001", "api_keys")];
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001", "api_keys"),
+    migration!(2, "0002", "audit_log"),
+];
 
 /// Arbitrary constant naming the migration advisory lock.
 const LOCK_ID: i64 = 0x6761_7465_7761_7901; // "gateway" + 1

@@ -4,6 +4,7 @@
 //! serves the CLI, `/health`, batched `last_used_at` flushes and (later) the
 //! admin API; the key listener has a dedicated connection of its own.
 
+pub mod audit;
 pub mod keys;
 pub mod migrations;
 
@@ -39,6 +40,16 @@ impl DbError {
             other => other.to_string(),
         }
     }
+}
+
+/// A nullable jsonb column. A value serde_json cannot read back (written by
+/// hand in SQL, such as a number beyond the range of a double) reads as
+/// JSON `null` with a warning rather than failing the request.
+pub(crate) fn json_column(r: &tokio_postgres::Row, idx: usize) -> Option<serde_json::Value> {
+    r.try_get(idx).unwrap_or_else(|e| {
+        tracing::warn!(column = idx, error = %e, "unreadable jsonb value shown as null");
+        Some(serde_json::Value::Null)
+    })
 }
 
 /// tokio-postgres settings for `cfg`, with timeouts and TCP keepalives so a

@@ -1,0 +1,157 @@
+//! The one place admin API errors become HTTP responses. Messages are safe
+//! and stable; internal causes are logged with the request id, never echoed.
+
+use http::{Response, StatusCode};
+
+use super::respond;
+use crate::keys::lifecycle::OpError;
+use crate::proxy::errors::{error_body_with_details, FieldError, ProxyError};
+use crate::store::DbError;
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Validation(Vec<FieldError>),
+    InvalidJson(String),
+    /// 401 and 403 from authentication and the scope check.
+    Auth(ProxyError),
+    /// The caller would need this scope to grant it or to act on the key.
+    Escalation(String),
+    NotFound(&'static str),
+    MethodNotAllowed(String),
+    KeyRevoked,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    DatabaseUnavailable,
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Auth(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
+            ApiError::Escalation(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::KeyRevoked => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::Auth(e) => e.code(),
+            ApiError::Escalation(_) => "insufficient_scope",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::KeyRevoked => "key_revoked",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Validation(d) => match d.as_slice() {
+                [one] if one.field.is_empty() => one.message.clone(),
+                [one] => format!("`{}`: {}", one.field, one.message),
+                _ => format!("{} fields are invalid; see details.", d.len()),
+            },
+            ApiError::InvalidJson(m) => m.clone(),
+            ApiError::Auth(e) => e.message().into_owned(),
+            ApiError::Escalation(s) => format!(
+                "A key can only grant scopes it holds and act on keys whose scopes it holds; \
+                 this needs `{s}`."
+            ),
+            ApiError::NotFound(what) => (*what).to_string(),
+            ApiError::MethodNotAllowed(allow) => format!("Use {allow}."),
+            ApiError::KeyRevoked => "The key is revoked; a revoked key cannot change.".into(),
+            ApiError::PayloadTooLarge => {
+                format!("The body is larger than {MAX_BODY_BYTES} bytes.")
+            }
+            ApiError::UnsupportedMediaType => "Send the body as application/json.".into(),
+            ApiError::DatabaseUnavailable => {
+                "The database is unavailable; the change was not made. Retry later.".into()
+            }
+            ApiError::Internal => {
+                "Internal error; the request id identifies it in the logs.".into()
+            }
+        }
+    }
+
+    pub fn response(&self, request_id: &str) -> Response<Vec<u8>> {
+        let details = match self {
+            ApiError::Validation(d) => d.as_slice(),
+            _ => &[],
+        };
+        let body = error_body_with_details(self.code(), &self.message(), request_id, details);
+        let mut resp = respond(self.status(), "application/json", body);
+        let headers = resp.headers_mut();
+        if let Ok(v) = request_id.parse() {
+            headers.insert("x-request-id", v);
+        }
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                if let Ok(v) = allow.parse() {
+                    headers.insert(http::header::ALLOW, v);
+                }
+            }
+            ApiError::Auth(e) if e.status() == 401 => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        // Every database failure here is "could not reach or use Postgres":
+        // inputs are validated before they get there, and constraint
+        // violations on them would be our bug, logged as such.
+        // SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator
+        // intervention, e.g. shutdown) mean "unavailable", not "our bug".
+        let unavailable_class = |code: &str| matches!(code.get(..2), Some("08" | "53" | "57"));
+        match &e {
+            DbError::Postgres(pg)
+                if pg
+                    .as_db_error()
+                    .is_some_and(|db| !unavailable_class(db.code().code())) =>
+            {
+                tracing::error!(error = %e.describe(), "admin database statement failed");
+                ApiError::Internal
+            }
+            _ => {
+                tracing::warn!(error = %e.describe(), "admin request: database unavailable");
+                ApiError::DatabaseUnavailable
+            }
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::NotFound => ApiError::NotFound("No key with this id."),
+            OpError::Revoked => ApiError::KeyRevoked,
+            OpError::Forbidden(scope) => ApiError::Escalation(scope),
+            OpError::Db(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The admin route table: one row per (path, method), naming the operation
+//! as `admin/openapi.yaml` does. Dispatch is an exhaustive `match` on
+//! [`Op`], and a test compares this table with the spec both ways.
+
+use http::Method;
+
+/// One admin operation; the name is the spec's `operationId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Health,
+    HealthLive,
+    HealthReady,
+    Metrics,
+    GetOpenapi,
+    CreateKey,
+    ListKeys,
+    GetKey,
+    UpdateKey,
+    PatchKey,
+    RevokeKey,
+    RotateKey,
+    ListAuditLogs,
+}
+
+impl Op {
+    pub fn operation_id(self) -> &'static str {
+        match self {
+            Op::Health => "health",
+            Op::HealthLive => "health_live",
+            Op::HealthReady => "health_ready",
+            Op::Metrics => "metrics",
+            Op::GetOpenapi => "get_openapi",
+            Op::CreateKey => "create_key",
+            Op::ListKeys => "list_keys",
+            Op::GetKey => "get_key",
+            Op::UpdateKey => "update_key",
+            Op::PatchKey => "patch_key",
+            Op::RevokeKey => "revoke_key",
+            Op::RotateKey => "rotate_key",
+            Op::ListAuditLogs => "list_audit_logs",
+        }
+    }
+
+    /// The scope a caller needs (DESIGN §3 admin table); `None` for the
+    /// unauthenticated operational endpoints.
+    pub fn required_scope(self) -> Option<&'static str> {
+        match self {
+            Op::Health | Op::HealthLive | Op::HealthReady | Op::Metrics | Op::GetOpenapi => None,
+            Op::ListKeys | Op::GetKey => Some("read:keys"),
+            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RevokeKey | Op::RotateKey => {
+                Some("write:keys")
+            }
+            Op::ListAuditLogs => Some("admin"),
+        }
+    }
+}
+
+pub struct Route {
+    /// Path as written in the spec; `{id}` matches one segment.
+    pub path: &'static str,
+    pub method: Method,
+    pub op: Op,
+}
+
+const fn route(path: &'static str, method: Method, op: Op) -> Route {
+    Route { path, method, op }
+}
+
+pub const ROUTES: &[Route] = &[
+    route("/health", Method::GET, Op::Health),
+    route("/health/live", Method::GET, Op::HealthLive),
+    route("/health/ready", Method::GET, Op::HealthReady),
+    route("/metrics", Method::GET, Op::Metrics),
+    route("/openapi.json", Method::GET, Op::GetOpenapi),
+    route("/api/v1/keys", Method::POST, Op::CreateKey),
+    route("/api/v1/keys", Method::GET, Op::ListKeys),
+    route("/api/v1/keys/{id}", Method::GET, Op::GetKey),
+    route("/api/v1/keys/{id}", Method::PUT, Op::UpdateKey),
+    route("/api/v1/keys/{id}", Method::PATCH, Op::PatchKey),
+    route("/api/v1/keys/{id}", Method::DELETE, Op::RevokeKey),
+    route("/api/v1/keys/{id}/rotate", Method::POST, Op::RotateKey),
+    route("/api/v1/audit-logs", Method::GET, Op::ListAuditLogs),
+];
+
+/// How a request path and method resolved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved<'p> {
+    Found {
+        op: Op,
+        id: Option<&'p str>,
+    },
+    /// The path exists, the method does not: the `Allow` header value.
+    MethodNotAllowed(String),
+    NotFound,
+}
+
+/// Matches `path` against a pattern; `Some(id)` carries the `{id}` segment.
+fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut id = None;
+    let mut pat = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg),
+            (Some(p), Some(seg)) if p == seg => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the operation for `method` on `path`. `HEAD` is served as `GET`
+/// on the unauthenticated endpoints, which load balancers probe with it.
+pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    };
+    let mut allow: Vec<&str> = Vec::new();
+    for r in ROUTES {
+        let Some(id) = matches(r.path, path) else {
+            continue;
+        };
+        let head_as_get =
+            *method == Method::HEAD && r.method == Method::GET && r.op.required_scope().is_none();
+        if r.method == *method || head_as_get {
+            return Resolved::Found { op: r.op, id };
+        }
+        allow.push(r.method.as_str());
+        if r.method == Method::GET && r.op.required_scope().is_none() {
+            allow.push("HEAD");
+        }
+    }
+    if allow.is_empty() {
+        Resolved::NotFound
+    } else {
+        Resolved::MethodNotAllowed(allow.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every (path, method, operationId) of the router is in
+    /// `admin/openapi.yaml`, and every operation of the spec is routed.
+    #[test]
+    fn router_and_openapi_spec_list_the_same_operations() {
+        let spec: serde_json::Value = serde_json::from_slice(
+            &crate::admin::openapi_json().expect("admin/openapi.yaml parses"),
+        )
+        .expect("json");
+        assert_eq!(spec["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+        let mut in_spec = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let Ok(m) = method.to_ascii_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                if !matches!(
+                    m,
+                    Method::GET
+                        | Method::POST
+                        | Method::PUT
+                        | Method::PATCH
+                        | Method::DELETE
+                        | Method::HEAD
+                ) {
+                    continue;
+                }
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or("<missing operationId>");
+                in_spec.insert((path.clone(), m.to_string(), id.to_string()));
+            }
+        }
+        let routed: BTreeSet<(String, String, String)> = ROUTES
+            .iter()
+            .map(|r| {
+                (
+                    r.path.to_string(),
+                    r.method.to_string(),
+                    r.op.operation_id().to_string(),
+                )
+            })
+            .collect();
+        let missing_from_spec: Vec<_> = routed.difference(&in_spec).collect();
+        let missing_from_router: Vec<_> = in_spec.difference(&routed).collect();
+        assert!(
+            missing_from_spec.is_empty() && missing_from_router.is_empty(),
+            "routed but not in the spec: {missing_from_spec:?}; in the spec but not routed: {missing_from_router:?}"
+        );
+    }
+
+    /// Every scope-protected operation documents 401 and 403, and the
+    /// others declare no security.
+    #[test]
+    fn spec_security_matches_the_required_scopes() {
+        let spec: serde_json::Value =
+            serde_json::from_slice(&crate::admin::openapi_json().expect("spec")).expect("json");
+        for r in ROUTES {
+            let op = &spec["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
+            let responses = &op["responses"];
+            match r.op.required_scope() {
+                Some(_) => {
+                    assert!(
+                        !responses["401"].is_null() && !responses["403"].is_null(),
+                        "{} {} must document 401 and 403",
+                        r.method,
+                        r.path
+                    );
+                }
+                None => assert_eq!(
+                    op["security"],
+                    serde_json::json!([]),
+                    "{} {} is public",
+                    r.method,
+                    r.path
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn resolves_paths_ids_and_methods() {
+        assert_eq!(
+            resolve(&Method::GET, "/api/v1/keys/abc"),
+            Resolved::Found {
+                op: Op::GetKey,
+                id: Some("abc")
+            }
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/api/v1/keys/abc/rotate"),
+            Resolved::Found {
+                op: Op::RotateKey,
+                id: Some("abc")
+            }
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/api/v1/keys/"),
+            Resolved::Found {
+                op: Op::ListKeys,
+                id: None
+            }
+        );
+        assert_eq!(
+            resolve(&Method::HEAD, "/health"),
+            Resolved::Found {
+                op: Op::Health,
+                id: None
+            }
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/api/v1/keys/abc"),
+            Resolved::MethodNotAllowed("GET, PUT, PATCH, DELETE".into())
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/health"),
+            Resolved::MethodNotAllowed("GET, HEAD".into())
+        );
+        for missing in [
+            "/",
+            "",
+            "/api/v1",
+            "/api/v1/keys//rotate",
+            "/api/v1/keys/a/b",
+        ] {
+            assert_eq!(
+                resolve(&Method::GET, missing),
+                Resolved::NotFound,
+                "{missing}"
+            );
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Key lifecycle operations shared by the admin API and the CLI: create,
+//! update, revoke, rotate.
+//!
+//! Each runs in one transaction with its audit entry, so a change and its
+//! record commit together; the `NOTIFY` trigger on `api_keys` fires in the
+//! same transaction, so every instance applies the change on commit. Every
+//! change is recorded through [`record`], the single place where the
+//! webhook outbox (DESIGN §5) will join the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::config::{Config, Limits};
+use crate::keys::format::KeyHasher;
+use crate::keys::scope::Scope;
+use crate::store::audit::{self, AuditChain, Event, Origin, Outcome};
+use crate::store::keys::{self as repo, CreatedKey, KeyRow, NewKey, RateLimitsView};
+use crate::store::DbError;
+
+/// Default grace period of a rotation: the old secret keeps working a day.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(86_400);
+/// Longest grace period a rotation accepts (7 days).
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(604_800);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("no key with this id")]
+    NotFound,
+    #[error("the key is revoked")]
+    Revoked,
+    /// The caller would need this scope itself (privilege escalation guard).
+    #[error("the caller lacks scope `{0}`")]
+    Forbidden(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for OpError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpError::Db(e.into())
+    }
+}
+
+/// What the caller may hand out or act on.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    /// `admin` keys and the CLI: anything.
+    Unrestricted,
+    /// Any other key: only scopes it holds itself, and only on keys whose
+    /// scopes it holds, so no key can mint or take over a stronger one.
+    Holds(Arc<[Scope]>),
+}
+
+impl Authority {
+    /// The authority of a caller holding `scopes`.
+    pub fn of(scopes: &[Scope]) -> Authority {
+        let admin = Scope::parse("admin").ok();
+        if admin.is_some_and(|a| scopes.iter().any(|s| s.satisfies(&a))) {
+            Authority::Unrestricted
+        } else {
+            Authority::Holds(scopes.iter().cloned().collect())
+        }
+    }
+
+    /// `Err` with the first scope in `wanted` the caller does not hold.
+    pub fn check<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) -> Result<(), OpError> {
+        let Authority::Holds(held) = self else {
+            return Ok(());
+        };
+        for w in wanted {
+            // A stored scope that no longer parses can only be handled by an admin.
+            let covered = Scope::parse(w).is_ok_and(|w| held.iter().any(|h| h.satisfies(&w)));
+            if !covered {
+                return Err(OpError::Forbidden(w.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fields of an update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<Scope>>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// Replaces all overrides; a `None` tier falls back to the default.
+    pub limits: Option<Limits>,
+    pub metadata: Option<Value>,
+}
+
+/// Records one change: the audit entry today, the webhook outbox later.
+pub async fn record(
+    tx: &Transaction<'_>,
+    chain: &AuditChain,
+    origin: &Origin,
+    event: &Event<'_>,
+) -> Result<(), DbError> {
+    audit::append(tx, chain, origin, event).await
+}
+
+fn key_event<'a>(
+    action: &'a str,
+    id: Uuid,
+    before: Option<&KeyRow>,
+    after: Option<&KeyRow>,
+) -> Event<'a> {
+    Event {
+        action,
+        target_type: "api_key",
+        target_id: id.to_string(),
+        before: before.and_then(|r| serde_json::to_value(r).ok()),
+        after: after.and_then(|r| serde_json::to_value(r).ok()),
+        outcome: Outcome::Success,
+    }
+}
+
+/// The key operations, with what they need to hash secrets and chain audit
+/// entries.
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    hasher: KeyHasher,
+    key_prefix: String,
+    chain: AuditChain,
+}
+
+impl KeyService {
+    pub fn new(cfg: &Config) -> KeyService {
+        let pepper = cfg.keys.pepper.expose();
+        KeyService {
+            hasher: KeyHasher::new(pepper),
+            key_prefix: cfg.keys.prefix.clone(),
+            chain: AuditChain::new(pepper),
+        }
+    }
+
+    pub fn chain(&self) -> &AuditChain {
+        &self.chain
+    }
+
+    pub async fn create(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        authority: &Authority,
+        new: &NewKey,
+    ) -> Result<CreatedKey, OpError> {
+        authority.check(new.scopes.iter().map(Scope::as_str))?;
+        let tx = client.transaction().await?;
+        let created = repo::create(&tx, &self.hasher, &self.key_prefix, new).await?;
+        let event = key_event("api_key.created", created.row.id, None, Some(&created.row));
+        record(&tx, &self.chain, origin, &event).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Locks the key and checks the caller may act on it.
+    async fn lock(
+        tx: &Transaction<'_>,
+        authority: &Authority,
+        id: Uuid,
+    ) -> Result<KeyRow, OpError> {
+        let row = repo::get_for_update(tx, id)
+            .await?
+            .ok_or(OpError::NotFound)?;
+        authority.check(row.scopes.iter().map(String::as_str))?;
+        Ok(row)
+    }
+
+    pub async fn update(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        authority: &Authority,
+        id: Uuid,
+        change: KeyUpdate,
+    ) -> Result<KeyRow, OpError> {
+        if let Some(scopes) = &change.scopes {
+            authority.check(scopes.iter().map(Scope::as_str))?;
+        }
+        let tx = client.transaction().await?;
+        let before = Self::lock(&tx, authority, id).await?;
+        if before.revoked_at.is_some() {
+            return Err(OpError::Revoked);
+        }
+        let mut row = before.clone();
+        if let Some(v) = change.name {
+            row.name = v;
+        }
+        if let Some(v) = change.description {
+            row.description = v;
+        }
+        if let Some(v) = change.scopes {
+            row.scopes = v.iter().map(|s| s.as_str().to_string()).collect();
+        }
+        if let Some(v) = change.expires_at {
+            row.expires_at = v;
+        }
+        if let Some(l) = change.limits {
+            row.rate_limits = RateLimitsView {
+                per_minute: l.per_minute,
+                per_hour: l.per_hour,
+                per_day: l.per_day,
+            };
+        }
+        if let Some(v) = change.metadata {
+            row.metadata = v;
+        }
+        let after = repo::save(&tx, &row).await?;
+        let event = key_event("api_key.updated", id, Some(&before), Some(&after));
+        record(&tx, &self.chain, origin, &event).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// Revokes a key. Revoking a revoked key returns it unchanged and
+    /// records nothing, so retries are safe.
+    pub async fn revoke(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        authority: &Authority,
+        id: Uuid,
+    ) -> Result<KeyRow, OpError> {
+        let tx = client.transaction().await?;
+        let before = Self::lock(&tx, authority, id).await?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let after = repo::revoke(&tx, id).await?.ok_or(OpError::NotFound)?;
+        let event = key_event("api_key.revoked", id, Some(&before), Some(&after));
+        record(&tx, &self.chain, origin, &event).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    pub async fn rotate(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        authority: &Authority,
+        id: Uuid,
+        grace: Duration,
+    ) -> Result<CreatedKey, OpError> {
+        let tx = client.transaction().await?;
+        let before = Self::lock(&tx, authority, id).await?;
+        if before.revoked_at.is_some() {
+            return Err(OpError::Revoked);
+        }
+        let rotated = repo::rotate(&tx, &self.hasher, &self.key_prefix, id, grace)
+            .await?
+            .ok_or(OpError::NotFound)?;
+        let event = key_event("api_key.rotated", id, Some(&before), Some(&rotated.row));
+        record(&tx, &self.chain, origin, &event).await?;
+        tx.commit().await?;
+        Ok(rotated)
+    }
+
+    /// Records a refused admin call (401/403) in its own transaction.
+    pub async fn record_denied(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        endpoint: String,
+        code: &str,
+        message: &str,
+    ) -> Result<(), DbError> {
+        let tx = client.transaction().await?;
+        let event = Event {
+            action: "admin.access_denied",
+            target_type: "endpoint",
+            target_id: endpoint,
+            before: None,
+            after: Some(serde_json::json!({"code": code, "message": message})),
+            outcome: Outcome::Denied,
+        };
+        record(&tx, &self.chain, origin, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scopes(s: &[&str]) -> Arc<[Scope]> {
+        s.iter().map(|s| Scope::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn authority_only_hands_out_what_it_holds() {
+        assert!(matches!(
+            Authority::of(&scopes(&["admin"])),
+            Authority::Unrestricted
+        ));
+        assert!(matches!(
+            Authority::of(&scopes(&["*"])),
+            Authority::Unrestricted
+        ));
+        let a = Authority::of(&scopes(&["write:keys", "read:*"]));
+        assert!(a.check(["read:orders", "read:*", "write:keys"]).is_ok());
+        for escalation in ["admin", "*", "write:*", "write:orders", "Bad Scope"] {
+            assert!(
+                matches!(a.check([escalation]), Err(OpError::Forbidden(s)) if s == escalation),
+                "{escalation}"
+            );
+        }
+        assert!(Authority::Unrestricted.check(["admin", "?"]).is_ok());
+    }
+}

@@ -1,0 +1,204 @@
+//! Who is calling: the credential of a request, its key in the snapshot,
+//! and the request id. Shared by the proxy and the admin API so both accept
+//! and refuse keys in exactly the same way.
+
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+
+use super::errors::ProxyError;
+use crate::keys::format::{self, KeyHasher};
+use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
+
+/// The answer to any key that is not one of ours, whatever the reason, so a
+/// caller learns nothing about why.
+const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
+/// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+/// Credentials longer than this are rejected before any parsing.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// Resolves presented keys against the current snapshot.
+pub struct Authenticator {
+    keys: Arc<KeyStore>,
+    hasher: KeyHasher,
+    key_prefix: String,
+}
+
+impl Authenticator {
+    pub fn new(keys: Arc<KeyStore>, hasher: KeyHasher, key_prefix: String) -> Self {
+        Self {
+            keys,
+            hasher,
+            key_prefix,
+        }
+    }
+
+    /// The caller's key. The error carries the `gateway_auth_failures_total`
+    /// reason label. A bad checksum is refused before any hashing or lookup.
+    pub fn authenticate(
+        &self,
+        req: &RequestHeader,
+    ) -> Result<Authenticated, (&'static str, ProxyError)> {
+        let presented = credential(req)
+            .map_err(|e| ("malformed", e))?
+            .ok_or(("missing", ProxyError::MissingApiKey))?;
+        format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
+        let hash = self.hasher.hash(presented);
+        self.keys
+            .load()
+            .authenticate(&hash, crate::now_ms())
+            .map_err(|r| match r {
+                Rejection::Unknown => ("unknown", INVALID_KEY),
+                Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+                Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+            })
+    }
+}
+
+/// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) for a caller that used
+/// a secret replaced by a rotation: when it was replaced, when it stops
+/// working.
+pub fn deprecation_headers(prev: &PreviousSecret) -> [(&'static str, String); 2] {
+    let sunset = chrono::DateTime::from_timestamp_millis(prev.expires_at_ms)
+        .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        .unwrap_or_default();
+    [
+        (
+            "deprecation",
+            format!("@{}", prev.rotated_at_ms.div_euclid(1000)),
+        ),
+        ("sunset", sunset),
+    ]
+}
+
+/// The client's `X-Request-ID` if well-formed, else a new UUID.
+pub fn request_id(req: &RequestHeader) -> String {
+    match req.headers.get("x-request-id") {
+        Some(v) if valid_request_id(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
+/// credentials, a repeated header, or a non-Bearer `Authorization` without
+/// `X-API-Key` are rejected rather than guessed at.
+/// The token of an `Authorization: Bearer <token>` value (scheme
+/// case-insensitive), or `None` for any other scheme.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+        _ => None,
+    }
+}
+
+pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
+    const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
+    let mut api_key = req.headers.get_all("x-api-key").iter();
+    let x = match (api_key.next(), api_key.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(v), None) => Some(v.to_str().map_err(|_| MALFORMED)?.trim()),
+        (None, _) => None,
+    };
+    let mut auth = req.headers.get_all("authorization").iter();
+    let bearer = match (auth.next(), auth.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(v), None) => {
+            let v = v.to_str().map_err(|_| MALFORMED)?;
+            match bearer_token(v) {
+                Some(token) => Some(token),
+                // Another scheme next to X-API-Key may be meant for someone
+                // else; the header is stripped before forwarding anyway.
+                None if x.is_some() => None,
+                None => {
+                    return Err(ProxyError::InvalidApiKey(
+                        "The Authorization header must use the Bearer scheme.",
+                    ))
+                }
+            }
+        }
+        (None, _) => None,
+    };
+    let key = match (x, bearer) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ProxyError::InvalidApiKey(
+                "Authorization and X-API-Key carry different keys.",
+            ))
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => return Ok(None),
+    };
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_CREDENTIAL_LEN {
+        return Err(MALFORMED);
+    }
+    Ok(Some(key))
+}
+
+pub(crate) fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("  bEaReR   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn credential_sources() {
+        assert_eq!(credential(&req(&[])), Ok(None));
+        assert_eq!(credential(&req(&[("x-api-key", "k1")])), Ok(Some("k1")));
+        assert_eq!(
+            credential(&req(&[("authorization", "Bearer k2")])),
+            Ok(Some("k2"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "bearer   k2 ")])),
+            Ok(Some("k2"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "Bearer k"), ("x-api-key", "k")])),
+            Ok(Some("k"))
+        );
+        assert_eq!(
+            credential(&req(&[("authorization", "Basic abc"), ("x-api-key", "k")])),
+            Ok(Some("k"))
+        );
+        assert!(credential(&req(&[("authorization", "Basic abc")])).is_err());
+        assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
+        assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());
+        assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(b"quote\""));
+        assert!(!valid_request_id("x".repeat(129).as_bytes()));
+    }
+}

@@ -1,0 +1,40 @@
+//! Schemathesis against a live admin API and the spec it serves: no 5xx, no
+//! response that breaks `admin/openapi.yaml`. Runs `scripts/fuzz-admin.sh`,
+//! which installs a pinned schemathesis into `.data/venv-fuzz` on first use.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fuzz-admin.sh");
+    let base = format!("http://{}", gw.admin);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(script)
+            .arg(base)
+            .arg(admin)
+            .output()
+            .expect("run scripts/fuzz-admin.sh")
+    })
+    .await
+    .expect("fuzz task");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis failed:\n{report}");
+    assert!(
+        !gw.logs().contains("\"level\":\"ERROR\""),
+        "the gateway logged errors during the fuzz run:\n{}",
+        gw.logs()
+    );
+}
