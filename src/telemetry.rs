@@ -64,6 +64,14 @@ fn describe() {
         "gateway_auth_failures_total",
         "Rejected credentials by reason."
     );
+    describe_counter!(
+        "gateway_admin_auth_failures_total",
+        "Refused admin API calls by reason."
+    );
+    describe_counter!(
+        "gateway_audit_dropped_total",
+        "Audit entries of refused admin calls that could not be written."
+    );
     describe_gauge!(
         "gateway_key_snapshot_keys",
         "Keys in the in-memory snapshot."

@@ -389,6 +389,27 @@ async fn admin_scopes_are_enforced_and_keys_cannot_escalate() {
         (s, v["status"].as_str(), v["name"].as_str()),
         (200, Some("active"), Some("test"))
     );
+    // Escalation attempts are audited as denied calls.
+    let audited = eventually(Duration::from_secs(3), || async {
+        let (_, _, v) = get(
+            &gw.admin_url("/api/v1/audit-logs?action=admin.access_denied&limit=100"),
+            Some(&admin),
+        )
+        .await;
+        v["data"].as_array().is_some_and(|d| {
+            d.iter().any(|e| {
+                e["actor"]["type"] == "key"
+                    && e["target"]["id"] == "POST /api/v1/keys"
+                    && e["after"]["code"] == "insufficient_scope"
+                    && e["after"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("`admin`"))
+            })
+        })
+    })
+    .await;
+    assert!(audited, "the escalation attempt was not audited");
+
     // What it holds, it may manage.
     let (s, _, _) = api(
         &gw,

@@ -48,6 +48,7 @@ async fn losing_the_database_keeps_cached_keys_working_and_recovers_on_its_own()
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
     let (id, key) = gw.create_key("read:echo", &[]).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
     assert!(
         eventually(Duration::from_secs(2), || async {
             get(&gw.url("/echo"), Some(&key)).await.0 == 200
@@ -77,6 +78,26 @@ async fn losing_the_database_keeps_cached_keys_working_and_recovers_on_its_own()
     );
     let (status, _, _) = get(&gw.admin_url("/health/ready"), None).await;
     assert_eq!(status, 200, "ready must stay 200 while serving from cache");
+    // The admin API still authenticates from the snapshot, and says plainly
+    // that nothing was written.
+    let req = http()
+        .post(gw.admin_url("/api/v1/keys"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "during-outage"}));
+    let (status, _, body) = send(req).await;
+    assert_eq!(
+        (status, code(&body)),
+        (503, "database_unavailable"),
+        "{body}"
+    );
+    let (status, _, body) = get(&gw.admin_url("/api/v1/keys"), Some(&admin)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (503, "database_unavailable"),
+        "{body}"
+    );
+    let (status, _, _) = get(&gw.admin_url("/api/v1/keys"), Some(&key)).await;
+    assert_eq!(status, 403, "authorization needs no database");
     for _ in 0..5 {
         assert_eq!(
             get(&gw.url("/echo"), Some(&key)).await.0,

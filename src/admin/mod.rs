@@ -97,6 +97,8 @@ pub fn openapi_json() -> Result<Vec<u8>, String> {
 pub struct Caller {
     pub origin: Origin,
     pub authority: Authority,
+    /// `METHOD /path`, the target of a denial's audit entry.
+    endpoint: String,
     previous_secret: Option<PreviousSecret>,
 }
 
@@ -241,7 +243,7 @@ impl AdminApp {
             Err((reason, e)) => {
                 metrics::counter!("gateway_admin_auth_failures_total", "reason" => reason)
                     .increment(1);
-                self.audit_denial(origin, endpoint, &e);
+                self.audit_denial(origin, endpoint, e.code(), e.message().into_owned());
                 return Err(ApiError::Auth(e));
             }
         };
@@ -259,24 +261,24 @@ impl AdminApp {
             let e = ProxyError::InsufficientScope(missing.clone());
             metrics::counter!("gateway_admin_auth_failures_total", "reason" => "insufficient_scope")
                 .increment(1);
-            self.audit_denial(origin, endpoint, &e);
+            self.audit_denial(origin, endpoint, e.code(), e.message().into_owned());
             return Err(ApiError::Auth(e));
         }
         Ok(Caller {
             origin,
             authority,
+            endpoint,
             previous_secret: authenticated.previous_secret,
         })
     }
 
-    fn audit_denial(&self, origin: Origin, endpoint: String, e: &ProxyError) {
+    fn audit_denial(&self, origin: Origin, endpoint: String, code: &'static str, message: String) {
         let Ok(permit) = self.state.pending_denial_audits.clone().try_acquire_owned() else {
             metrics::counter!("gateway_audit_dropped_total").increment(1);
             tracing::warn!(request_id = %origin.request_id, "audit of a denied admin call dropped: too many pending");
             return;
         };
         let state = self.state.clone();
-        let (code, message) = (e.code(), e.message().into_owned());
         tokio::spawn(async move {
             let _permit = permit;
             let result = match state.pool.get().await {
@@ -315,26 +317,35 @@ impl AdminApp {
             _ => Vec::new(),
         };
         let authed = || caller.as_ref().ok_or(ApiError::Internal);
-        let mut resp = match op {
-            Op::Health => health::health(s).await,
-            Op::HealthLive => health::live(),
-            Op::HealthReady => health::ready(s),
-            Op::Metrics => health::metrics(s),
-            Op::GetOpenapi => match &s.openapi_json {
-                Ok(spec) => respond(StatusCode::OK, "application/json", spec.clone()),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot serve /openapi.json");
-                    return Err(ApiError::Internal);
-                }
-            },
-            Op::CreateKey => keys::create_key(s, authed()?, &body).await?,
-            Op::ListKeys => keys::list_keys(s, query).await?,
-            Op::GetKey => keys::get_key(s, id).await?,
-            Op::UpdateKey | Op::PatchKey => keys::update_key(s, authed()?, id, &body).await?,
-            Op::RevokeKey => keys::revoke_key(s, authed()?, id).await?,
-            Op::RotateKey => keys::rotate_key(s, authed()?, id, &body).await?,
-            Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
-        };
+        let result = async {
+            Ok(match op {
+                Op::Health => health::health(s).await,
+                Op::HealthLive => health::live(),
+                Op::HealthReady => health::ready(s),
+                Op::Metrics => health::metrics(s),
+                Op::GetOpenapi => match &s.openapi_json {
+                    Ok(spec) => respond(StatusCode::OK, "application/json", spec.clone()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve /openapi.json");
+                        return Err(ApiError::Internal);
+                    }
+                },
+                Op::CreateKey => keys::create_key(s, authed()?, &body).await?,
+                Op::ListKeys => keys::list_keys(s, query).await?,
+                Op::GetKey => keys::get_key(s, id).await?,
+                Op::UpdateKey | Op::PatchKey => keys::update_key(s, authed()?, id, &body).await?,
+                Op::RevokeKey => keys::revoke_key(s, authed()?, id).await?,
+                Op::RotateKey => keys::rotate_key(s, authed()?, id, &body).await?,
+                Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
+            })
+        }
+        .await;
+        // An attempt to grant or take over more than the caller holds is a
+        // denied call too.
+        if let (Err(e @ ApiError::Escalation(_)), Some(c)) = (&result, &caller) {
+            self.audit_denial(c.origin.clone(), c.endpoint.clone(), e.code(), e.message());
+        }
+        let mut resp = result?;
         if let Some(prev) = caller.as_ref().and_then(|c| c.previous_secret) {
             for (name, value) in auth::deprecation_headers(&prev) {
                 if let Ok(v) = value.parse() {
