@@ -55,10 +55,11 @@ FUZZ_DIR=${FUZZ_DIR:-$ROOT/.data/fuzz}
 
 # --- schemathesis, pinned, in its own venv ---------------------------------
 command -v python3 >/dev/null || die "python3 is needed"
-if [ ! -x "$VENV/bin/python" ]; then
+# A venv left without pip (ensurepip was missing) is made again.
+if [ ! -x "$VENV/bin/pip" ]; then
   say "creating $VENV"
   mkdir -p "$(dirname "$VENV")"
-  python3 -m venv "$VENV"
+  python3 -m venv --clear "$VENV"
 fi
 installed=$("$VENV/bin/python" -c \
   'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null || true)

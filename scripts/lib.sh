@@ -24,7 +24,9 @@ pg_bin_dir() {
 ensure_packages() {
   local missing=()
   command -v python3 >/dev/null || missing+=(python3)
-  python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+  # Debian's python3 has the venv module but cannot create a venv with pip
+  # until python3-venv brings ensurepip.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   command -v cc >/dev/null || missing+=(build-essential)
   command -v cmake >/dev/null || missing+=(cmake)
   command -v curl >/dev/null || missing+=(curl)
