@@ -150,8 +150,9 @@ pub mod file {
     }
 }
 
-/// Per-key or per-IP limits for one caller; `None` means "no such tier".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Per-key or per-IP limits for one caller; `None` means "no such tier"
+/// (for a key's overrides: "use the configured default").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,

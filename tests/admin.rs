@@ -11,18 +11,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// A key with `scopes` made by the CLI, once `gw`'s admin API accepts it.
-async fn admin_key(gw: &Gateway, scopes: &str) -> String {
-    let (_, key) = gw.create_key_unseen(scopes, &[]);
-    let known = eventually(Duration::from_secs(5), || async {
-        let (_, _, body) = get(&gw.admin_url("/api/v1/keys?limit=1"), Some(&key)).await;
-        code(&body) != "invalid_api_key"
-    })
-    .await;
-    assert!(known, "admin key never reached the snapshot");
-    key
-}
-
 /// One admin API call with a JSON body (or none).
 async fn api(
     gw: &Gateway,
@@ -63,7 +51,7 @@ async fn the_key_lifecycle_through_the_admin_api_reaches_another_instance() {
     let upstream = start_upstream().await;
     let a = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
     let b = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
-    let admin = admin_key(&a, "admin").await;
+    let admin = a.create_key("admin", &[]).await.1;
     let echo = b.url("/echo");
 
     // Create, then use on the other instance.
@@ -190,7 +178,7 @@ async fn pagination_returns_every_key_exactly_once_and_filters_apply() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
-    let admin = admin_key(&gw, "admin").await;
+    let admin = gw.create_key("admin", &[]).await.1;
     let mut created = Vec::new();
     for i in 0..26 {
         let scopes = if i % 2 == 0 {
@@ -267,10 +255,10 @@ async fn admin_scopes_are_enforced_and_keys_cannot_escalate() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
-    let admin = admin_key(&gw, "admin").await;
-    let reader = admin_key(&gw, "read:keys").await;
-    let writer = admin_key(&gw, "read:keys,write:keys,read:echo").await;
-    let client = admin_key(&gw, "read:echo").await;
+    let admin = gw.create_key("admin", &[]).await.1;
+    let reader = gw.create_key("read:keys", &[]).await.1;
+    let writer = gw.create_key("read:keys,write:keys,read:echo", &[]).await.1;
+    let client = gw.create_key("read:echo", &[]).await.1;
     let admin_id = api(
         &gw,
         Method::GET,
@@ -429,7 +417,7 @@ async fn the_audit_log_records_changes_and_denials_and_its_chain_detects_tamperi
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
-    let admin = admin_key(&gw, "admin").await;
+    let admin = gw.create_key("admin", &[]).await.1;
     let admin_id = api(&gw, Method::GET, "/api/v1/keys", Some(&admin), None)
         .await
         .2["data"][0]["id"]
@@ -592,7 +580,7 @@ async fn bad_input_gets_its_documented_status_and_code() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
-    let admin = admin_key(&gw, "admin").await;
+    let admin = gw.create_key("admin", &[]).await.1;
     let k = create(&gw, &admin, json!({"name": "target"})).await;
     let key_path = format!("/api/v1/keys/{}", k["id"].as_str().expect("id"));
 

@@ -1,11 +1,10 @@
 //! `GET /api/v1/audit-logs`: the audit trail, newest first.
 
-use http::{Response, StatusCode};
-use serde_json::json;
+use http::Response;
 
 use super::error::ApiError;
 use super::input::Query;
-use super::{db, json, AdminState};
+use super::{db, page, AdminState};
 use crate::store::audit::{self, AuditFilter};
 
 pub async fn list_audit_logs(
@@ -31,14 +30,6 @@ pub async fn list_audit_logs(
     };
     let filter = q.finish().finish(filter)?;
     let client = db(s).await?;
-    let mut rows = audit::list(&**client, &filter, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
-    Ok(json(
-        StatusCode::OK,
-        &json!({"data": rows, "next_cursor": next_cursor}),
-    ))
+    let rows = audit::list(&**client, &filter, limit + 1).await?;
+    Ok(page(rows, limit, |r| r.id.to_string()))
 }

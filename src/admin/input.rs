@@ -209,14 +209,8 @@ impl Body {
         };
         let mut tier = |name: &str| match inner.take(name) {
             None | Some(Value::Null) => None,
-            Some(v) => integer(
-                &mut inner.problems,
-                &format!("{field}.{name}"),
-                &v,
-                1,
-                i64::from(i32::MAX),
-            )
-            .and_then(|n| u32::try_from(n).ok()),
+            Some(v) => integer(&mut inner.problems, name, &v, 1, i64::from(i32::MAX))
+                .and_then(|n| u32::try_from(n).ok()),
         };
         let limits = Limits {
             per_minute: tier("per_minute"),
@@ -226,12 +220,7 @@ impl Body {
         let problems = inner.finish();
         let ok = problems.0.is_empty();
         for p in problems.0 {
-            let at = if p.field.starts_with(&format!("{field}.")) {
-                p.field
-            } else {
-                format!("{field}.{}", p.field)
-            };
-            self.problems.add(at, p.message);
+            self.problems.add(format!("{field}.{}", p.field), p.message);
         }
         ok.then_some(limits)
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::input::{Body, Query};
-use super::{db, json, AdminState, Caller};
+use super::{db, json, page, AdminState, Caller};
 use crate::keys::lifecycle::{KeyUpdate, DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE};
 use crate::keys::scope::Scope;
 use crate::store::keys::{self as repo, KeyFilter, KeyStatus, NewKey};
@@ -107,16 +107,8 @@ pub async fn list_keys(s: &AdminState, query: Option<&str>) -> Result<Response<V
     };
     let filter = q.finish().finish(filter)?;
     let client = db(s).await?;
-    let mut rows = repo::list(&**client, &filter, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
-    Ok(json(
-        StatusCode::OK,
-        &json!({"data": rows, "next_cursor": next_cursor}),
-    ))
+    let rows = repo::list(&**client, &filter, limit + 1).await?;
+    Ok(page(rows, limit, |r| r.id.to_string()))
 }
 
 pub async fn get_key(s: &AdminState, id: Option<&str>) -> Result<Response<Vec<u8>>, ApiError> {

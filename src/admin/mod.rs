@@ -145,6 +145,23 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Ve
     }
 }
 
+/// A list response, `{"data": [...], "next_cursor": ...}`, from rows fetched
+/// with `LIMIT limit + 1`: the extra row only tells that another page exists,
+/// and the cursor is that of the last row shown.
+pub fn page<T: Serialize>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> Response<Vec<u8>> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = more.then(|| rows.last().map(&cursor)).flatten();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"data": rows, "next_cursor": next_cursor}),
+    )
+}
+
 /// A pooled connection, or 503 when Postgres cannot be reached.
 pub async fn db(s: &AdminState) -> Result<deadpool_postgres::Object, ApiError> {
     Ok(s.pool.get().await.map_err(crate::store::DbError::from)?)

@@ -19,7 +19,7 @@ use crate::config::{Config, Limits};
 use crate::keys::format::KeyHasher;
 use crate::keys::scope::Scope;
 use crate::store::audit::{self, AuditChain, Event, Origin, Outcome};
-use crate::store::keys::{self as repo, CreatedKey, KeyRow, NewKey, RateLimitsView};
+use crate::store::keys::{self as repo, CreatedKey, KeyRow, NewKey};
 use crate::store::DbError;
 
 /// Default grace period of a rotation: the old secret keeps working a day.
@@ -141,10 +141,6 @@ impl KeyService {
         }
     }
 
-    pub fn chain(&self) -> &AuditChain {
-        &self.chain
-    }
-
     pub async fn create(
         &self,
         client: &mut Client,
@@ -204,11 +200,7 @@ impl KeyService {
             row.expires_at = v;
         }
         if let Some(l) = change.limits {
-            row.rate_limits = RateLimitsView {
-                per_minute: l.per_minute,
-                per_hour: l.per_hour,
-                per_day: l.per_day,
-            };
+            row.rate_limits = l;
         }
         if let Some(v) = change.metadata {
             row.metadata = v;

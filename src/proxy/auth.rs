@@ -34,6 +34,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether `token` looks like one of our keys (carries our prefix).
+    pub fn is_gateway_key(&self, token: &str) -> bool {
+        token.starts_with(self.key_prefix.as_str())
+    }
+
     /// The caller's key. The error carries the `gateway_auth_failures_total`
     /// reason label. A bad checksum is refused before any hashing or lookup.
     pub fn authenticate(
@@ -82,9 +87,6 @@ pub fn request_id(req: &RequestHeader) -> String {
     }
 }
 
-/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
-/// credentials, a repeated header, or a non-Bearer `Authorization` without
-/// `X-API-Key` are rejected rather than guessed at.
 /// The token of an `Authorization: Bearer <token>` value (scheme
 /// case-insensitive), or `None` for any other scheme.
 pub(crate) fn bearer_token(value: &str) -> Option<&str> {
@@ -94,6 +96,9 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     }
 }
 
+/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
+/// credentials, a repeated header, or a non-Bearer `Authorization` without
+/// `X-API-Key` are rejected rather than guessed at.
 pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
     const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
     let mut api_key = req.headers.get_all("x-api-key").iter();

@@ -64,7 +64,6 @@ impl Drop for InflightGuard {
 pub struct GatewayProxy {
     routes: RouteTable,
     auth: Authenticator,
-    key_prefix: String,
     trusted_proxies: Vec<IpNet>,
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
@@ -101,7 +100,6 @@ impl GatewayProxy {
         Self {
             routes: RouteTable::new(cfg, &upstreams),
             auth: Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
-            key_prefix: cfg.keys.prefix.clone(),
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
             last_used,
             inflight,
@@ -282,7 +280,7 @@ impl ProxyHttp for GatewayProxy {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .is_some_and(|token| token.starts_with(self.key_prefix.as_str()));
+            .is_some_and(|token| self.auth.is_gateway_key(token));
         if auth_required || carries_gateway_key {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());
         }

@@ -17,10 +17,22 @@ const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_
      rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
      rotated_at";
 
+/// A key's status, computed in one place for both what a row shows and
+/// what `?status=` filters on.
+macro_rules! status_sql {
+    () => {
+        "CASE WHEN revoked_at IS NOT NULL THEN 'revoked' \
+         WHEN expires_at <= now() THEN 'expired' ELSE 'active' END"
+    };
+}
+
 /// Columns shown to operators, in the order [`KeyRow::from_row`] reads them.
-const ROW_COLUMNS: &str = "id, name, description, prefix, scopes, rate_limit_per_minute, \
+const ROW_COLUMNS: &str = concat!(
+    "id, name, description, prefix, scopes, rate_limit_per_minute, \
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
-     revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at";
+     revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at, ",
+    status_sql!()
+);
 
 /// A key as operators see it: never the secret, never its hash.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +42,8 @@ pub struct KeyRow {
     pub description: String,
     pub prefix: String,
     pub scopes: Vec<String>,
-    pub rate_limits: RateLimitsView,
+    /// Per-key overrides; a `None` tier uses `[rate_limits] default`.
+    pub rate_limits: Limits,
     pub metadata: serde_json::Value,
     pub status: KeyStatus,
     pub created_at: DateTime<Utc>,
@@ -52,13 +65,6 @@ pub struct Rotation {
     pub previous_key_expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct RateLimitsView {
-    pub per_minute: Option<u32>,
-    pub per_hour: Option<u32>,
-    pub per_day: Option<u32>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
@@ -67,8 +73,17 @@ pub enum KeyStatus {
     Revoked,
 }
 
-fn limit(v: Option<i32>) -> Option<u32> {
-    v.and_then(|n| u32::try_from(n).ok())
+/// The three `rate_limit_per_*` columns starting at `first`.
+fn limits_at(r: &Row, first: usize) -> Limits {
+    let tier = |i: usize| {
+        r.get::<_, Option<i32>>(i)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    Limits {
+        per_minute: tier(first),
+        per_hour: tier(first + 1),
+        per_day: tier(first + 2),
+    }
 }
 
 fn limit_param(v: Option<u32>) -> Option<i32> {
@@ -77,32 +92,20 @@ fn limit_param(v: Option<u32>) -> Option<i32> {
 
 impl KeyRow {
     fn from_row(r: &Row) -> KeyRow {
-        let expires_at: Option<DateTime<Utc>> = r.get(11);
-        let revoked_at: Option<DateTime<Utc>> = r.get(12);
-        let status = if revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if expires_at.is_some_and(|t| t <= Utc::now()) {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
-        };
         KeyRow {
             id: r.get(0),
             name: r.get(1),
             description: r.get(2),
             prefix: r.get(3),
             scopes: r.get(4),
-            rate_limits: RateLimitsView {
-                per_minute: limit(r.get(5)),
-                per_hour: limit(r.get(6)),
-                per_day: limit(r.get(7)),
-            },
+            rate_limits: limits_at(r, 5),
             metadata: super::json_column(r, 8).unwrap_or_default(),
-            status,
+            // Written by `status_sql!`, so it always parses.
+            status: KeyStatus::parse(r.get(17)).unwrap_or(KeyStatus::Active),
             created_at: r.get(9),
             updated_at: r.get(10),
-            expires_at,
-            revoked_at,
+            expires_at: r.get(11),
+            revoked_at: r.get(12),
             last_used_at: r.get(13),
             rotation: r
                 .get::<_, Option<DateTime<Utc>>>(14)
@@ -215,14 +218,12 @@ pub async fn list(
         .query(
             &format!(
                 "SELECT {ROW_COLUMNS} FROM api_keys \
-                 WHERE ($1::text IS NULL OR CASE \
-                         WHEN revoked_at IS NOT NULL THEN 'revoked' \
-                         WHEN expires_at <= now() THEN 'expired' \
-                         ELSE 'active' END = $1) \
+                 WHERE ($1::text IS NULL OR {status_expr} = $1) \
                    AND ($2::text IS NULL OR $2 = ANY(scopes)) \
                    AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0) \
                    AND ($4::uuid IS NULL OR id < $4) \
-                 ORDER BY id DESC LIMIT $5"
+                 ORDER BY id DESC LIMIT $5",
+                status_expr = status_sql!()
             ),
             &[&status, &f.scope, &f.name_contains, &f.after_id, &limit],
         )
@@ -376,11 +377,7 @@ fn record_from_row(r: &Row) -> Option<KeyRecord> {
         id,
         hash,
         scopes,
-        Limits {
-            per_minute: limit(r.get(3)),
-            per_hour: limit(r.get(4)),
-            per_day: limit(r.get(5)),
-        },
+        limits_at(r, 3),
         ms(r.get(6)),
         ms(r.get(7)),
         previous,
