@@ -28,6 +28,12 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://gateway@127.0.0.1:5432/gateway";
 /// Default key prefix (DESIGN §3 "API keys").
 pub const DEFAULT_KEY_PREFIX: &str = "gw_live_";
+/// Default bound on one Redis rate-limit call.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 25;
+/// Default prefix of the gateway's Redis keys.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gateway:rl:";
+/// Default bound on local rate-limit counters (about 100 MB at most).
+pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 1_000_000;
 /// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
 pub const MIN_PEPPER_LEN: usize = 32;
 
@@ -98,6 +104,8 @@ pub mod file {
     #[derive(Debug, Default, Deserialize)]
     pub struct Redis {
         pub url: Option<String>,
+        pub timeout_ms: Option<u64>,
+        pub key_prefix: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -120,7 +128,9 @@ pub mod file {
         pub on_backend_error: Option<String>,
         pub default: Option<Limits>,
         pub anonymous: Option<Limits>,
+        pub auth_failures: Option<Limits>,
         pub exempt_ips: Option<Vec<String>>,
+        pub max_local_counters: Option<u64>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -147,6 +157,7 @@ pub mod file {
         pub method_scopes: Option<BTreeMap<String, Vec<String>>>,
         pub auth: Option<String>,
         pub rate_limit: Option<Limits>,
+        pub global_rate_limit: Option<Limits>,
     }
 }
 
@@ -157,6 +168,17 @@ pub struct Limits {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,
     pub per_day: Option<u32>,
+}
+
+impl Limits {
+    /// Each tier of `self`, or of `fallback` where `self` leaves it unset.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            per_minute: self.per_minute.or(fallback.per_minute),
+            per_hour: self.per_hour.or(fallback.per_hour),
+            per_day: self.per_day.or(fallback.per_day),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,9 +238,27 @@ pub struct KeysConfig {
 pub struct RateLimitConfig {
     pub backend: LimitBackend,
     pub on_backend_error: OnBackendError,
+    /// Per-key tiers of keys without overrides.
     pub default: Limits,
+    /// Per client IP on `auth = "none"` routes.
     pub anonymous: Limits,
+    /// Brute-force guard: failed authentications per client IP.
+    pub auth_failures: Limits,
+    /// Clients in these networks bypass every limit.
     pub exempt_ips: Vec<IpNet>,
+    /// Bound on the local backend's counters (and the guard's).
+    pub max_local_counters: usize,
+}
+
+/// `[redis]`: the shared store of the `redis` rate-limit backend.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Bound on one rate-limit call, network included.
+    pub timeout: Duration,
+    /// Prepended to every key the gateway writes, so several deployments
+    /// (or test runs) can share one Redis.
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -240,7 +280,10 @@ pub struct RouteConfig {
     /// Extra scopes required for one method (upper-case method name).
     pub method_scopes: BTreeMap<String, Vec<Scope>>,
     pub auth: AuthMode,
+    /// Per caller (key, or client IP on `auth = "none"` routes), this route only.
     pub rate_limit: Option<Limits>,
+    /// Across all callers of this route.
+    pub global_rate_limit: Option<Limits>,
 }
 
 /// A string that must never be printed.
@@ -268,7 +311,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub admin_listen: SocketAddr,
     pub database: DatabaseConfig,
-    pub redis_url: Option<String>,
+    pub redis: Option<RedisConfig>,
     pub keys: KeysConfig,
     pub rate_limits: RateLimitConfig,
     pub log_level: String,
@@ -474,19 +517,9 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         )
     });
     let database = database.map(|d| build_database(d, errs));
-    let redis_url = redis.and_then(|r| match (redis_present, r.url) {
-        (_, Some(url)) => {
-            check_url(&url, &["redis", "rediss"], "redis.url", errs);
-            Some(url)
-        }
-        (true, None) => {
-            errs.push("redis.url", "missing (the [redis] section needs a url)");
-            None
-        }
-        (false, None) => None,
-    });
+    let redis = redis.and_then(|r| build_redis(r, redis_present, errs));
     let keys = keys.map(|k| build_keys(k, need, errs));
-    let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis_url.is_some(), errs));
+    let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis.is_some(), errs));
     let (log_level, log_format) = log.map(|l| build_log(l, errs)).unzip();
 
     // Routes are checked against every upstream the file declares, so an
@@ -561,7 +594,7 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         proxy: proxy??,
         admin_listen: admin_listen??,
         database: database??,
-        redis_url,
+        redis,
         keys: keys??,
         rate_limits: rate_limits??,
         log_level: log_level??,
@@ -865,12 +898,77 @@ fn build_rate_limits(
             ..Limits::default()
         },
     };
+    let auth_failures = match r.auth_failures {
+        Some(l) => build_limits(Some(l), "rate_limits.auth_failures", errs),
+        None => Limits {
+            per_minute: Some(20),
+            ..Limits::default()
+        },
+    };
+    let max_local_counters = match r.max_local_counters {
+        None => DEFAULT_MAX_LOCAL_COUNTERS,
+        Some(n) if (1_000..=100_000_000).contains(&n) => n,
+        Some(_) => {
+            errs.push(
+                "rate_limits.max_local_counters",
+                "must be between 1000 and 100000000",
+            );
+            DEFAULT_MAX_LOCAL_COUNTERS
+        }
+    };
     Some(RateLimitConfig {
         backend,
         on_backend_error,
         default,
         anonymous,
+        auth_failures,
         exempt_ips: parse_cidrs(r.exempt_ips, "rate_limits.exempt_ips", errs),
+        max_local_counters: max_local_counters as usize,
+    })
+}
+
+fn build_redis(r: file::Redis, present: bool, errs: &mut Errors) -> Option<RedisConfig> {
+    let url = match (present, r.url) {
+        (_, Some(url)) => url,
+        (true, None) => {
+            errs.push("redis.url", "missing (the [redis] section needs a url)");
+            return None;
+        }
+        (false, None) => return None,
+    };
+    if url.starts_with("rediss:") {
+        errs.push(
+            "redis.url",
+            "TLS to Redis (rediss://) is not supported yet; use redis:// on a private network",
+        );
+    } else {
+        check_url(&url, &["redis"], "redis.url", errs);
+    }
+    let timeout = positive_ms(
+        r.timeout_ms,
+        DEFAULT_REDIS_TIMEOUT_MS,
+        "redis.timeout_ms",
+        errs,
+    );
+    if timeout > Duration::from_secs(10) {
+        errs.push("redis.timeout_ms", "must be at most 10000");
+    }
+    let key_prefix = r
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string());
+    if key_prefix.len() > 64
+        || key_prefix.contains(['{', '}'])
+        || key_prefix.contains(char::is_whitespace)
+    {
+        errs.push(
+            "redis.key_prefix",
+            "must be at most 64 characters, without braces or whitespace",
+        );
+    }
+    Some(RedisConfig {
+        url,
+        timeout,
+        key_prefix,
     })
 }
 
@@ -1077,6 +1175,9 @@ fn build_route(
     let rate_limit = r
         .rate_limit
         .map(|l| build_limits(Some(l), &format!("{path}.rate_limit"), errs));
+    let global_rate_limit = r
+        .global_rate_limit
+        .map(|l| build_limits(Some(l), &format!("{path}.global_rate_limit"), errs));
     if errs.0.len() != before {
         return None;
     }
@@ -1089,6 +1190,7 @@ fn build_route(
         method_scopes,
         auth,
         rate_limit,
+        global_rate_limit,
     })
 }
 

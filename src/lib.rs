@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod keys;
+pub mod limits;
 pub mod proxy;
 pub mod server;
 pub mod store;

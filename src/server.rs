@@ -20,6 +20,7 @@ use crate::keys::last_used;
 use crate::keys::lifecycle::KeyService;
 use crate::keys::listener::KeyListener;
 use crate::keys::snapshot::KeyStore;
+use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::auth::Authenticator;
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::{store, telemetry};
@@ -55,6 +56,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let pool = store::pool(&cfg.database)?;
     let hasher = KeyHasher::new(cfg.keys.pepper.expose());
     let inflight = Arc::new(Inflight::default());
+    let limiter = RateLimiter::new(&cfg)?;
 
     let listener = server.add_service(background_service(
         "key listener",
@@ -64,6 +66,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
     let drained = flusher.drained.clone();
     server.add_service(background_service("last-used flusher", flusher));
+    let limits = server.add_service(background_service(
+        "rate limits",
+        LimitsService::new(limiter.clone()),
+    ));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -73,18 +79,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             hasher.clone(),
             tracker.clone(),
             inflight.clone(),
+            limiter.clone(),
         ),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
-    // No traffic before the first full key load: every key would look unknown.
-    server.add_service(proxy).add_dependency(&listener);
+    // No traffic before the first full key load (every key would look
+    // unknown) nor before the first try at reaching Redis.
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&listener);
+    proxy.add_dependency(&limits);
 
     let state = Arc::new(AdminState::new(
         keys.clone(),
         pool,
         prometheus,
-        cfg.redis_url.is_some(),
+        cfg.redis.is_some(),
+        limiter,
         Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
         KeyService::new(&cfg),
         tracker,

@@ -116,4 +116,29 @@ fn describe() {
         "gateway_upstream_marked_down_total",
         "Upstream targets marked down after a failed connect."
     );
+    describe_counter!(
+        "gateway_rate_limited_total",
+        "Requests refused with 429, by tier and route."
+    );
+    describe_counter!(
+        "gateway_rate_limit_backend_errors_total",
+        "Failed calls to the Redis rate-limit backend, by kind (timeout, disconnected, error)."
+    );
+    describe_histogram!(
+        "gateway_rate_limit_backend_duration_seconds",
+        Unit::Seconds,
+        "Duration of calls to the Redis rate-limit backend."
+    );
+    describe_counter!(
+        "gateway_rate_limit_fallback_total",
+        "Requests decided by on_backend_error after a backend failure (decision allow or deny)."
+    );
+    describe_gauge!(
+        "gateway_rate_limit_local_counters",
+        "Counters held in memory by the local backend and the brute-force guard."
+    );
+    describe_counter!(
+        "gateway_rate_limit_evictions_total",
+        "Live local counters dropped because the counter bound was reached."
+    );
 }

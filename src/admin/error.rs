@@ -25,6 +25,13 @@ pub enum ApiError {
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
+    /// The brute-force guard refused the caller's address.
+    Limited {
+        tier: &'static str,
+        headers: Box<crate::limits::headers::Headers>,
+    },
+    /// The shared rate-limit backend could not answer.
+    RateLimiterUnavailable,
     Internal,
 }
 
@@ -41,7 +48,10 @@ impl ApiError {
             ApiError::KeyRevoked => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DatabaseUnavailable | ApiError::RateLimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,6 +68,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Limited { .. } => "rate_limited",
+            ApiError::RateLimiterUnavailable => "rate_limiter_unavailable",
             ApiError::Internal => "internal_error",
         }
     }
@@ -84,6 +96,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "Send the body as application/json.".into(),
             ApiError::DatabaseUnavailable => {
                 "The database is unavailable; the change was not made. Retry later.".into()
+            }
+            ApiError::Limited { tier, .. } => ProxyError::RateLimited(tier).message().into_owned(),
+            ApiError::RateLimiterUnavailable => {
+                "The rate-limit backend is unavailable; retry later.".into()
             }
             ApiError::Internal => {
                 "Internal error; the request id identifies it in the logs.".into()
@@ -112,6 +128,19 @@ impl ApiError {
                 headers.insert(
                     http::header::WWW_AUTHENTICATE,
                     http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+                );
+            }
+            ApiError::Limited { headers: extra, .. } => {
+                for (name, value) in extra.iter() {
+                    if let Ok(v) = value.parse() {
+                        headers.insert(*name, v);
+                    }
+                }
+            }
+            ApiError::RateLimiterUnavailable => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
                 );
             }
             _ => {}

@@ -9,6 +9,8 @@ use super::{json, respond, AdminState};
 
 /// Bound on the database probe, so `/health` answers even when Postgres hangs.
 const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on the Redis probe.
+const REDIS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// 200 while the process runs.
 pub fn live() -> Response<Vec<u8>> {
@@ -64,19 +66,41 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
         "seconds_since_full_reload": age_seconds(s.keys.last_full_reload_ms()),
         "full_reloads": s.keys.full_reloads(),
     });
-    let redis = if s.redis_configured {
-        json!({"status": "not_used", "detail": "configured; used by the redis rate-limit backend"})
+    let limiter = &s.limiter;
+    let on_error = if limiter.fails_closed() {
+        "deny"
     } else {
-        json!({"status": "not_configured"})
+        "allow"
     };
-    let healthy = db_up && s.keys.is_loaded();
+    let (redis, redis_down) = match limiter.redis() {
+        Some(r) => match r.ping(REDIS_PROBE_TIMEOUT).await {
+            Ok(latency) => (
+                json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0,
+                       "required": limiter.fails_closed(), "on_backend_error": on_error}),
+                false,
+            ),
+            Err(e) => (
+                json!({"status": "down", "error": e.to_string(),
+                       "required": limiter.fails_closed(), "on_backend_error": on_error}),
+                true,
+            ),
+        },
+        None if s.redis_configured => (
+            json!({"status": "not_used", "detail": "configured, but rate_limits.backend is \"local\""}),
+            false,
+        ),
+        None => (json!({"status": "not_configured"}), false),
+    };
+    // Redis is required only when its failure refuses requests.
+    let healthy = db_up && s.keys.is_loaded() && !(redis_down && limiter.fails_closed());
     let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
+        "status": if healthy && !redis_down { "ok" } else { "degraded" },
         "uptime_seconds": s.started.elapsed().as_secs(),
         "checks": {
             "database": database,
             "key_snapshot": key_snapshot,
             "redis": redis,
+            "rate_limiter": {"backend": limiter.backend_name()},
         },
     });
     let status = if healthy {

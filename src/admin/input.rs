@@ -207,22 +207,28 @@ impl Body {
             fields,
             problems: Problems::default(),
         };
-        let mut tier = |name: &str| match inner.take(name) {
-            None | Some(Value::Null) => None,
-            Some(v) => integer(&mut inner.problems, name, &v, 1, i64::from(i32::MAX))
-                .and_then(|n| u32::try_from(n).ok()),
-        };
-        let limits = Limits {
-            per_minute: tier("per_minute"),
-            per_hour: tier("per_hour"),
-            per_day: tier("per_day"),
-        };
+        let limits = inner.tiers();
         let problems = inner.finish();
         let ok = problems.0.is_empty();
         for p in problems.0 {
             self.problems.add(format!("{field}.{}", p.field), p.message);
         }
         ok.then_some(limits)
+    }
+
+    /// `per_minute`, `per_hour` and `per_day` of this object, each a
+    /// positive integer or null (absent or null: no override).
+    pub fn tiers(&mut self) -> Limits {
+        let mut tier = |name: &str| match self.take(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => integer(&mut self.problems, name, &v, 1, i64::from(i32::MAX))
+                .and_then(|n| u32::try_from(n).ok()),
+        };
+        Limits {
+            per_minute: tier("per_minute"),
+            per_hour: tier("per_hour"),
+            per_day: tier("per_day"),
+        }
     }
 
     /// A JSON object of at most `MAX_METADATA_BYTES` serialised, that

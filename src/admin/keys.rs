@@ -26,7 +26,7 @@ const MAX_DESCRIPTION: usize = 1000;
 const MAX_EXPIRES_IN: i64 = 100 * 365 * 86_400;
 
 /// A path id that is not a UUID names no key: 404, like an unknown one.
-fn key_id(id: Option<&str>) -> Result<Uuid, ApiError> {
+pub(super) fn key_id(id: Option<&str>) -> Result<Uuid, ApiError> {
     id.and_then(|s| Uuid::parse_str(s).ok())
         .ok_or(ApiError::NotFound("No key with this id."))
 }

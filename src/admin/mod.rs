@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod input;
 pub mod keys;
+pub mod rate_limits;
 pub mod routes;
 
 use std::sync::Arc;
@@ -26,11 +27,12 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use self::error::{ApiError, MAX_BODY_BYTES};
-use self::routes::{Op, Resolved};
+use self::routes::{Access, Op, Resolved};
 use crate::keys::last_used::LastUsedTracker;
 use crate::keys::lifecycle::{Authority, KeyService};
 use crate::keys::scope::{first_missing, Scope};
-use crate::keys::snapshot::{KeyStore, PreviousSecret};
+use crate::keys::snapshot::{KeyRecord, KeyStore, PreviousSecret};
+use crate::limits::{headers, RateLimiter};
 use crate::proxy::auth::{self, Authenticator};
 use crate::proxy::errors::ProxyError;
 use crate::store::audit::{Actor, Origin};
@@ -49,6 +51,7 @@ pub struct AdminState {
     pub prometheus: PrometheusHandle,
     pub started: Instant,
     pub redis_configured: bool,
+    pub limiter: Arc<RateLimiter>,
     pub auth: Authenticator,
     pub key_service: KeyService,
     pub last_used: LastUsedTracker,
@@ -64,6 +67,7 @@ impl AdminState {
         pool: Pool,
         prometheus: PrometheusHandle,
         redis_configured: bool,
+        limiter: Arc<RateLimiter>,
         auth: Authenticator,
         key_service: KeyService,
         last_used: LastUsedTracker,
@@ -74,6 +78,7 @@ impl AdminState {
             prometheus,
             started: Instant::now(),
             redis_configured,
+            limiter,
             auth,
             key_service,
             last_used,
@@ -97,6 +102,7 @@ pub fn openapi_json() -> Result<Vec<u8>, String> {
 pub struct Caller {
     pub origin: Origin,
     pub authority: Authority,
+    pub key: Arc<KeyRecord>,
     /// `METHOD /path`, the target of a denial's audit entry.
     endpoint: String,
     previous_secret: Option<PreviousSecret>,
@@ -232,21 +238,41 @@ fn header_string(
 }
 
 impl AdminApp {
-    /// Authenticates the caller and checks `scope`. Refusals are audited in
-    /// the background, so they answer at once even when Postgres is slow.
+    /// Authenticates the caller and checks `scope`, if any. Refusals are
+    /// audited in the background, so they answer at once even when
+    /// Postgres is slow. The brute-force guard of the proxy applies here
+    /// too: an address that keeps presenting bad keys gets 429 before any
+    /// key work and before anything is audited.
     fn authorize(
         &self,
         session: &ServerSession,
-        scope: &'static str,
+        scope: Option<&'static str>,
         request_id: &str,
     ) -> Result<Caller, ApiError> {
         let req = session.req_header();
+        let s = &self.state;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let ip = auth::client_ip(req, peer, &s.limiter.policy.trusted_proxies);
+        let exempt = s.limiter.policy.is_exempt(ip);
+        if !exempt {
+            if let Some(d) = s.limiter.guard_blocked(ip) {
+                let tier = d.headline().map_or("unknown", |t| t.tier.name());
+                metrics::counter!("gateway_admin_auth_failures_total", "reason" => "rate_limited")
+                    .increment(1);
+                metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => "admin")
+                    .increment(1);
+                return Err(ApiError::Limited {
+                    tier,
+                    headers: Box::new(headers::render(&d)),
+                });
+            }
+        }
         let mut origin = Origin {
             actor: Actor::Anonymous,
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string()),
+            client_ip: ip.map(|ip| ip.to_string()),
             user_agent: header_string(session, http::header::USER_AGENT, MAX_USER_AGENT),
             request_id: request_id.to_string(),
         };
@@ -254,12 +280,14 @@ impl AdminApp {
             .chars()
             .take(200)
             .collect();
-        let s = &self.state;
         let authenticated = match s.auth.authenticate(req) {
             Ok(a) => a,
             Err((reason, e)) => {
                 metrics::counter!("gateway_admin_auth_failures_total", "reason" => reason)
                     .increment(1);
+                if !exempt && crate::proxy::counts_as_guessing(reason) {
+                    s.limiter.record_auth_failure(ip);
+                }
                 self.audit_denial(origin, endpoint, e.code(), e.message().into_owned());
                 return Err(ApiError::Auth(e));
             }
@@ -268,7 +296,10 @@ impl AdminApp {
         s.last_used.record(&authenticated.record);
         let held = &authenticated.record.scopes;
         let authority = Authority::of(held);
-        let required = [Scope::parse(scope).map_err(|_| ApiError::Internal)?];
+        let required = match scope {
+            Some(scope) => vec![Scope::parse(scope).map_err(|_| ApiError::Internal)?],
+            None => Vec::new(),
+        };
         // `admin` satisfies every admin scope (DESIGN §3 "Scopes").
         let missing = match authority {
             Authority::Unrestricted => None,
@@ -284,6 +315,7 @@ impl AdminApp {
         Ok(Caller {
             origin,
             authority,
+            key: authenticated.record,
             endpoint,
             previous_secret: authenticated.previous_secret,
         })
@@ -323,12 +355,13 @@ impl AdminApp {
         request_id: &str,
     ) -> Result<Response<Vec<u8>>, ApiError> {
         let s = &*self.state;
-        let caller = match op.required_scope() {
-            Some(scope) => Some(self.authorize(session, scope, request_id)?),
-            None => None,
+        let caller = match op.access() {
+            Access::Public => None,
+            Access::AnyKey => Some(self.authorize(session, None, request_id)?),
+            Access::Scope(scope) => Some(self.authorize(session, Some(scope), request_id)?),
         };
         let body = match op {
-            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RotateKey => {
+            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RotateKey | Op::SetKeyRateLimits => {
                 read_body(session).await?
             }
             _ => Vec::new(),
@@ -353,6 +386,10 @@ impl AdminApp {
                 Op::UpdateKey | Op::PatchKey => keys::update_key(s, authed()?, id, &body).await?,
                 Op::RevokeKey => keys::revoke_key(s, authed()?, id).await?,
                 Op::RotateKey => keys::rotate_key(s, authed()?, id, &body).await?,
+                Op::GetRateLimitStatus => rate_limits::get_rate_limit_status(s, authed()?).await?,
+                Op::SetKeyRateLimits => {
+                    rate_limits::set_key_rate_limits(s, authed()?, id, &body).await?
+                }
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
             })
         }

@@ -19,7 +19,20 @@ pub enum Op {
     PatchKey,
     RevokeKey,
     RotateKey,
+    GetRateLimitStatus,
+    SetKeyRateLimits,
     ListAuditLogs,
+}
+
+/// Who may call an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: the operational endpoints.
+    Public,
+    /// Any valid key, whatever its scopes.
+    AnyKey,
+    /// A key with this scope (`admin` satisfies every one).
+    Scope(&'static str),
 }
 
 impl Op {
@@ -37,20 +50,24 @@ impl Op {
             Op::PatchKey => "patch_key",
             Op::RevokeKey => "revoke_key",
             Op::RotateKey => "rotate_key",
+            Op::GetRateLimitStatus => "get_rate_limit_status",
+            Op::SetKeyRateLimits => "set_key_rate_limits",
             Op::ListAuditLogs => "list_audit_logs",
         }
     }
 
-    /// The scope a caller needs (DESIGN §3 admin table); `None` for the
-    /// unauthenticated operational endpoints.
-    pub fn required_scope(self) -> Option<&'static str> {
+    /// Who may call it (DESIGN §3 admin table).
+    pub fn access(self) -> Access {
         match self {
-            Op::Health | Op::HealthLive | Op::HealthReady | Op::Metrics | Op::GetOpenapi => None,
-            Op::ListKeys | Op::GetKey => Some("read:keys"),
-            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RevokeKey | Op::RotateKey => {
-                Some("write:keys")
+            Op::Health | Op::HealthLive | Op::HealthReady | Op::Metrics | Op::GetOpenapi => {
+                Access::Public
             }
-            Op::ListAuditLogs => Some("admin"),
+            Op::GetRateLimitStatus => Access::AnyKey,
+            Op::ListKeys | Op::GetKey => Access::Scope("read:keys"),
+            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RevokeKey | Op::RotateKey => {
+                Access::Scope("write:keys")
+            }
+            Op::SetKeyRateLimits | Op::ListAuditLogs => Access::Scope("admin"),
         }
     }
 }
@@ -79,6 +96,16 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/keys/{id}", Method::PATCH, Op::PatchKey),
     route("/api/v1/keys/{id}", Method::DELETE, Op::RevokeKey),
     route("/api/v1/keys/{id}/rotate", Method::POST, Op::RotateKey),
+    route(
+        "/api/v1/rate-limits/status",
+        Method::GET,
+        Op::GetRateLimitStatus,
+    ),
+    route(
+        "/api/v1/rate-limits/keys/{id}",
+        Method::PUT,
+        Op::SetKeyRateLimits,
+    ),
     route("/api/v1/audit-logs", Method::GET, Op::ListAuditLogs),
 ];
 
@@ -121,13 +148,13 @@ pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
         let Some(id) = matches(r.path, path) else {
             continue;
         };
-        let head_as_get =
-            *method == Method::HEAD && r.method == Method::GET && r.op.required_scope().is_none();
+        let public = r.op.access() == Access::Public;
+        let head_as_get = *method == Method::HEAD && r.method == Method::GET && public;
         if r.method == *method || head_as_get {
             return Resolved::Found { op: r.op, id };
         }
         allow.push(r.method.as_str());
-        if r.method == Method::GET && r.op.required_scope().is_none() {
+        if r.method == Method::GET && public {
             allow.push("HEAD");
         }
     }
@@ -193,8 +220,8 @@ mod tests {
         );
     }
 
-    /// Every scope-protected operation documents 401 and 403, and the
-    /// others declare no security.
+    /// Every protected operation documents 401 (and 403 when it needs a
+    /// scope), and the public ones declare no security.
     #[test]
     fn spec_security_matches_the_required_scopes() {
         let spec: serde_json::Value =
@@ -202,8 +229,8 @@ mod tests {
         for r in ROUTES {
             let op = &spec["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
             let responses = &op["responses"];
-            match r.op.required_scope() {
-                Some(_) => {
+            match r.op.access() {
+                Access::Scope(_) => {
                     assert!(
                         !responses["401"].is_null() && !responses["403"].is_null(),
                         "{} {} must document 401 and 403",
@@ -211,7 +238,13 @@ mod tests {
                         r.path
                     );
                 }
-                None => assert_eq!(
+                Access::AnyKey => assert!(
+                    !responses["401"].is_null() && op["security"] != serde_json::json!([]),
+                    "{} {} needs a key and must document 401",
+                    r.method,
+                    r.path
+                ),
+                Access::Public => assert_eq!(
                     op["security"],
                     serde_json::json!([]),
                     "{} {} is public",

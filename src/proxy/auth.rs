@@ -2,8 +2,10 @@
 //! and the request id. Shared by the proxy and the admin API so both accept
 //! and refuse keys in exactly the same way.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
 use super::errors::ProxyError;
@@ -144,6 +146,35 @@ pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError
     Ok(Some(key))
 }
 
+/// The client's address: the socket peer, or, when the peer is a trusted
+/// proxy, the rightmost `X-Forwarded-For` address that is not itself a
+/// trusted proxy. Entries left of an untrusted hop could be forged by the
+/// client and are never used; an unparseable entry stops the walk.
+pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer?;
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let hops: Vec<&str> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
 pub(crate) fn valid_request_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_REQUEST_ID_LEN
@@ -196,6 +227,38 @@ mod tests {
         assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
         assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());
         assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let xff = |v: &str| req(&[("x-forwarded-for", v)]);
+        let ip =
+            |r: &RequestHeader, p: &str| client_ip(r, peer(p), &trusted).map(|i| i.to_string());
+        // Untrusted peer: its own address, whatever it claims.
+        assert_eq!(
+            ip(&xff("1.2.3.4"), "192.0.2.9").as_deref(),
+            Some("192.0.2.9")
+        );
+        // Trusted peer: the rightmost hop that is not a trusted proxy.
+        assert_eq!(ip(&xff("1.2.3.4"), "10.0.0.1").as_deref(), Some("1.2.3.4"));
+        assert_eq!(
+            ip(&xff("6.6.6.6, 1.2.3.4, 10.0.0.7"), "10.0.0.1").as_deref(),
+            Some("1.2.3.4")
+        );
+        let two = req(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "5.5.5.5"),
+        ]);
+        assert_eq!(ip(&two, "10.0.0.1").as_deref(), Some("5.5.5.5"));
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            ip(&xff("1.2.3.4, junk"), "10.0.0.1").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(ip(&req(&[]), "10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(client_ip(&req(&[]), None, &trusted), None);
     }
 
     #[test]

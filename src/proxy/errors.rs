@@ -25,6 +25,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// A rate-limit tier (named) has no room.
+    RateLimited(&'static str),
+    /// The shared rate-limit backend failed and `on_backend_error = "deny"`.
+    RateLimiterUnavailable,
     Internal,
 }
 
@@ -40,6 +44,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => 400,
             ProxyError::UpstreamUnavailable => 502,
             ProxyError::UpstreamTimeout => 504,
+            ProxyError::RateLimited(_) => 429,
+            ProxyError::RateLimiterUnavailable => 503,
             ProxyError::Internal => 500,
         }
     }
@@ -55,6 +61,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::RateLimiterUnavailable => "rate_limiter_unavailable",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -75,6 +83,12 @@ impl ProxyError {
             ProxyError::BadRequest(why) => (*why).into(),
             ProxyError::UpstreamUnavailable => "The upstream service is unavailable.".into(),
             ProxyError::UpstreamTimeout => "The upstream service did not answer in time.".into(),
+            ProxyError::RateLimited(tier) => {
+                format!("Rate limit exceeded: the `{tier}` limit has no room left; retry after the time in Retry-After.").into()
+            }
+            ProxyError::RateLimiterUnavailable => {
+                "The rate limiter is unavailable, and this gateway refuses requests it cannot count.".into()
+            }
             ProxyError::Internal => "Internal gateway error.".into(),
         }
     }
@@ -144,14 +158,19 @@ pub fn error_header(
     Ok(resp)
 }
 
-/// Writes `err` as a complete JSON response on the downstream session.
+/// Writes `err` as a complete JSON response on the downstream session,
+/// with `extra` headers (rate-limit headers on a 429).
 pub async fn write_error(
     session: &mut Session,
     err: &ProxyError,
     request_id: &str,
+    extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
     let body = error_body(err.code(), &err.message(), request_id);
-    let resp = error_header(err, request_id, body.len())?;
+    let mut resp = error_header(err, request_id, body.len())?;
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)

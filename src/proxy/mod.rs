@@ -1,10 +1,12 @@
 //! The proxy service: one `ProxyHttp` impl and one typed request context.
 //!
-//! `request_filter` resolves route → key → scopes and answers denials
-//! itself (complete JSON responses, keep-alive intact); `upstream_peer` only
-//! picks a target; `upstream_request_filter` strips the credential and adds
-//! identity headers; `response_filter` stamps the request id; `logging`
-//! records metrics. Nothing here waits on Postgres.
+//! `request_filter` resolves route → key → scopes → rate limits and answers
+//! denials itself (complete JSON responses, keep-alive intact);
+//! `upstream_peer` only picks a target; `upstream_request_filter` strips the
+//! credential and adds identity headers; `response_filter` stamps the
+//! request id and the rate-limit headers; `logging` records metrics.
+//! Nothing here waits on Postgres; only the `redis` rate-limit backend
+//! makes one bounded call per request.
 
 pub mod auth;
 pub mod errors;
@@ -24,7 +26,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use self::auth::{bearer_token, Authenticator};
+use self::auth::{bearer_token, client_ip, Authenticator};
 use self::errors::{write_error, ProxyError};
 use self::routing::{normalize_host, Route, RouteTable};
 use self::upstream::Upstream;
@@ -33,6 +35,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::last_used::LastUsedTracker;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
+use crate::limits::{headers, Decision, RateLimiter, Verdict};
 
 /// Counts requests in flight, for a graceful shutdown that ends as soon as
 /// the last one finishes.
@@ -67,6 +70,7 @@ pub struct GatewayProxy {
     trusted_proxies: Vec<IpNet>,
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
+    limiter: Arc<RateLimiter>,
 }
 
 /// Per-request state shared across the filters.
@@ -75,6 +79,8 @@ pub struct RequestCtx {
     request_id: String,
     route: Option<Arc<Route>>,
     key: Option<Arc<KeyRecord>>,
+    /// The rate-limit state the response headers describe.
+    limits: Option<Decision>,
     /// Set when the caller used a secret replaced by a rotation, still in
     /// its grace period: answered with `Deprecation` and `Sunset`.
     previous_secret: Option<PreviousSecret>,
@@ -95,6 +101,7 @@ impl GatewayProxy {
         hasher: KeyHasher,
         last_used: LastUsedTracker,
         inflight: Arc<Inflight>,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         let upstreams = Upstream::from_config(cfg);
         Self {
@@ -103,6 +110,7 @@ impl GatewayProxy {
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
             last_used,
             inflight,
+            limiter,
         }
     }
 
@@ -130,6 +138,13 @@ impl GatewayProxy {
     }
 }
 
+/// Whether a failed authentication feeds the brute-force guard: a
+/// credential was presented and refused. No credential, or a valid key
+/// lacking a scope, is not guessing.
+pub(crate) fn counts_as_guessing(reason: &str) -> bool {
+    !matches!(reason, "missing" | "insufficient_scope")
+}
+
 /// Method label with bounded cardinality.
 fn method_label(m: &Method) -> &'static str {
     match *m {
@@ -152,8 +167,69 @@ impl GatewayProxy {
         err: ProxyError,
     ) -> Result<bool> {
         ctx.denied = Some(err.code());
-        write_error(session, &err, &ctx.request_id).await?;
+        write_error(session, &err, &ctx.request_id, &[]).await?;
         Ok(true)
+    }
+
+    /// Answers 429 for the blocking tier of `d`, with the rate-limit headers.
+    async fn deny_limited(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        d: &Decision,
+    ) -> Result<bool> {
+        let tier = d.headline().map_or("unknown", |s| s.tier.name());
+        let route: metrics::SharedString = ctx
+            .route
+            .as_ref()
+            .map_or(metrics::SharedString::const_str("none"), |r| {
+                r.name.clone().into()
+            });
+        metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => route)
+            .increment(1);
+        let err = ProxyError::RateLimited(tier);
+        ctx.denied = Some(err.code());
+        write_error(session, &err, &ctx.request_id, &headers::render(d)).await?;
+        Ok(true)
+    }
+
+    /// Checks and counts the request's tiers; `Some(answered)` when the
+    /// request was refused and answered here.
+    async fn enforce_limits(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<bool>> {
+        let policy = &self.limiter.policy;
+        let tiers = match &ctx.key {
+            Some(key) => policy.key_tiers(key, route.index),
+            None => policy.anonymous_tiers(ip, route.index),
+        };
+        if tiers.is_empty() {
+            return Ok(None);
+        }
+        match self.limiter.check(&tiers).await {
+            Verdict::Admitted(d) => {
+                ctx.limits = Some(d);
+                Ok(None)
+            }
+            Verdict::Limited(d) => self.deny_limited(session, ctx, &d).await.map(Some),
+            Verdict::FailedOpen => Ok(None),
+            Verdict::FailedClosed => {
+                let err = ProxyError::RateLimiterUnavailable;
+                ctx.denied = Some(err.code());
+                write_error(
+                    session,
+                    &err,
+                    &ctx.request_id,
+                    &[("retry-after", "1".to_string())],
+                )
+                .await?;
+                Ok(Some(true))
+            }
+        }
     }
 }
 
@@ -167,6 +243,7 @@ impl ProxyHttp for GatewayProxy {
             request_id: String::new(),
             route: None,
             key: None,
+            limits: None,
             previous_secret: None,
             tried: 0,
             target: None,
@@ -201,7 +278,20 @@ impl ProxyHttp for GatewayProxy {
         let Some(route) = self.routes.find(host.as_deref(), path).cloned() else {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
+        ctx.route = Some(route.clone());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header();
+        let ip = client_ip(req, peer, &self.trusted_proxies);
+        let exempt = self.limiter.policy.is_exempt(ip);
         if route.auth == AuthMode::Required {
+            if !exempt {
+                if let Some(d) = self.limiter.guard_blocked(ip) {
+                    return self.deny_limited(session, ctx, &d).await;
+                }
+            }
             match self.authorize(req, &route) {
                 Ok(auth) => {
                     self.last_used.record(&auth.record);
@@ -211,13 +301,20 @@ impl ProxyHttp for GatewayProxy {
                 Err((reason, e)) => {
                     metrics::counter!("gateway_auth_failures_total", "reason" => reason)
                         .increment(1);
-                    ctx.route = Some(route);
+                    if !exempt && counts_as_guessing(reason) {
+                        self.limiter.record_auth_failure(ip);
+                    }
                     return self.deny(session, ctx, e).await;
                 }
             }
         }
-        ctx.route = Some(route);
-        Ok(false)
+        if exempt {
+            return Ok(false);
+        }
+        match self.enforce_limits(session, ctx, &route, ip).await? {
+            Some(answered) => Ok(answered),
+            None => Ok(false),
+        }
     }
 
     async fn upstream_peer(
@@ -341,6 +438,11 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(d) = &ctx.limits {
+            for (name, value) in headers::render(d) {
+                resp.insert_header(name, value)?;
+            }
+        }
         if let Some(prev) = &ctx.previous_secret {
             for (name, value) in auth::deprecation_headers(prev) {
                 resp.insert_header(name, value)?;
@@ -396,7 +498,8 @@ impl ProxyHttp for GatewayProxy {
         }
         // Once the upstream's header went out, the response cannot change.
         if session.response_written().is_none() {
-            if let Err(write_err) = write_error(session, &err, &ctx.request_id).await {
+            let limits = ctx.limits.as_ref().map(headers::render).unwrap_or_default();
+            if let Err(write_err) = write_error(session, &err, &ctx.request_id, &limits).await {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
             }
         }

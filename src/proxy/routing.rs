@@ -13,6 +13,9 @@ use crate::keys::scope::Scope;
 
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the configuration's `[[routes]]`, which names the
+    /// route's rate-limit tiers.
+    pub index: u16,
     pub name: Arc<str>,
     pub path_prefix: String,
     pub host: Option<String>,
@@ -52,9 +55,11 @@ impl RouteTable {
         let mut routes: Vec<Arc<Route>> = cfg
             .routes
             .iter()
-            .filter_map(|r: &RouteConfig| {
+            .enumerate()
+            .filter_map(|(index, r): (usize, &RouteConfig)| {
                 let upstream = upstreams.iter().find(|u| u.name == r.upstream)?.clone();
                 Some(Arc::new(Route {
+                    index: u16::try_from(index).ok()?,
                     name: r.name.clone(),
                     path_prefix: r.path_prefix.clone(),
                     host: r.host.clone(),

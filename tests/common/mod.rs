@@ -156,6 +156,26 @@ pub async fn start_upstream() -> SocketAddr {
     addr
 }
 
+/// The demo upstream on a runtime of its own, for load tests: the test's
+/// runtime is busy being the client.
+pub fn start_upstream_on_own_thread() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            gateway::demo::serve(listener).await;
+        });
+    });
+    addr
+}
+
 /// A port with nothing listening on it.
 pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -198,7 +218,11 @@ auth = "none"
 
 /// Settings a test may change; the rest of the config is fixed.
 pub struct Opts {
+    /// Appended to the file: `[[upstreams]]`, `[[routes]]` and any other
+    /// section (`[rate_limits]`, `[redis]`).
     pub routes: String,
+    /// Extra lines of the `[proxy]` section.
+    pub proxy_extra: String,
     pub read_timeout_ms: u64,
     pub grace_seconds: u64,
 }
@@ -207,6 +231,7 @@ impl Opts {
     pub fn new(routes: String) -> Opts {
         Opts {
             routes,
+            proxy_extra: String::new(),
             read_timeout_ms: 2_000,
             grace_seconds: 5,
         }
@@ -250,6 +275,7 @@ connect_timeout_ms = 500
 read_timeout_ms = {read}
 shutdown_grace_seconds = {grace}
 upstream_down_seconds = 30
+{proxy_extra}
 
 [admin]
 listen = "{admin}"
@@ -271,6 +297,7 @@ format = "json"
         read = opts.read_timeout_ms,
         grace = opts.grace_seconds,
         routes = opts.routes,
+        proxy_extra = opts.proxy_extra,
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
@@ -448,6 +475,27 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("http client")
+}
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address
+/// works on loopback): a second client address for per-IP tests.
+pub fn http_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+/// The Redis every test shares (started by scripts/test.sh).
+pub fn redis_url() -> String {
+    std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
+}
+
+/// A Redis key prefix of its own, so tests sharing one Redis never meet.
+pub fn redis_prefix() -> String {
+    format!("test:{}:", uuid::Uuid::new_v4().simple())
 }
 
 /// GET `url` with an optional bearer key; returns status, headers and JSON body.

@@ -1,0 +1,414 @@
+//! Rate limits: which tiers apply to a request ([`policy`]), the
+//! sliding-window arithmetic every backend shares ([`window`]), the local
+//! and Redis backends ([`local`], [`redis`]), the response headers
+//! ([`headers`]) and the [`RateLimiter`] the proxy and admin API call.
+//!
+//! A tier is one counter with one limit over one window: "key K, per
+//! minute, 600". A request names every tier that applies to it and is
+//! admitted only if all of them have room; only admitted requests count
+//! (DESIGN §3 "Rate-limit semantics").
+
+pub mod headers;
+pub mod local;
+pub mod policy;
+pub mod redis;
+pub mod window;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrayvec::ArrayVec;
+use uuid::Uuid;
+
+use self::local::LocalStore;
+use self::policy::Policy;
+use self::redis::RedisStore;
+use crate::config::{Config, LimitBackend, OnBackendError};
+
+/// Most tiers one request can name: 3 per key, 3 per route, 3 global.
+pub const MAX_TIERS: usize = 9;
+
+/// The tiers of one request.
+pub type Tiers = ArrayVec<Tier, MAX_TIERS>;
+
+/// A window length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Period {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub const ALL: [Period; 3] = [Period::Minute, Period::Hour, Period::Day];
+
+    pub fn window_ms(self) -> u64 {
+        match self {
+            Period::Minute => 60_000,
+            Period::Hour => 3_600_000,
+            Period::Day => 86_400_000,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+}
+
+/// Whose requests a tier counts. Routes are identified by their index in
+/// the configuration's `[[routes]]` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// One key, across all routes.
+    Key(Uuid),
+    /// One key on one route (the route's `rate_limit`).
+    KeyRoute(Uuid, u16),
+    /// One client IP across all `auth = "none"` routes (`anonymous`).
+    Ip(IpAddr),
+    /// One client IP on one `auth = "none"` route (the route's `rate_limit`).
+    IpRoute(IpAddr, u16),
+    /// All callers of one route (the route's `global_rate_limit`).
+    Global(u16),
+    /// Failed authentications from one client IP (the brute-force guard).
+    AuthFailures(IpAddr),
+}
+
+impl Subject {
+    /// The route this tier belongs to, if any.
+    pub fn route(self) -> Option<u16> {
+        match self {
+            Subject::KeyRoute(_, r) | Subject::IpRoute(_, r) | Subject::Global(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// One counter with its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tier {
+    pub subject: Subject,
+    pub period: Period,
+    pub limit: u32,
+}
+
+impl Tier {
+    /// The tier's name in headers, 429 messages and the `tier` metric label:
+    /// `minute`, `route-hour`, `global-minute`, `ip-day`, `auth-failures-minute`…
+    pub fn name(&self) -> &'static str {
+        const NAMES: [[&str; 3]; 5] = [
+            ["minute", "hour", "day"],
+            ["route-minute", "route-hour", "route-day"],
+            ["ip-minute", "ip-hour", "ip-day"],
+            ["global-minute", "global-hour", "global-day"],
+            [
+                "auth-failures-minute",
+                "auth-failures-hour",
+                "auth-failures-day",
+            ],
+        ];
+        let class = match self.subject {
+            Subject::Key(_) => 0,
+            Subject::KeyRoute(..) | Subject::IpRoute(..) => 1,
+            Subject::Ip(_) => 2,
+            Subject::Global(_) => 3,
+            Subject::AuthFailures(_) => 4,
+        };
+        NAMES[class][self.period as usize]
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.period.window_ms()
+    }
+}
+
+/// Where one tier stands after a check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierState {
+    pub tier: Tier,
+    /// Requests the tier would still admit right now.
+    pub remaining: u32,
+    /// Milliseconds until the tier admits again when it has no room;
+    /// otherwise until its current window ends.
+    pub reset_ms: u64,
+}
+
+impl TierState {
+    /// Whole seconds until `reset_ms`, at least 1: the `Retry-After` value.
+    pub fn reset_seconds(&self) -> u64 {
+        self.reset_ms.div_ceil(1000).max(1)
+    }
+
+    /// Unix seconds of the reset, rounded up: `X-RateLimit-Reset`.
+    pub fn reset_at(&self, now_ms: u64) -> u64 {
+        (now_ms + self.reset_ms).div_ceil(1000)
+    }
+}
+
+/// The outcome of checking (and, when admitted, counting) a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub admitted: bool,
+    /// The backend's clock when it decided, Unix ms.
+    pub now_ms: u64,
+    pub tiers: ArrayVec<TierState, MAX_TIERS>,
+}
+
+impl Decision {
+    /// The tier the `X-RateLimit-*` headers describe: when refused, the
+    /// blocking tier that frees up last; otherwise the one closest to
+    /// exhaustion.
+    pub fn headline(&self) -> Option<&TierState> {
+        if self.admitted {
+            self.tiers
+                .iter()
+                .min_by_key(|s| (s.remaining, std::cmp::Reverse(s.reset_ms)))
+        } else {
+            self.tiers
+                .iter()
+                .filter(|s| s.remaining == 0)
+                .max_by_key(|s| s.reset_ms)
+        }
+    }
+}
+
+/// Why the shared backend could not decide.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("no connection to Redis")]
+    Disconnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis error: {0}")]
+    Redis(String),
+}
+
+impl BackendError {
+    /// The `kind` label of `gateway_rate_limit_backend_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Disconnected => "disconnected",
+            BackendError::Timeout(_) => "timeout",
+            BackendError::Redis(_) => "error",
+        }
+    }
+}
+
+/// What the proxy does with a request after the limits were checked.
+#[derive(Debug)]
+pub enum Verdict {
+    Admitted(Decision),
+    Limited(Decision),
+    /// The backend failed and `on_backend_error = "allow"`: admitted, with
+    /// no headers since nothing is known about the counters.
+    FailedOpen,
+    /// The backend failed and `on_backend_error = "deny"`.
+    FailedClosed,
+}
+
+/// How a check treats the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Admit if every tier has room, and then count the request in each.
+    Count,
+    /// Report only; count nothing.
+    Peek,
+    /// Count in every tier whether or not it has room (failed
+    /// authentications, which are counted because they happened).
+    Record,
+}
+
+enum Backend {
+    Local(LocalStore),
+    Redis(RedisStore),
+}
+
+/// The rate limiter of one gateway process, shared by the proxy and the
+/// admin API.
+pub struct RateLimiter {
+    pub policy: Policy,
+    backend: Backend,
+    /// Failed authentications per IP. Always local: the guard sits before
+    /// any key work and must not cost a Redis round trip per request.
+    guard: LocalStore,
+    on_backend_error: OnBackendError,
+}
+
+impl RateLimiter {
+    pub fn new(cfg: &Config) -> anyhow::Result<Arc<RateLimiter>> {
+        let rl = &cfg.rate_limits;
+        let backend = match (rl.backend, &cfg.redis) {
+            (LimitBackend::Redis, Some(redis)) => {
+                let routes = cfg.routes.iter().map(|r| r.name.clone()).collect();
+                Backend::Redis(RedisStore::new(redis, routes)?)
+            }
+            _ => Backend::Local(LocalStore::new(rl.max_local_counters)),
+        };
+        Ok(Arc::new(RateLimiter {
+            policy: Policy::new(cfg),
+            backend,
+            guard: LocalStore::new((rl.max_local_counters / 4).max(1_000)),
+            on_backend_error: rl.on_backend_error,
+        }))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// The Redis backend, if that is the one in use.
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// Whether a failing backend refuses requests (and so is a required
+    /// dependency for `/health`).
+    pub fn fails_closed(&self) -> bool {
+        self.on_backend_error == OnBackendError::Deny
+    }
+
+    /// Checks and counts `tiers`. Backend failures are decided by
+    /// `on_backend_error` and counted.
+    pub async fn check(&self, tiers: &[Tier]) -> Verdict {
+        match self.query(tiers, Mode::Count).await {
+            Ok(d) if d.admitted => Verdict::Admitted(d),
+            Ok(d) => Verdict::Limited(d),
+            Err(_) => match self.on_backend_error {
+                OnBackendError::Allow => {
+                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => "allow")
+                        .increment(1);
+                    Verdict::FailedOpen
+                }
+                OnBackendError::Deny => {
+                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => "deny")
+                        .increment(1);
+                    Verdict::FailedClosed
+                }
+            },
+        }
+    }
+
+    /// Runs one query against the backend, with its metrics.
+    pub async fn query(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
+        match &self.backend {
+            Backend::Local(store) => Ok(store.check(tiers, crate::now_ms() as u64, mode)),
+            Backend::Redis(store) => {
+                let started = Instant::now();
+                let result = store.check(tiers, mode).await;
+                metrics::histogram!("gateway_rate_limit_backend_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(e) = &result {
+                    metrics::counter!("gateway_rate_limit_backend_errors_total", "kind" => e.kind())
+                        .increment(1);
+                    tracing::debug!(error = %e, "rate-limit backend failed");
+                }
+                result
+            }
+        }
+    }
+
+    /// `Some` with the guard's state when `ip` has used up its failed
+    /// authentications: the request is refused before any key work.
+    pub fn guard_blocked(&self, ip: Option<IpAddr>) -> Option<Decision> {
+        let tiers = self.policy.guard_tiers(ip?);
+        if tiers.is_empty() {
+            return None;
+        }
+        let d = self.guard.check(&tiers, crate::now_ms() as u64, Mode::Peek);
+        d.tiers
+            .iter()
+            .any(|s| s.remaining == 0)
+            .then_some(Decision {
+                admitted: false,
+                ..d
+            })
+    }
+
+    /// Counts one failed authentication from `ip`.
+    pub fn record_auth_failure(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            let tiers = self.policy.guard_tiers(ip);
+            self.guard
+                .check(&tiers, crate::now_ms() as u64, Mode::Record);
+        }
+    }
+
+    /// Drops idle counters; returns how many are left.
+    pub fn sweep(&self) -> usize {
+        let now = crate::now_ms() as u64;
+        let mut left = self.guard.sweep(now);
+        if let Backend::Local(store) = &self.backend {
+            left += store.sweep(now);
+        }
+        left
+    }
+}
+
+/// How often idle local counters are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long start-up waits for the first Redis connection before the proxy
+/// opens anyway (and `on_backend_error` decides until Redis is reached).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// Background upkeep: connects the Redis backend (and keeps it connected)
+/// and drops idle local counters.
+pub struct LimitsService {
+    limiter: Arc<RateLimiter>,
+}
+
+impl LimitsService {
+    pub fn new(limiter: Arc<RateLimiter>) -> LimitsService {
+        LimitsService { limiter }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LimitsService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: pingora::server::ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
+        if let Some(redis) = self.limiter.redis() {
+            redis.connect();
+            let waited = tokio::time::timeout(FIRST_CONNECT_WAIT, async {
+                while !redis.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            if waited.is_err() {
+                tracing::warn!(
+                    on_backend_error = if self.limiter.fails_closed() {
+                        "deny"
+                    } else {
+                        "allow"
+                    },
+                    "Redis is not reachable yet; rate limits follow on_backend_error until it is"
+                );
+            }
+        }
+        ready.notify_ready();
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let left = self.limiter.sweep();
+                    metrics::gauge!("gateway_rate_limit_local_counters").set(left as f64);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Which tiers apply to a request, from `[rate_limits]`, the route and the
+//! key's own overrides.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::{Period, Subject, Tier, Tiers};
+use crate::config::{AuthMode, Config, Limits};
+use crate::keys::snapshot::KeyRecord;
+
+/// The limits of one `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteLimits {
+    pub name: Arc<str>,
+    pub auth: AuthMode,
+    /// Per caller on this route (`rate_limit`).
+    pub per_caller: Limits,
+    /// Across all callers of this route (`global_rate_limit`).
+    pub global: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub default: Limits,
+    pub anonymous: Limits,
+    pub auth_failures: Limits,
+    exempt: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` names the client (`proxy.trusted_proxies`).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Indexed like the configuration's `[[routes]]`.
+    pub routes: Vec<RouteLimits>,
+}
+
+/// Adds one tier per period `limits` sets.
+fn push(tiers: &mut Tiers, subject: Subject, limits: Limits) {
+    for period in Period::ALL {
+        let limit = match period {
+            Period::Minute => limits.per_minute,
+            Period::Hour => limits.per_hour,
+            Period::Day => limits.per_day,
+        };
+        if let Some(limit) = limit {
+            // Capacity is 3 subjects × 3 periods; no caller adds more.
+            let _ = tiers.try_push(Tier {
+                subject,
+                period,
+                limit,
+            });
+        }
+    }
+}
+
+impl Policy {
+    pub fn new(cfg: &Config) -> Policy {
+        let rl = &cfg.rate_limits;
+        Policy {
+            default: rl.default,
+            anonymous: rl.anonymous,
+            auth_failures: rl.auth_failures,
+            exempt: rl.exempt_ips.clone(),
+            trusted_proxies: cfg.proxy.trusted_proxies.clone(),
+            routes: cfg
+                .routes
+                .iter()
+                .map(|r| RouteLimits {
+                    name: r.name.clone(),
+                    auth: r.auth,
+                    per_caller: r.rate_limit.unwrap_or_default(),
+                    global: r.global_rate_limit.unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `ip` bypasses every limit.
+    pub fn is_exempt(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.exempt.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// A key's own tiers: its overrides, each falling back to the default.
+    pub fn key_limits(&self, overrides: Limits) -> Limits {
+        overrides.or(self.default)
+    }
+
+    fn route(&self, route: u16) -> Option<&RouteLimits> {
+        self.routes.get(usize::from(route))
+    }
+
+    /// The tiers of a request by `key` on route `route`.
+    pub fn key_tiers(&self, key: &KeyRecord, route: u16) -> Tiers {
+        let mut tiers = self.own_tiers(key);
+        if let Some(r) = self.route(route) {
+            push(&mut tiers, Subject::KeyRoute(key.id, route), r.per_caller);
+            push(&mut tiers, Subject::Global(route), r.global);
+        }
+        tiers
+    }
+
+    /// The key's own tiers, shared by all routes.
+    pub fn own_tiers(&self, key: &KeyRecord) -> Tiers {
+        let mut tiers = Tiers::new();
+        push(
+            &mut tiers,
+            Subject::Key(key.id),
+            self.key_limits(key.limits),
+        );
+        tiers
+    }
+
+    /// The key's tiers on route `route` only (its `rate_limit`).
+    pub fn route_tiers(&self, key: &KeyRecord, route: u16) -> Tiers {
+        let mut tiers = Tiers::new();
+        if let Some(r) = self.route(route) {
+            push(&mut tiers, Subject::KeyRoute(key.id, route), r.per_caller);
+        }
+        tiers
+    }
+
+    /// The tiers of an anonymous request from `ip` on route `route`.
+    pub fn anonymous_tiers(&self, ip: Option<IpAddr>, route: u16) -> Tiers {
+        let mut tiers = Tiers::new();
+        let r = self.route(route);
+        if let Some(ip) = ip {
+            push(&mut tiers, Subject::Ip(ip), self.anonymous);
+            if let Some(r) = r {
+                push(&mut tiers, Subject::IpRoute(ip, route), r.per_caller);
+            }
+        }
+        if let Some(r) = r {
+            push(&mut tiers, Subject::Global(route), r.global);
+        }
+        tiers
+    }
+
+    /// The brute-force guard's tiers for `ip`.
+    pub fn guard_tiers(&self, ip: IpAddr) -> Tiers {
+        let mut tiers = Tiers::new();
+        push(&mut tiers, Subject::AuthFailures(ip), self.auth_failures);
+        tiers
+    }
+}

@@ -1,0 +1,228 @@
+//! The Redis backend: one `EVALSHA` per request checks and counts every
+//! tier atomically, so any number of gateway instances together admit no
+//! more than a tier's limit within its window.
+//!
+//! - **Clock.** The script reads Redis's own `TIME`, so instances with
+//!   skewed clocks still agree on window boundaries.
+//! - **Keys.** One hash per tier (`w` window index, `c` its count, `p` the
+//!   previous window's count) with a TTL of two windows. Per-caller keys
+//!   share the hash tag `{k:<key id>}` or `{ip:<address>}`, so all tiers of
+//!   one caller live in one Redis Cluster slot; a route's global counter is
+//!   tagged `{g:<route>}`.
+//! - **Failure.** Every call is bounded by `redis.timeout_ms`. While the
+//!   connection is down, calls fail at once instead of queueing: the
+//!   client reconnects in the background with backoff, and a connection
+//!   that stops answering is dropped and redialled.
+//! - **Scripts.** `NOSCRIPT` (a restarted or flushed Redis) loads the
+//!   script and retries, inside the same time bound.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrayvec::ArrayVec;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use super::window::{self, Counts};
+use super::{BackendError, Decision, Mode, Subject, Tier};
+use crate::config::RedisConfig;
+
+/// The check-and-count script. `estimate` mirrors [`window::estimate`]
+/// operation for operation.
+pub const SCRIPT: &str = r#"
+-- KEYS[i]: the counter hash of tier i.
+-- ARGV[1]: 1 = count if every tier has room, 0 = report only,
+--          2 = count whether or not there is room.
+-- ARGV[2i], ARGV[2i+1]: limit and window (ms) of tier i.
+-- Returns {admitted, now_ms, c1, p1, c2, p2, ...}, counts after this call.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+local admitted = 1
+local st = {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  local win = tonumber(ARGV[2 * i + 1])
+  local idx = math.floor(now / win)
+  local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
+  local w = tonumber(h[1])
+  local c = tonumber(h[2]) or 0
+  local p = tonumber(h[3]) or 0
+  if w == idx - 1 then
+    p = c
+    c = 0
+  elseif w ~= idx then
+    p = 0
+    c = 0
+  end
+  local elapsed = now - idx * win
+  local estimate = p * ((win - elapsed) / win) + c
+  if estimate + 1 > limit then
+    admitted = 0
+  end
+  st[i] = {idx, c, p, win}
+end
+local count = mode == '2' or (mode == '1' and admitted == 1)
+local out = {admitted, now}
+for i = 1, #KEYS do
+  local s = st[i]
+  if count then
+    s[2] = s[2] + 1
+    redis.call('HSET', KEYS[i], 'w', s[1], 'c', s[2], 'p', s[3])
+    redis.call('PEXPIRE', KEYS[i], 2 * s[4])
+  end
+  out[#out + 1] = s[2]
+  out[#out + 1] = s[3]
+end
+return out
+"#;
+
+pub struct RedisStore {
+    client: Client,
+    script: Script,
+    prefix: String,
+    timeout: Duration,
+    /// Route names by configuration index, for key names.
+    routes: Arc<[Arc<str>]>,
+}
+
+impl RedisStore {
+    /// Builds the client; nothing connects until [`RedisStore::connect`].
+    pub fn new(cfg: &RedisConfig, routes: Arc<[Arc<str>]>) -> anyhow::Result<RedisStore> {
+        let config = Config::from_url(&cfg.url)
+            .map_err(|e| anyhow::anyhow!("redis.url: {}", e.details()))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(1);
+                c.internal_command_timeout = Duration::from_secs(1);
+                // A call that failed was already decided by on_backend_error;
+                // replaying it later would count a request twice.
+                c.max_command_attempts = 1;
+                c.unresponsive.max_timeout = Some(Duration::from_secs(2));
+                c.unresponsive.interval = Duration::from_millis(500);
+            })
+            .with_performance_config(|p| {
+                // Backstop for commands whose caller stopped waiting.
+                p.default_command_timeout = Duration::from_secs(2);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        Ok(RedisStore {
+            client: builder.build()?,
+            script: Script::from_lua(SCRIPT),
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout,
+            routes,
+        })
+    }
+
+    /// Starts the connection task, which keeps reconnecting for as long as
+    /// the process runs. Must be called from within a Tokio runtime that
+    /// lives as long as the process.
+    pub fn connect(&self) {
+        // The handle resolves only when the client quits; dropping it
+        // leaves the task running.
+        drop(self.client.connect());
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Round trip of a `PING`, for `/health`.
+    pub async fn ping(&self, limit: Duration) -> Result<Duration, BackendError> {
+        if !self.is_connected() {
+            return Err(BackendError::Disconnected);
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(limit, self.client.ping::<String>(None)).await {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(BackendError::Redis(e.details().to_string())),
+            Err(_) => Err(BackendError::Timeout(limit)),
+        }
+    }
+
+    fn route(&self, r: u16) -> &str {
+        self.routes.get(usize::from(r)).map_or("?", |n| n)
+    }
+
+    /// The Redis key of `tier`'s counter.
+    pub fn key(&self, tier: &Tier) -> String {
+        let (p, per) = (&self.prefix, tier.period.name());
+        match tier.subject {
+            Subject::Key(id) => format!("{p}{{k:{id}}}:{per}"),
+            Subject::KeyRoute(id, r) => format!("{p}{{k:{id}}}:route:{}:{per}", self.route(r)),
+            Subject::Ip(ip) => format!("{p}{{ip:{ip}}}:{per}"),
+            Subject::IpRoute(ip, r) => format!("{p}{{ip:{ip}}}:route:{}:{per}", self.route(r)),
+            Subject::Global(r) => format!("{p}{{g:{}}}:{per}", self.route(r)),
+            Subject::AuthFailures(ip) => format!("{p}{{ip:{ip}}}:auth:{per}"),
+        }
+    }
+
+    /// Checks `tiers` and counts as `mode` says, in one round trip.
+    pub async fn check(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
+        if tiers.is_empty() {
+            return Ok(Decision {
+                admitted: true,
+                now_ms: crate::now_ms() as u64,
+                tiers: ArrayVec::new(),
+            });
+        }
+        if !self.is_connected() {
+            return Err(BackendError::Disconnected);
+        }
+        let keys: Vec<String> = tiers.iter().map(|t| self.key(t)).collect();
+        let mut args: Vec<i64> = Vec::with_capacity(1 + 2 * tiers.len());
+        args.push(match mode {
+            Mode::Peek => 0,
+            Mode::Count => 1,
+            Mode::Record => 2,
+        });
+        for t in tiers {
+            args.push(i64::from(t.limit));
+            args.push(t.window_ms() as i64);
+        }
+        let call = async {
+            let sha = self.script.sha1().clone();
+            match self
+                .client
+                .evalsha::<Vec<i64>, _, _, _>(sha.clone(), keys.clone(), args.clone())
+                .await
+            {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    self.client.script_load::<String, _>(SCRIPT).await?;
+                    self.client.evalsha(sha, keys, args).await
+                }
+                result => result,
+            }
+        };
+        let out = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| BackendError::Timeout(self.timeout))?
+            .map_err(|e| BackendError::Redis(e.details().to_string()))?;
+        decision(tiers, &out)
+    }
+}
+
+/// Reads the script's reply.
+fn decision(tiers: &[Tier], out: &[i64]) -> Result<Decision, BackendError> {
+    let malformed =
+        || BackendError::Redis(format!("unexpected script reply of {} values", out.len()));
+    if out.len() != 2 + 2 * tiers.len() {
+        return Err(malformed());
+    }
+    let now_ms = u64::try_from(out[1]).map_err(|_| malformed())?;
+    let mut d = Decision {
+        admitted: out[0] == 1,
+        now_ms,
+        tiers: ArrayVec::new(),
+    };
+    for (t, pair) in tiers.iter().zip(out[2..].chunks_exact(2)) {
+        let c = Counts {
+            curr: pair[0].max(0) as u64,
+            prev: pair[1].max(0) as u64,
+        };
+        d.tiers.push(window::state(*t, c, now_ms));
+    }
+    Ok(d)
+}

@@ -1,0 +1,709 @@
+//! Rate limits as a client sees them: counting down, 429 with the tier
+//! and Retry-After, exact limits across two instances sharing Redis,
+//! refused requests not counting, Redis outages under `allow` and `deny`,
+//! per-IP tiers, the brute-force guard, and overrides set through the
+//! admin API. Real gateways, real Postgres, real Redis.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The routes of these tests: `echo` (key, scope `read:echo`), `public`
+/// (anonymous) in front of `upstream`, plus `extra` TOML.
+fn config(upstream: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "echo"
+targets = ["{upstream}"]
+
+[[routes]]
+name = "echo"
+path_prefix = "/echo"
+upstream = "echo"
+scopes = ["read:echo"]
+
+[[routes]]
+name = "public"
+path_prefix = "/public"
+upstream = "echo"
+auth = "none"
+{extra}
+"#
+    )
+}
+
+/// `[redis]` and `[rate_limits]` for the redis backend on `url`.
+fn redis_config(url: &str, timeout_ms: u64, on_error: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{url}"
+timeout_ms = {timeout_ms}
+key_prefix = "{prefix}"
+
+[rate_limits]
+backend = "redis"
+on_backend_error = "{on_error}"
+"#,
+        prefix = redis_prefix()
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Waits until at least `needed` seconds are left in the current minute,
+/// so a burst is not split by a window boundary.
+async fn room_in_this_minute(needed: u64) {
+    let into = unix_ms() % 60_000;
+    if into + needed * 1000 > 60_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 50)).await;
+    }
+}
+
+/// Waits until `gw` knows `key`, without spending any of its quota: the
+/// status endpoint reads the counters but never counts.
+async fn wait_known(gw: &Gateway, key: &str) {
+    let known = eventually(Duration::from_secs(5), || async {
+        get(&gw.admin_url("/api/v1/rate-limits/status"), Some(key))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert!(known, "key never reached the snapshot; log:\n{}", gw.logs());
+}
+
+fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> u64 {
+    header(h, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number: {h:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_counts_down_to_zero_then_gets_429_naming_the_tier() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(config(upstream, ""))).await;
+    let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "5"]);
+    wait_known(&gw, &key).await;
+    room_in_this_minute(10).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let (status, h, body) = get(&gw.url("/echo"), Some(&key)).await;
+        seen.push((status, h, body));
+    }
+    let statuses: Vec<u16> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let remaining: Vec<&str> = seen
+        .iter()
+        .map(|s| header(&s.1, "x-ratelimit-remaining"))
+        .collect();
+    assert_eq!(remaining, ["4", "3", "2", "1", "0", "0", "0"]);
+    for (status, h, body) in &seen {
+        assert_eq!(header(h, "x-ratelimit-limit"), "5", "{status} {h:?}");
+        let policy = header(h, "ratelimit-policy");
+        assert!(
+            policy.starts_with(
+                "\"minute\";q=5;w=60, \"hour\";q=20000;w=3600, \"day\";q=200000;w=86400"
+            ),
+            "{policy}"
+        );
+        assert!(header(h, "ratelimit").starts_with("\"minute\";r="), "{h:?}");
+        if *status == 429 {
+            assert_eq!(code(body), "rate_limited");
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            assert!(message.contains("`minute`"), "{message}");
+            let retry = header_u64(h, "retry-after");
+            assert!((1..=72).contains(&retry), "Retry-After {retry}");
+            let reset = header_u64(h, "x-ratelimit-reset");
+            let now = unix_ms() / 1000;
+            assert!(
+                reset.abs_diff(now + retry) <= 2,
+                "X-RateLimit-Reset {reset} vs now {now} + Retry-After {retry}"
+            );
+            assert_eq!(header(h, "ratelimit"), format!("\"minute\";r=0;t={retry}"));
+            assert!(!h["x-request-id"].is_empty());
+        } else {
+            assert!(h.get("retry-after").is_none());
+        }
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"gateway_rate_limited_total{tier="minute",route="echo"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_sharing_redis_admit_exactly_the_limit() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream_on_own_thread();
+    // A generous timeout and `deny`: this test is about exactness, so a
+    // slow call must show up as a 503, never as an uncounted admission.
+    let extra = redis_config(&redis_url(), 5_000, "deny");
+    let opts = || {
+        let mut o = Opts::new(config(upstream, &extra));
+        o.read_timeout_ms = 20_000;
+        o
+    };
+    let a = Gateway::start(&db, opts()).await;
+    let b = Gateway::start(&db, opts()).await;
+    let (_, key) = a.create_key_unseen("read:echo", &["--per-minute", "200"]);
+    wait_known(&a, &key).await;
+    wait_known(&b, &key).await;
+    room_in_this_minute(20).await;
+
+    let client = http();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let url = if i % 2 == 0 {
+            a.url("/echo")
+        } else {
+            b.url("/echo")
+        };
+        let req = client.get(url).bearer_auth(&key);
+        tasks.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tasks {
+        *counts.entry(t.await.expect("task")).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [(200, 200), (429, 400)].into_iter().collect(),
+        "status: count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_do_not_count() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let extra = redis_config(&redis_url(), 5_000, "deny");
+    let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
+    let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "10"]);
+    wait_known(&gw, &key).await;
+    room_in_this_minute(5).await;
+    for i in 0..10 {
+        assert_eq!(
+            get(&gw.url("/echo"), Some(&key)).await.0,
+            200,
+            "request {i}"
+        );
+    }
+    // Keep knocking while full. If refusals counted, the key would never
+    // get through; they do not, so it does when Retry-After said it would.
+    let (status, h, _) = get(&gw.url("/echo"), Some(&key)).await;
+    assert_eq!(status, 429);
+    let promised = Instant::now() + Duration::from_secs(header_u64(&h, "retry-after"));
+    let mut refused = 1;
+    let admitted_at = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (status, _, body) = get(&gw.url("/echo"), Some(&key)).await;
+        match status {
+            429 => refused += 1,
+            200 => break Instant::now(),
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(
+            Instant::now() < promised + Duration::from_secs(3),
+            "still refused 3 s after Retry-After, after {refused} refusals"
+        );
+    };
+    assert!(refused > 10, "only {refused} refusals");
+    assert!(
+        admitted_at + Duration::from_secs(2) >= promised,
+        "admitted well before Retry-After"
+    );
+}
+
+/// A Redis server of the test's own, to kill, stop and restart.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (run the tests with scripts/test.sh)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(10), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "redis-server did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill -{sig}");
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
+async fn health(gw: &Gateway) -> (u16, Value) {
+    let (status, _, body) = get(&gw.admin_url("/health"), None).await;
+    (status, body)
+}
+
+/// Sends `n` requests with `key`; each must answer `want` within `bound`.
+async fn each_answers_fast(gw: &Gateway, key: &str, n: usize, want: u16, bound: Duration) {
+    for i in 0..n {
+        let started = Instant::now();
+        let (status, h, body) = get(&gw.url("/echo"), Some(key)).await;
+        let took = started.elapsed();
+        assert_eq!(status, want, "request {i}: {body}");
+        assert!(took < bound, "request {i} took {took:?}");
+        if want == 200 {
+            assert!(
+                h.get("x-ratelimit-limit").is_none(),
+                "no headers without counters"
+            );
+        }
+    }
+}
+
+/// Polls until `key` gets an answer with rate-limit headers again, then
+/// checks that the limit of 3 holds on the fresh counters.
+async fn limits_apply_again(gw: &Gateway, key: &str) {
+    let back = eventually(Duration::from_secs(15), || async {
+        let (_, h, _) = get(&gw.url("/echo"), Some(key)).await;
+        h.get("x-ratelimit-limit").is_some()
+    })
+    .await;
+    assert!(back, "limits never came back; log:\n{}", gw.logs());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&gw.url("/echo"), Some(key)).await.0);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_with_allow_keeps_serving_fast_and_recovers() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut redis = OwnRedis::start().await;
+    let extra = redis_config(&redis.url(), 25, "allow");
+    let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
+    let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "3"]);
+    wait_known(&gw, &key).await;
+    room_in_this_minute(5).await;
+    let (status, body) = health(&gw).await;
+    assert_eq!(
+        (status, body["checks"]["redis"]["status"].as_str()),
+        (200, Some("up")),
+        "{body}"
+    );
+
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200);
+    }
+    assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 429);
+
+    // Hung Redis: every call ends at the 25 ms timeout; the key is over
+    // its limit, but `allow` admits.
+    redis.signal("STOP");
+    each_answers_fast(&gw, &key, 10, 200, Duration::from_millis(500)).await;
+    redis.signal("CONT");
+    limits_apply_again(&gw, &key).await;
+
+    // Dead Redis.
+    redis.kill();
+    each_answers_fast(&gw, &key, 20, 200, Duration::from_millis(500)).await;
+    let (status, body) = health(&gw).await;
+    assert_eq!(status, 200, "Redis is not required with allow: {body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["redis"]["status"], "down");
+    assert_eq!(body["checks"]["redis"]["required"], false);
+    let m = metrics(&gw).await;
+    assert!(
+        sample(&m, r#"gateway_rate_limit_fallback_total{decision="allow"}"#) >= 30.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            r#"gateway_rate_limit_backend_errors_total{kind="timeout"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+
+    // Back: limits apply again without restarting the gateway.
+    redis.restart().await;
+    limits_apply_again(&gw, &key).await;
+    let (status, body) = health(&gw).await;
+    assert_eq!(
+        (status, body["checks"]["redis"]["status"].as_str()),
+        (200, Some("up")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_with_deny_answers_503_and_recovers() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut redis = OwnRedis::start().await;
+    let extra = redis_config(&redis.url(), 25, "deny");
+    let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
+    let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "3"]);
+    wait_known(&gw, &key).await;
+    room_in_this_minute(5).await;
+    assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200);
+
+    redis.kill();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (status, h, body) = get(&gw.url("/echo"), Some(&key)).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!((status, code(&body)), (503, "rate_limiter_unavailable"));
+        assert_eq!(header(&h, "retry-after"), "1");
+    }
+    let (status, body) = health(&gw).await;
+    assert_eq!(status, 503, "Redis is required with deny: {body}");
+    assert_eq!(body["checks"]["redis"]["required"], true);
+    // The status endpoint says so too, rather than inventing counters.
+    let (status, _, body) = get(&gw.admin_url("/api/v1/rate-limits/status"), Some(&key)).await;
+    assert_eq!((status, code(&body)), (503, "rate_limiter_unavailable"));
+    let m = metrics(&gw).await;
+    assert!(sample(&m, r#"gateway_rate_limit_fallback_total{decision="deny"}"#) >= 10.0);
+
+    redis.restart().await;
+    // One request was counted before the outage; the counters were lost
+    // with the server, so three fit again.
+    limits_apply_again(&gw, &key).await;
+    assert_eq!(health(&gw).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_routes_are_limited_per_client_ip_and_bad_keys_hit_the_guard() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let extra = r#"
+[rate_limits]
+anonymous = { per_minute = 3 }
+auth_failures = { per_minute = 4 }
+exempt_ips = ["127.0.0.3"]
+"#;
+    let mut opts = Opts::new(config(upstream, extra));
+    opts.proxy_extra = r#"trusted_proxies = ["127.0.0.1/32"]"#.into();
+    let gw = Gateway::start(&db, opts).await;
+    let (_, key) = gw.create_key_unseen("read:echo", &[]);
+    wait_known(&gw, &key).await;
+    room_in_this_minute(10).await;
+    let (one, two, exempt) = (
+        http_from("127.0.0.1"),
+        http_from("127.0.0.2"),
+        http_from("127.0.0.3"),
+    );
+    let public = gw.url("/public");
+
+    // Per IP: 127.0.0.2 uses up its 3, another address still passes.
+    for i in 0..3 {
+        let (status, h, _) = send(two.get(&public)).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-ratelimit-remaining"), (2 - i).to_string());
+        assert_eq!(header(&h, "ratelimit-policy"), "\"ip-minute\";q=3;w=60");
+    }
+    let (status, h, body) = send(two.get(&public)).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    assert!(header_u64(&h, "retry-after") >= 1);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("`ip-minute`"));
+    assert_eq!(send(one.get(&public)).await.0, 200);
+    // An untrusted peer cannot pose as someone else.
+    let (status, _, _) = send(two.get(&public).header("x-forwarded-for", "198.51.100.1")).await;
+    assert_eq!(status, 429);
+    // A trusted proxy's X-Forwarded-For names the client.
+    for _ in 0..3 {
+        let req = one.get(&public).header("x-forwarded-for", "203.0.113.7");
+        assert_eq!(send(req).await.0, 200);
+    }
+    let req = one.get(&public).header("x-forwarded-for", "203.0.113.7");
+    assert_eq!(send(req).await.0, 429);
+    let req = one.get(&public).header("x-forwarded-for", "203.0.113.8");
+    assert_eq!(send(req).await.0, 200);
+    // Exempt addresses bypass every limit and get no headers.
+    for _ in 0..10 {
+        let (status, h, _) = send(exempt.get(&public)).await;
+        assert_eq!(status, 200);
+        assert!(h.get("x-ratelimit-limit").is_none());
+    }
+
+    // Brute-force guard: four refused keys from 127.0.0.2, then 429 before
+    // any key work, even for a valid key; on the admin port too.
+    let bad = format!("{}x", &key[..key.len() - 1]);
+    for _ in 0..4 {
+        let (status, _, body) = send(two.get(gw.url("/echo")).bearer_auth(&bad)).await;
+        assert_eq!((status, code(&body)), (401, "invalid_api_key"));
+    }
+    let (status, h, body) = send(two.get(gw.url("/echo")).bearer_auth(&bad)).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("auth-failures-minute"));
+    assert!(header_u64(&h, "retry-after") >= 1);
+    let (status, _, _) = send(two.get(gw.url("/echo")).bearer_auth(&key)).await;
+    assert_eq!(
+        status, 429,
+        "the guard refuses the address, whatever it sends"
+    );
+    let (status, _, body) = send(two.get(gw.admin_url("/api/v1/keys")).bearer_auth(&bad)).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    // Other addresses are unaffected; a missing key is not guessing.
+    assert_eq!(
+        send(one.get(gw.url("/echo")).bearer_auth(&key)).await.0,
+        200
+    );
+    for _ in 0..8 {
+        let (status, _, body) = send(one.get(gw.url("/echo"))).await;
+        assert_eq!((status, code(&body)), (401, "missing_api_key"));
+    }
+    assert_eq!(
+        send(one.get(gw.url("/echo")).bearer_auth(&key)).await.0,
+        200
+    );
+    let m = metrics(&gw).await;
+    assert!(
+        sample(
+            &m,
+            r#"gateway_rate_limited_total{tier="auth-failures-minute",route="echo"}"#
+        ) >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_and_global_tiers_apply_on_top_of_the_key_tiers() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let routes = format!(
+        r#"
+[[upstreams]]
+name = "echo"
+targets = ["{upstream}"]
+
+[[routes]]
+name = "search"
+path_prefix = "/echo/search"
+upstream = "echo"
+scopes = ["read:echo"]
+rate_limit = {{ per_minute = 2 }}
+
+[[routes]]
+name = "echo"
+path_prefix = "/echo"
+upstream = "echo"
+scopes = ["read:echo"]
+global_rate_limit = {{ per_minute = 5 }}
+"#
+    );
+    let gw = Gateway::start(&db, Opts::new(routes)).await;
+    let (_, k1) = gw.create_key_unseen("read:echo", &[]);
+    let (_, k2) = gw.create_key_unseen("read:echo", &[]);
+    wait_known(&gw, &k1).await;
+    wait_known(&gw, &k2).await;
+    room_in_this_minute(10).await;
+
+    // Per key on the route: two each.
+    for k in [&k1, &k2] {
+        for _ in 0..2 {
+            assert_eq!(get(&gw.url("/echo/search"), Some(k)).await.0, 200);
+        }
+        let (status, h, body) = get(&gw.url("/echo/search"), Some(k)).await;
+        assert_eq!(status, 429);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`route-minute`"));
+        assert_eq!(header(&h, "x-ratelimit-limit"), "2");
+    }
+    // Global across keys: five in all on /echo.
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let k = if i % 2 == 0 { &k1 } else { &k2 };
+        statuses.push(get(&gw.url("/echo"), Some(k)).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let (_, h, body) = get(&gw.url("/echo"), Some(&k1)).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("`global-minute`"));
+    assert!(header(&h, "ratelimit-policy").contains("\"global-minute\";q=5;w=60"));
+
+    // The status endpoint shows the key's own tiers (2 search requests
+    // + 4 or 3 on /echo counted) and its per-route tier, without counting.
+    for _ in 0..2 {
+        let (status, _, body) = get(&gw.admin_url("/api/v1/rate-limits/status"), Some(&k1)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["backend"], "local");
+        let minute = &body["tiers"][0];
+        assert_eq!(minute["name"], "minute");
+        assert_eq!(minute["limit"], 600);
+        assert_eq!(minute["remaining"], 600 - 2 - 3);
+        assert_eq!(minute["window_seconds"], 60);
+        assert_eq!(body["routes"][0]["route"], "search");
+        assert_eq!(body["routes"][0]["tiers"][0]["name"], "route-minute");
+        assert_eq!(body["routes"][0]["tiers"][0]["remaining"], 0);
+        let reset = body["routes"][0]["tiers"][0]["reset_after_seconds"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(reset >= 1, "{body}");
+    }
+    let (status, _, body) = get(&gw.admin_url("/api/v1/rate-limits/status"), None).await;
+    assert_eq!((status, code(&body)), (401, "missing_api_key"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_override_set_on_one_instance_applies_on_another_within_a_second() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let a = Gateway::start(&db, Opts::new(config(upstream, ""))).await;
+    let b = Gateway::start(&db, Opts::new(config(upstream, ""))).await;
+    let (_, admin) = a.create_key_unseen("admin", &[]);
+    let (id, key) = a.create_key_unseen("read:echo", &[]);
+    wait_known(&a, &admin).await;
+    wait_known(&b, &key).await;
+
+    let (_, h, _) = get(&b.url("/echo"), Some(&key)).await;
+    assert_eq!(header(&h, "x-ratelimit-limit"), "600");
+
+    let put = |body: Value, who: &str| {
+        http()
+            .put(a.admin_url(&format!("/api/v1/rate-limits/keys/{id}")))
+            .bearer_auth(who)
+            .json(&body)
+    };
+    let started = Instant::now();
+    let (status, _, body) = send(put(json!({"per_minute": 7, "per_day": null}), &admin)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["overrides"],
+        json!({"per_minute": 7, "per_hour": null, "per_day": null})
+    );
+    assert_eq!(
+        body["effective"],
+        json!({"per_minute": 7, "per_hour": 20000, "per_day": 200000})
+    );
+    let applied = eventually(Duration::from_secs(1), || async {
+        let (_, h, _) = get(&b.url("/echo"), Some(&key)).await;
+        header(&h, "x-ratelimit-limit") == "7"
+            && header(&h, "ratelimit-policy").starts_with("\"minute\";q=7;w=60")
+    })
+    .await;
+    assert!(applied, "not applied on B after {:?}", started.elapsed());
+
+    // Audited as a key update, with the limits before and after.
+    let (_, _, log) = get(
+        &a.admin_url(&format!("/api/v1/audit-logs?target_id={id}")),
+        Some(&admin),
+    )
+    .await;
+    let entry = &log["data"][0];
+    assert_eq!(entry["action"], "api_key.updated", "{log}");
+    assert_eq!(entry["after"]["rate_limits"]["per_minute"], 7);
+    assert_eq!(entry["before"]["rate_limits"]["per_minute"], Value::Null);
+
+    // `{}` clears the overrides.
+    let (status, _, body) = send(put(json!({}), &admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let cleared = eventually(Duration::from_secs(1), || async {
+        let (_, h, _) = get(&b.url("/echo"), Some(&key)).await;
+        header(&h, "x-ratelimit-limit") == "600"
+    })
+    .await;
+    assert!(cleared);
+
+    // Bad input and callers.
+    let (status, _, body) = send(put(json!({"per_minute": 0, "burst": 3}), &admin)).await;
+    assert_eq!((status, code(&body)), (400, "validation_failed"));
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["per_minute", "burst"]);
+    let (status, _, body) = send(put(json!({"per_minute": 5}), &key)).await;
+    assert_eq!((status, code(&body)), (403, "insufficient_scope"));
+    let (status, _, body) = send(
+        http()
+            .put(a.admin_url(&format!(
+                "/api/v1/rate-limits/keys/{}",
+                uuid::Uuid::new_v4()
+            )))
+            .bearer_auth(&admin)
+            .json(&json!({"per_minute": 5})),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+}
