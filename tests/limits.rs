@@ -246,12 +246,17 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let mut r = OwnRedis {
+    /// A port and a directory for a Redis that is not running yet.
+    fn reserve() -> OwnRedis {
+        OwnRedis {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
-        };
+        }
+    }
+
+    async fn start() -> OwnRedis {
+        let mut r = OwnRedis::reserve();
         r.restart().await;
         r
     }
@@ -438,6 +443,28 @@ async fn redis_outage_with_deny_answers_503_and_recovers() {
     // with the server, so three fit again.
     limits_apply_again(&gw, &key).await;
     assert_eq!(health(&gw).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_started_without_redis_serves_and_connects_when_redis_comes_up() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut redis = OwnRedis::reserve();
+    let extra = redis_config(&redis.url(), 25, "allow");
+    let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
+    // Waits through the proxy: nothing is counted while Redis is away.
+    let (_, key) = gw.create_key("read:echo", &["--per-minute", "3"]).await;
+    let (status, body) = health(&gw).await;
+    assert_eq!(
+        (status, body["checks"]["redis"]["status"].as_str()),
+        (200, Some("down")),
+        "{body}"
+    );
+    each_answers_fast(&gw, &key, 5, 200, Duration::from_millis(500)).await;
+
+    redis.restart().await;
+    room_in_this_minute(5).await;
+    limits_apply_again(&gw, &key).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

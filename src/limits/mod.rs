@@ -380,7 +380,13 @@ impl pingora::services::background::BackgroundService for LimitsService {
         ready: pingora::services::ServiceReadyNotifier,
     ) {
         if let Some(redis) = self.limiter.redis() {
-            redis.connect();
+            let limiter = self.limiter.clone();
+            // Runs on this service's runtime until the process ends.
+            tokio::spawn(async move {
+                if let Some(redis) = limiter.redis() {
+                    redis.keep_connected().await;
+                }
+            });
             let waited = tokio::time::timeout(FIRST_CONNECT_WAIT, async {
                 while !redis.is_connected() {
                     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -77,6 +77,10 @@ end
 return out
 "#;
 
+/// Reconnect backoff, doubling from the first to the second.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
 pub struct RedisStore {
     client: Client,
     script: Script,
@@ -87,7 +91,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Builds the client; nothing connects until [`RedisStore::connect`].
+    /// Builds the client; nothing connects until [`RedisStore::keep_connected`].
     pub fn new(cfg: &RedisConfig, routes: Arc<[Arc<str>]>) -> anyhow::Result<RedisStore> {
         let config = Config::from_url(&cfg.url)
             .map_err(|e| anyhow::anyhow!("redis.url: {}", e.details()))?;
@@ -106,7 +110,12 @@ impl RedisStore {
                 // Backstop for commands whose caller stopped waiting.
                 p.default_command_timeout = Duration::from_secs(2);
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                RECONNECT_MIN.as_millis() as u32,
+                RECONNECT_MAX.as_millis() as u32,
+                2,
+            ));
         Ok(RedisStore {
             client: builder.build()?,
             script: Script::from_lua(SCRIPT),
@@ -116,13 +125,23 @@ impl RedisStore {
         })
     }
 
-    /// Starts the connection task, which keeps reconnecting for as long as
-    /// the process runs. Must be called from within a Tokio runtime that
-    /// lives as long as the process.
-    pub fn connect(&self) {
-        // The handle resolves only when the client quits; dropping it
-        // leaves the task running.
-        drop(self.client.connect());
+    /// Keeps the client connected for as long as the process runs. Once
+    /// connected, fred's reconnect policy redials a lost connection; a
+    /// connection that could not be made in the first place ends fred's
+    /// task, so this loop starts it again, with backoff.
+    pub async fn keep_connected(&self) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            let ended = self.client.connect().await;
+            let why = match ended {
+                Ok(Ok(())) => "closed".to_string(),
+                Ok(Err(e)) => e.details().to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::debug!(error = %why, retry_in_ms = backoff.as_millis() as u64, "Redis connection attempt ended");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
     }
 
     pub fn is_connected(&self) -> bool {
