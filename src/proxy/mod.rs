@@ -193,30 +193,30 @@ impl GatewayProxy {
         Ok(true)
     }
 
-    /// Checks and counts the request's tiers; `Some(answered)` when the
-    /// request was refused and answered here.
+    /// Checks and counts the request's tiers; true when the request was
+    /// refused and answered here.
     async fn enforce_limits(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route,
         ip: Option<std::net::IpAddr>,
-    ) -> Result<Option<bool>> {
+    ) -> Result<bool> {
         let policy = &self.limiter.policy;
         let tiers = match &ctx.key {
             Some(key) => policy.key_tiers(key, route.index),
             None => policy.anonymous_tiers(ip, route.index),
         };
         if tiers.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         match self.limiter.check(&tiers).await {
             Verdict::Admitted(d) => {
                 ctx.limits = Some(d);
-                Ok(None)
+                Ok(false)
             }
-            Verdict::Limited(d) => self.deny_limited(session, ctx, &d).await.map(Some),
-            Verdict::FailedOpen => Ok(None),
+            Verdict::Limited(d) => self.deny_limited(session, ctx, &d).await,
+            Verdict::FailedOpen => Ok(false),
             Verdict::FailedClosed => {
                 let err = ProxyError::RateLimiterUnavailable;
                 ctx.denied = Some(err.code());
@@ -227,7 +227,7 @@ impl GatewayProxy {
                     &[("retry-after", "1".to_string())],
                 )
                 .await?;
-                Ok(Some(true))
+                Ok(true)
             }
         }
     }
@@ -311,10 +311,7 @@ impl ProxyHttp for GatewayProxy {
         if exempt {
             return Ok(false);
         }
-        match self.enforce_limits(session, ctx, &route, ip).await? {
-            Some(answered) => Ok(answered),
-            None => Ok(false),
-        }
+        self.enforce_limits(session, ctx, &route, ip).await
     }
 
     async fn upstream_peer(
