@@ -193,6 +193,16 @@ pub enum OnBackendError {
     Deny,
 }
 
+impl OnBackendError {
+    /// The configuration value: `"allow"` or `"deny"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnBackendError::Allow => "allow",
+            OnBackendError::Deny => "deny",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,

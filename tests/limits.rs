@@ -12,29 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{json, Value};
 
-/// The routes of these tests: `echo` (key, scope `read:echo`), `public`
-/// (anonymous) in front of `upstream`, plus `extra` TOML.
+/// The harness's routes (`echo` needs a key with `read:echo`, `public` is
+/// anonymous) in front of `upstream`, plus `extra` TOML.
 fn config(upstream: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "echo"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "echo"
-path_prefix = "/echo"
-upstream = "echo"
-scopes = ["read:echo"]
-
-[[routes]]
-name = "public"
-path_prefix = "/public"
-upstream = "echo"
-auth = "none"
-{extra}
-"#
-    )
+    format!("{}{extra}", default_routes(upstream))
 }
 
 /// `[redis]` and `[rate_limits]` for the redis backend on `url`.

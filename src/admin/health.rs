@@ -67,24 +67,19 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
         "full_reloads": s.keys.full_reloads(),
     });
     let limiter = &s.limiter;
-    let on_error = if limiter.fails_closed() {
-        "deny"
-    } else {
-        "allow"
-    };
     let (redis, redis_down) = match limiter.redis() {
-        Some(r) => match r.ping(REDIS_PROBE_TIMEOUT).await {
-            Ok(latency) => (
-                json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0,
-                       "required": limiter.fails_closed(), "on_backend_error": on_error}),
-                false,
-            ),
-            Err(e) => (
-                json!({"status": "down", "error": e.to_string(),
-                       "required": limiter.fails_closed(), "on_backend_error": on_error}),
-                true,
-            ),
-        },
+        Some(r) => {
+            let probe = r.ping(REDIS_PROBE_TIMEOUT).await;
+            let mut check = match &probe {
+                Ok(latency) => {
+                    json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0})
+                }
+                Err(e) => json!({"status": "down", "error": e.to_string()}),
+            };
+            check["required"] = json!(limiter.fails_closed());
+            check["on_backend_error"] = json!(limiter.on_backend_error().name());
+            (check, probe.is_err())
+        }
         None if s.redis_configured => (
             json!({"status": "not_used", "detail": "configured, but rate_limits.backend is \"local\""}),
             false,

@@ -255,24 +255,25 @@ impl AdminApp {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let ip = auth::client_ip(req, peer, &s.limiter.policy.trusted_proxies);
-        let exempt = s.limiter.policy.is_exempt(ip);
-        if !exempt {
-            if let Some(d) = s.limiter.guard_blocked(ip) {
-                let tier = d.headline().map_or("unknown", |t| t.tier.name());
-                metrics::counter!("gateway_admin_auth_failures_total", "reason" => "rate_limited")
-                    .increment(1);
-                metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => "admin")
-                    .increment(1);
-                return Err(ApiError::Limited {
-                    tier,
-                    headers: Box::new(headers::render(&d)),
-                });
-            }
+        let client = s.limiter.client(auth::client_ip(
+            req,
+            peer,
+            &s.limiter.policy.trusted_proxies,
+        ));
+        if let Some(d) = s.limiter.guard_blocked(&client) {
+            let tier = d.headline_name();
+            metrics::counter!("gateway_admin_auth_failures_total", "reason" => "rate_limited")
+                .increment(1);
+            metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => "admin")
+                .increment(1);
+            return Err(ApiError::Limited {
+                tier,
+                headers: Box::new(headers::render(&d)),
+            });
         }
         let mut origin = Origin {
             actor: Actor::Anonymous,
-            client_ip: ip.map(|ip| ip.to_string()),
+            client_ip: client.ip.map(|ip| ip.to_string()),
             user_agent: header_string(session, http::header::USER_AGENT, MAX_USER_AGENT),
             request_id: request_id.to_string(),
         };
@@ -285,9 +286,7 @@ impl AdminApp {
             Err((reason, e)) => {
                 metrics::counter!("gateway_admin_auth_failures_total", "reason" => reason)
                     .increment(1);
-                if !exempt && crate::proxy::counts_as_guessing(reason) {
-                    s.limiter.record_auth_failure(ip);
-                }
+                s.limiter.record_auth_failure(&client, reason);
                 self.audit_denial(origin, endpoint, e.code(), e.message().into_owned());
                 return Err(ApiError::Auth(e));
             }

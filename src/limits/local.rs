@@ -95,17 +95,18 @@ impl LocalStore {
 
     /// Checks `tiers` at `now_ms` and counts as `mode` says.
     pub fn check(&self, tiers: &[Tier], now_ms: u64, mode: Mode) -> Decision {
-        let keys: ArrayVec<(CounterKey, usize), MAX_TIERS> = tiers
+        // Each tier's counter key, shard and current fixed window.
+        let keys: ArrayVec<(CounterKey, usize, u64), MAX_TIERS> = tiers
             .iter()
             .map(|t| {
                 let k = CounterKey {
                     subject: t.subject,
                     period: t.period,
                 };
-                (k, self.shard_of(&k))
+                (k, self.shard_of(&k), window::index(now_ms, t.window_ms()))
             })
             .collect();
-        let mut order: ArrayVec<usize, MAX_TIERS> = keys.iter().map(|(_, s)| *s).collect();
+        let mut order: ArrayVec<usize, MAX_TIERS> = keys.iter().map(|(_, s, _)| *s).collect();
         order.sort_unstable();
         let mut locked: ArrayVec<(usize, MutexGuard<'_, Shard>), MAX_TIERS> = ArrayVec::new();
         for s in order {
@@ -113,14 +114,12 @@ impl LocalStore {
                 locked.push((s, self.shards[s].lock()));
             }
         }
-        let counts: ArrayVec<Counts, MAX_TIERS> = tiers
+        let counts: ArrayVec<Counts, MAX_TIERS> = keys
             .iter()
-            .zip(&keys)
-            .map(|(t, (k, s))| {
-                let idx = window::index(now_ms, t.window_ms());
+            .map(|(k, s, idx)| {
                 locked_shard(&mut locked, *s)
                     .get(k)
-                    .map(|c| c.at(idx))
+                    .map(|c| c.at(*idx))
                     .unwrap_or_default()
             })
             .collect();
@@ -138,9 +137,8 @@ impl LocalStore {
             now_ms,
             tiers: ArrayVec::new(),
         };
-        for ((t, (k, s)), mut c) in tiers.iter().zip(&keys).zip(counts) {
+        for ((t, (k, s, idx)), mut c) in tiers.iter().zip(&keys).zip(counts) {
             if count {
-                let idx = window::index(now_ms, t.window_ms());
                 let per_shard = self.per_shard;
                 let shard = locked_shard(&mut locked, *s);
                 if !shard.contains_key(k) && shard.len() >= per_shard {
@@ -149,11 +147,11 @@ impl LocalStore {
                 shard
                     .entry(*k)
                     .or_insert(Counter {
-                        window: idx,
+                        window: *idx,
                         prev: 0,
                         curr: 0,
                     })
-                    .add(idx);
+                    .add(*idx);
                 c.curr += 1;
             }
             decision.tiers.push(window::state(*t, c, now_ms));
@@ -172,13 +170,10 @@ impl LocalStore {
         left
     }
 
-    /// Counters held now.
-    pub fn len(&self) -> usize {
+    /// Counters held now (tests; `sweep` reports it in service).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -78,16 +78,6 @@ pub enum Subject {
     AuthFailures(IpAddr),
 }
 
-impl Subject {
-    /// The route this tier belongs to, if any.
-    pub fn route(self) -> Option<u16> {
-        match self {
-            Subject::KeyRoute(_, r) | Subject::IpRoute(_, r) | Subject::Global(r) => Some(r),
-            _ => None,
-        }
-    }
-}
-
 /// One counter with its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tier {
@@ -162,6 +152,11 @@ impl Decision {
     /// The tier the `X-RateLimit-*` headers describe: when refused, the
     /// blocking tier that frees up last; otherwise the one closest to
     /// exhaustion.
+    /// The headline tier's name: the tier a 429 names.
+    pub fn headline_name(&self) -> &'static str {
+        self.headline().map_or("unknown", |s| s.tier.name())
+    }
+
     pub fn headline(&self) -> Option<&TierState> {
         if self.admitted {
             self.tiers
@@ -208,6 +203,14 @@ pub enum Verdict {
     FailedOpen,
     /// The backend failed and `on_backend_error = "deny"`.
     FailedClosed,
+}
+
+/// A client as the limits see it: its address (see
+/// [`crate::proxy::auth::client_ip`]) and whether `exempt_ips` holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    pub exempt: bool,
 }
 
 /// How a check treats the counters.
@@ -271,6 +274,10 @@ impl RateLimiter {
         }
     }
 
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
+    }
+
     /// Whether a failing backend refuses requests (and so is a required
     /// dependency for `/health`).
     pub fn fails_closed(&self) -> bool {
@@ -317,10 +324,21 @@ impl RateLimiter {
         }
     }
 
-    /// `Some` with the guard's state when `ip` has used up its failed
+    /// The client at `ip`, as every limit sees it.
+    pub fn client(&self, ip: Option<IpAddr>) -> Client {
+        Client {
+            ip,
+            exempt: self.policy.is_exempt(ip),
+        }
+    }
+
+    /// `Some` with the guard's state when `client` has used up its failed
     /// authentications: the request is refused before any key work.
-    pub fn guard_blocked(&self, ip: Option<IpAddr>) -> Option<Decision> {
-        let tiers = self.policy.guard_tiers(ip?);
+    pub fn guard_blocked(&self, client: &Client) -> Option<Decision> {
+        if client.exempt {
+            return None;
+        }
+        let tiers = self.policy.guard_tiers(client.ip?);
         if tiers.is_empty() {
             return None;
         }
@@ -334,9 +352,15 @@ impl RateLimiter {
             })
     }
 
-    /// Counts one failed authentication from `ip`.
-    pub fn record_auth_failure(&self, ip: Option<IpAddr>) {
-        if let Some(ip) = ip {
+    /// Counts a failed authentication from `client` (the `reason` label
+    /// of `gateway_auth_failures_total`) if it is one the guard counts: a
+    /// credential presented and refused. No credential, or a valid key
+    /// lacking a scope, is not guessing.
+    pub fn record_auth_failure(&self, client: &Client, reason: &str) {
+        if client.exempt || matches!(reason, "missing" | "insufficient_scope") {
+            return;
+        }
+        if let Some(ip) = client.ip {
             let tiers = self.policy.guard_tiers(ip);
             self.guard
                 .check(&tiers, crate::now_ms() as u64, Mode::Record);
@@ -395,11 +419,7 @@ impl pingora::services::background::BackgroundService for LimitsService {
             .await;
             if waited.is_err() {
                 tracing::warn!(
-                    on_backend_error = if self.limiter.fails_closed() {
-                        "deny"
-                    } else {
-                        "allow"
-                    },
+                    on_backend_error = self.limiter.on_backend_error().name(),
                     "Redis is not reachable yet; rate limits follow on_backend_error until it is"
                 );
             }

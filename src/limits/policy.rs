@@ -91,8 +91,9 @@ impl Policy {
     /// The tiers of a request by `key` on route `route`.
     pub fn key_tiers(&self, key: &KeyRecord, route: u16) -> Tiers {
         let mut tiers = self.own_tiers(key);
+        // At most 3 + 3 + 3 tiers: the capacity holds them all.
+        let _ = tiers.try_extend_from_slice(&self.route_tiers(key, route));
         if let Some(r) = self.route(route) {
-            push(&mut tiers, Subject::KeyRoute(key.id, route), r.per_caller);
             push(&mut tiers, Subject::Global(route), r.global);
         }
         tiers

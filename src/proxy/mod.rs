@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::Method;
-use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -67,7 +66,6 @@ impl Drop for InflightGuard {
 pub struct GatewayProxy {
     routes: RouteTable,
     auth: Authenticator,
-    trusted_proxies: Vec<IpNet>,
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
     limiter: Arc<RateLimiter>,
@@ -107,7 +105,6 @@ impl GatewayProxy {
         Self {
             routes: RouteTable::new(cfg, &upstreams),
             auth: Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
-            trusted_proxies: cfg.proxy.trusted_proxies.clone(),
             last_used,
             inflight,
             limiter,
@@ -115,7 +112,8 @@ impl GatewayProxy {
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+        let trusted = &self.limiter.policy.trusted_proxies;
+        ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
     }
 
     /// Resolves the key and checks the route's scopes for this method. The
@@ -136,13 +134,6 @@ impl GatewayProxy {
         }
         Ok(auth)
     }
-}
-
-/// Whether a failed authentication feeds the brute-force guard: a
-/// credential was presented and refused. No credential, or a valid key
-/// lacking a scope, is not guessing.
-pub(crate) fn counts_as_guessing(reason: &str) -> bool {
-    !matches!(reason, "missing" | "insufficient_scope")
 }
 
 /// Method label with bounded cardinality.
@@ -178,7 +169,7 @@ impl GatewayProxy {
         ctx: &mut RequestCtx,
         d: &Decision,
     ) -> Result<bool> {
-        let tier = d.headline().map_or("unknown", |s| s.tier.name());
+        let tier = d.headline_name();
         let route: metrics::SharedString = ctx
             .route
             .as_ref()
@@ -284,13 +275,12 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        let ip = client_ip(req, peer, &self.trusted_proxies);
-        let exempt = self.limiter.policy.is_exempt(ip);
+        let client =
+            self.limiter
+                .client(client_ip(req, peer, &self.limiter.policy.trusted_proxies));
         if route.auth == AuthMode::Required {
-            if !exempt {
-                if let Some(d) = self.limiter.guard_blocked(ip) {
-                    return self.deny_limited(session, ctx, &d).await;
-                }
+            if let Some(d) = self.limiter.guard_blocked(&client) {
+                return self.deny_limited(session, ctx, &d).await;
             }
             match self.authorize(req, &route) {
                 Ok(auth) => {
@@ -301,17 +291,15 @@ impl ProxyHttp for GatewayProxy {
                 Err((reason, e)) => {
                     metrics::counter!("gateway_auth_failures_total", "reason" => reason)
                         .increment(1);
-                    if !exempt && counts_as_guessing(reason) {
-                        self.limiter.record_auth_failure(ip);
-                    }
+                    self.limiter.record_auth_failure(&client, reason);
                     return self.deny(session, ctx, e).await;
                 }
             }
         }
-        if exempt {
+        if client.exempt {
             return Ok(false);
         }
-        self.enforce_limits(session, ctx, &route, ip).await
+        self.enforce_limits(session, ctx, &route, client.ip).await
     }
 
     async fn upstream_peer(
