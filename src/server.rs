@@ -66,6 +66,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
     let drained = flusher.drained.clone();
     server.add_service(background_service("last-used flusher", flusher));
+    server.add_service(background_service(
+        "metrics upkeep",
+        telemetry::MetricsUpkeep(prometheus.clone()),
+    ));
     let limits = server.add_service(background_service(
         "rate limits",
         LimitsService::new(limiter.clone()),

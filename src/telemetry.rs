@@ -2,7 +2,12 @@
 //! own `log` records are bridged in); metrics go to a Prometheus recorder
 //! that the admin listener renders on `/metrics`.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -42,6 +47,29 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     describe();
     Ok(handle)
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into buckets every few seconds. The
+/// recorder queues every sample until then; without upkeep that queue is
+/// drained only by a `/metrics` scrape, so an instance nobody scrapes would
+/// grow by every request's samples, and pushes slow down as it grows.
+pub struct MetricsUpkeep(pub PrometheusHandle);
+
+#[async_trait]
+impl BackgroundService for MetricsUpkeep {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.run_upkeep(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 fn describe() {
