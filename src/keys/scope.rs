@@ -1,6 +1,7 @@
 //! Scopes: `action:resource` strings, with `action:*` and `*` wildcards
 //! (DESIGN §3 "Scopes").
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,6 +75,26 @@ pub fn first_missing<'a>(held: &[Scope], required: &'a [Scope]) -> Option<&'a Sc
         .find(|r| !held.iter().any(|h| h.satisfies(r)))
 }
 
+/// Interns scope lists while loading keys: every key with the same list
+/// shares one `Arc<[Scope]>`. Most deployments have a handful of distinct
+/// lists across all their keys, so this saves about a hundred bytes per key
+/// in the snapshot.
+#[derive(Default)]
+pub struct ScopeSets {
+    seen: HashMap<Vec<Scope>, Arc<[Scope]>>,
+}
+
+impl ScopeSets {
+    pub fn intern(&mut self, scopes: Vec<Scope>) -> Arc<[Scope]> {
+        if let Some(shared) = self.seen.get(&scopes) {
+            return shared.clone();
+        }
+        let shared: Arc<[Scope]> = scopes.as_slice().into();
+        self.seen.insert(scopes, shared.clone());
+        shared
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +140,17 @@ mod tests {
         assert!(!s("read:*").satisfies(&s("read")));
         assert!(!s("read:orders").satisfies(&s("read:*")));
         assert!(!s("write:orders").satisfies(&s("read:orders")));
+    }
+
+    #[test]
+    fn equal_scope_lists_share_one_allocation() {
+        let mut sets = ScopeSets::default();
+        let a = sets.intern(vec![s("read:a"), s("write:a")]);
+        let b = sets.intern(vec![s("read:a"), s("write:a")]);
+        let c = sets.intern(vec![s("read:a")]);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(&*c, &[s("read:a")]);
     }
 
     #[test]

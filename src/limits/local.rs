@@ -14,10 +14,10 @@
 //! is a forgotten counter, never unbounded memory.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use arrayvec::ArrayVec;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::window::{self, Counts};
@@ -70,7 +70,9 @@ impl Counter {
     }
 }
 
-type Shard = HashMap<CounterKey, Counter>;
+/// Counters keyed by a hash computed once per tier and check: the same
+/// hash picks the shard (from bits the table does not use) and the slot.
+type Shard = HashTable<(CounterKey, Counter)>;
 
 pub struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
@@ -82,31 +84,43 @@ impl LocalStore {
     /// A store of at most about `max_counters` counters.
     pub fn new(max_counters: usize) -> LocalStore {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             // Keyed hashing: IP addresses are chosen by clients.
             hasher: RandomState::new(),
             per_shard: (max_counters / SHARDS).max(16),
         }
     }
 
-    fn shard_of(&self, key: &CounterKey) -> usize {
-        self.hasher.hash_one(key) as usize & (SHARDS - 1)
+    fn hash(&self, key: &CounterKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a counter with hash `h`: middle bits, since the
+    /// shard's table uses the low bits and the top 7.
+    fn shard_of(h: u64) -> usize {
+        (h >> 32) as usize & (SHARDS - 1)
     }
 
     /// Checks `tiers` at `now_ms` and counts as `mode` says.
     pub fn check(&self, tiers: &[Tier], now_ms: u64, mode: Mode) -> Decision {
-        // Each tier's counter key, shard and current fixed window.
-        let keys: ArrayVec<(CounterKey, usize, u64), MAX_TIERS> = tiers
+        // Each tier's counter key, hash, shard and current fixed window.
+        let keys: ArrayVec<(CounterKey, u64, usize, u64), MAX_TIERS> = tiers
             .iter()
             .map(|t| {
                 let k = CounterKey {
                     subject: t.subject,
                     period: t.period,
                 };
-                (k, self.shard_of(&k), window::index(now_ms, t.window_ms()))
+                let h = self.hash(&k);
+                (
+                    k,
+                    h,
+                    Self::shard_of(h),
+                    window::index(now_ms, t.window_ms()),
+                )
             })
             .collect();
-        let mut order: ArrayVec<usize, MAX_TIERS> = keys.iter().map(|(_, s, _)| *s).collect();
+        let mut order: ArrayVec<usize, MAX_TIERS> = keys.iter().map(|(_, _, s, _)| *s).collect();
         order.sort_unstable();
         let mut locked: ArrayVec<(usize, MutexGuard<'_, Shard>), MAX_TIERS> = ArrayVec::new();
         for s in order {
@@ -116,10 +130,10 @@ impl LocalStore {
         }
         let counts: ArrayVec<Counts, MAX_TIERS> = keys
             .iter()
-            .map(|(k, s, idx)| {
+            .map(|(k, h, s, idx)| {
                 locked_shard(&mut locked, *s)
-                    .get(k)
-                    .map(|c| c.at(*idx))
+                    .find(*h, |(key, _)| key == k)
+                    .map(|(_, c)| c.at(*idx))
                     .unwrap_or_default()
             })
             .collect();
@@ -137,21 +151,24 @@ impl LocalStore {
             now_ms,
             tiers: ArrayVec::new(),
         };
-        for ((t, (k, s, idx)), mut c) in tiers.iter().zip(&keys).zip(counts) {
+        for ((t, (k, h, s, idx)), mut c) in tiers.iter().zip(&keys).zip(counts) {
             if count {
-                let per_shard = self.per_shard;
                 let shard = locked_shard(&mut locked, *s);
-                if !shard.contains_key(k) && shard.len() >= per_shard {
-                    make_room(shard, per_shard, now_ms);
+                match shard.find_mut(*h, |(key, _)| key == k) {
+                    Some((_, counter)) => counter.add(*idx),
+                    None => {
+                        if shard.len() >= self.per_shard {
+                            make_room(shard, self.per_shard, now_ms);
+                        }
+                        let mut counter = Counter {
+                            window: *idx,
+                            prev: 0,
+                            curr: 0,
+                        };
+                        counter.add(*idx);
+                        shard.insert_unique(*h, (*k, counter), |(key, _)| self.hash(key));
+                    }
                 }
-                shard
-                    .entry(*k)
-                    .or_insert(Counter {
-                        window: *idx,
-                        prev: 0,
-                        curr: 0,
-                    })
-                    .add(*idx);
                 c.curr += 1;
             }
             decision.tiers.push(window::state(*t, c, now_ms));
@@ -187,7 +204,7 @@ fn locked_shard<'a>(
 }
 
 fn drop_idle(shard: &mut Shard, now_ms: u64) {
-    shard.retain(|k, c| !c.is_idle(window::index(now_ms, k.period.window_ms())));
+    shard.retain(|(k, c)| !c.is_idle(window::index(now_ms, k.period.window_ms())));
 }
 
 /// Frees room in a full shard: idle counters first, then arbitrary ones
@@ -198,12 +215,14 @@ fn make_room(shard: &mut Shard, per_shard: usize, now_ms: u64) {
     if shard.len() <= target {
         return;
     }
-    let excess = shard.len() - target;
-    let victims: Vec<CounterKey> = shard.keys().take(excess).copied().collect();
-    for k in &victims {
-        shard.remove(k);
-    }
-    metrics::counter!("gateway_rate_limit_evictions_total").increment(victims.len() as u64);
+    let mut excess = shard.len() - target;
+    let evicted = excess;
+    shard.retain(|_| {
+        let keep = excess == 0;
+        excess = excess.saturating_sub(1);
+        keep
+    });
+    metrics::counter!("gateway_rate_limit_evictions_total").increment(evicted as u64);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::DbError;
 use crate::config::Limits;
 use crate::keys::format::{self, KeyHash, KeyHasher};
-use crate::keys::scope::Scope;
+use crate::keys::scope::{Scope, ScopeSets};
 use crate::keys::snapshot::{KeyRecord, PreviousSecret};
 
 /// Columns the snapshot needs, in the order [`record_from_row`] reads them.
@@ -353,7 +353,7 @@ fn hash_of(bytes: &[u8]) -> Option<KeyHash> {
 
 /// Builds a snapshot record; `None` (and a warning) for a row the proxy
 /// cannot use, such as a scope written by hand that does not parse.
-fn record_from_row(r: &Row) -> Option<KeyRecord> {
+fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
     let id: Uuid = r.get(0);
     let hash = hash_of(r.get::<_, &[u8]>(1))?;
     let raw_scopes: Vec<&str> = r.get(2);
@@ -376,7 +376,7 @@ fn record_from_row(r: &Row) -> Option<KeyRecord> {
     Some(KeyRecord::new(
         id,
         hash,
-        scopes,
+        scope_sets.intern(scopes),
         limits_at(r, 3),
         ms(r.get(6)),
         ms(r.get(7)),
@@ -394,8 +394,9 @@ pub async fn load_all(client: &impl GenericClient) -> Result<Vec<KeyRecord>, DbE
         .await?;
     pin_mut!(stream);
     let mut out = Vec::new();
+    let mut scope_sets = ScopeSets::default();
     while let Some(row) = stream.try_next().await? {
-        out.extend(record_from_row(&row));
+        out.extend(record_from_row(&row, &mut scope_sets));
     }
     Ok(out)
 }
@@ -411,5 +412,9 @@ pub async fn load_by_ids(
             &[&ids],
         )
         .await?;
-    Ok(rows.iter().filter_map(record_from_row).collect())
+    let mut scope_sets = ScopeSets::default();
+    Ok(rows
+        .iter()
+        .filter_map(|r| record_from_row(r, &mut scope_sets))
+        .collect())
 }
