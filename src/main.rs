@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use gateway::cli::{self, CreateArgs, MigrateAction, UpdateArgs};
 use gateway::config::{Limits, Need};
 
+/// See Cargo.toml: the proxy makes many small allocations per request.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "API-key gateway built on Pingora")]
 struct Cli {

@@ -3,8 +3,6 @@
 //! `RateLimit-Policy` listing every tier and `RateLimit` for the headline
 //! tier in the IETF draft syntax, and `Retry-After` on a refusal.
 
-use std::fmt::Write;
-
 use arrayvec::ArrayVec;
 
 use super::Decision;
@@ -12,36 +10,55 @@ use super::Decision;
 /// Header name and value pairs, in the order they are sent.
 pub type Headers = ArrayVec<(&'static str, String), 6>;
 
-/// The headers describing `d`; none when it names no tier.
+/// The headers describing `d`; none when it names no tier. Numbers go
+/// through `itoa`, not `fmt`: this runs for every proxied request.
 pub fn render(d: &Decision) -> Headers {
     let mut out = Headers::new();
     let Some(head) = d.headline() else {
         return out;
     };
     let reset_s = head.reset_seconds();
-    out.push(("x-ratelimit-limit", head.tier.limit.to_string()));
-    out.push(("x-ratelimit-remaining", head.remaining.to_string()));
-    out.push(("x-ratelimit-reset", head.reset_at(d.now_ms).to_string()));
-    let mut policy = String::with_capacity(32 * d.tiers.len());
+    out.push(("x-ratelimit-limit", number(head.tier.limit)));
+    out.push(("x-ratelimit-remaining", number(head.remaining)));
+    out.push(("x-ratelimit-reset", number(head.reset_at(d.now_ms))));
+    let mut policy = String::with_capacity(40 * d.tiers.len());
     for (i, s) in d.tiers.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(
-            policy,
-            "{sep}\"{}\";q={};w={}",
-            s.tier.name(),
-            s.tier.limit,
-            s.tier.window_ms() / 1000
-        );
+        if i > 0 {
+            policy.push_str(", ");
+        }
+        push_item(&mut policy, s.tier.name());
+        policy.push_str(";q=");
+        push_number(&mut policy, s.tier.limit);
+        policy.push_str(";w=");
+        push_number(&mut policy, s.tier.window_ms() / 1000);
     }
     out.push(("ratelimit-policy", policy));
-    out.push((
-        "ratelimit",
-        format!("\"{}\";r={};t={reset_s}", head.tier.name(), head.remaining),
-    ));
+    let mut current = String::with_capacity(48);
+    push_item(&mut current, head.tier.name());
+    current.push_str(";r=");
+    push_number(&mut current, head.remaining);
+    current.push_str(";t=");
+    push_number(&mut current, reset_s);
+    out.push(("ratelimit", current));
     if !d.admitted {
-        out.push(("retry-after", reset_s.to_string()));
+        out.push(("retry-after", number(reset_s)));
     }
     out
+}
+
+fn number(n: impl itoa::Integer) -> String {
+    itoa::Buffer::new().format(n).to_owned()
+}
+
+fn push_number(s: &mut String, n: impl itoa::Integer) {
+    s.push_str(itoa::Buffer::new().format(n));
+}
+
+/// A structured-field string item: the tier names need no escaping.
+fn push_item(s: &mut String, name: &str) {
+    s.push('"');
+    s.push_str(name);
+    s.push('"');
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -79,14 +80,31 @@ pub fn deprecation_headers(prev: &PreviousSecret) -> [(&'static str, String); 2]
     ]
 }
 
-/// The client's `X-Request-ID` if well-formed, else a new UUID.
-pub fn request_id(req: &RequestHeader) -> String {
+/// The client's `X-Request-ID` if well-formed, else a new UUID, as a
+/// header value: the proxy forwards and echoes it without copying.
+pub fn request_id_value(req: &RequestHeader) -> HeaderValue {
     match req.headers.get("x-request-id") {
-        Some(v) if valid_request_id(v.as_bytes()) => {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
-        }
-        _ => uuid::Uuid::new_v4().to_string(),
+        Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+        _ => new_request_id(),
     }
+}
+
+/// [`request_id_value`] as a string, for the admin API.
+pub fn request_id(req: &RequestHeader) -> String {
+    String::from_utf8_lossy(request_id_value(req).as_bytes()).into_owned()
+}
+
+/// A new random request id: a lowercase hyphenated UUID.
+pub fn new_request_id() -> HeaderValue {
+    uuid_value(&uuid::Uuid::new_v4())
+}
+
+/// `id` as a lowercase hyphenated header value, without going through `fmt`.
+pub fn uuid_value(id: &uuid::Uuid) -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = id.hyphenated().encode_lower(&mut buf);
+    // Hex digits and hyphens are always a valid header value.
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme

@@ -10,16 +10,17 @@
 
 pub mod auth;
 pub mod errors;
+pub mod route_metrics;
 pub mod routing;
 pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::Method;
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -27,6 +28,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use self::auth::{bearer_token, client_ip, Authenticator};
 use self::errors::{write_error, ProxyError};
+use self::route_metrics::RouteMetrics;
 use self::routing::{normalize_host, Route, RouteTable};
 use self::upstream::Upstream;
 use crate::config::{AuthMode, Config};
@@ -74,7 +76,8 @@ pub struct GatewayProxy {
 /// Per-request state shared across the filters.
 pub struct RequestCtx {
     started: Instant,
-    request_id: String,
+    /// The client's `X-Request-ID` or a new one; forwarded and echoed.
+    request_id: HeaderValue,
     route: Option<Arc<Route>>,
     key: Option<Arc<KeyRecord>>,
     /// The rate-limit state the response headers describe.
@@ -90,6 +93,13 @@ pub struct RequestCtx {
     /// Set when `request_filter` answered the request itself.
     denied: Option<&'static str>,
     _inflight: InflightGuard,
+}
+
+impl RequestCtx {
+    fn request_id(&self) -> &str {
+        // Only ever a client's validated id or a UUID: visible ASCII.
+        self.request_id.to_str().unwrap_or("")
+    }
 }
 
 impl GatewayProxy {
@@ -136,20 +146,6 @@ impl GatewayProxy {
     }
 }
 
-/// Method label with bounded cardinality.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
 impl GatewayProxy {
     async fn deny(
         &self,
@@ -158,7 +154,7 @@ impl GatewayProxy {
         err: ProxyError,
     ) -> Result<bool> {
         ctx.denied = Some(err.code());
-        write_error(session, &err, &ctx.request_id, &[]).await?;
+        write_error(session, &err, ctx.request_id(), &[]).await?;
         Ok(true)
     }
 
@@ -180,7 +176,7 @@ impl GatewayProxy {
             .increment(1);
         let err = ProxyError::RateLimited(tier);
         ctx.denied = Some(err.code());
-        write_error(session, &err, &ctx.request_id, &headers::render(d)).await?;
+        write_error(session, &err, ctx.request_id(), &headers::render(d)).await?;
         Ok(true)
     }
 
@@ -214,7 +210,7 @@ impl GatewayProxy {
                 write_error(
                     session,
                     &err,
-                    &ctx.request_id,
+                    ctx.request_id(),
                     &[("retry-after", "1".to_string())],
                 )
                 .await?;
@@ -231,7 +227,7 @@ impl ProxyHttp for GatewayProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             route: None,
             key: None,
             limits: None,
@@ -247,7 +243,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = auth::request_id(req);
+        ctx.request_id = auth::request_id_value(req);
         let host = req
             .headers
             .get(http::header::HOST)
@@ -357,16 +353,18 @@ impl ProxyHttp for GatewayProxy {
             .route
             .as_ref()
             .is_some_and(|r| r.auth == AuthMode::Required);
-        let carries_gateway_key = upstream
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .is_some_and(|token| self.auth.is_gateway_key(token));
-        if auth_required || carries_gateway_key {
+        let carries_gateway_key = || {
+            upstream
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token)
+                .is_some_and(|token| self.auth.is_gateway_key(token))
+        };
+        if auth_required || carries_gateway_key() {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
 
         let peer_ip = session
             .client_addr()
@@ -389,11 +387,11 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
-            upstream.insert_header("x-forwarded-proto", "http")?;
+            upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
         }
         // Never let a client claim an identity.
         match &ctx.key {
-            Some(k) => upstream.insert_header("x-gateway-key-id", k.id.to_string())?,
+            Some(k) => upstream.insert_header("x-gateway-key-id", auth::uuid_value(&k.id))?,
             None => {
                 upstream.remove_header("x-gateway-key-id");
             }
@@ -422,7 +420,7 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(d) = &ctx.limits {
             for (name, value) in headers::render(d) {
                 resp.insert_header(name, value)?;
@@ -479,13 +477,13 @@ impl ProxyHttp for GatewayProxy {
             };
         };
         if ctx.request_id.is_empty() {
-            ctx.request_id = uuid::Uuid::new_v4().to_string();
+            ctx.request_id = auth::new_request_id();
         }
         // Once the upstream's header went out, the response cannot change.
         if session.response_written().is_none() {
             let limits = ctx.limits.as_ref().map(headers::render).unwrap_or_default();
-            if let Err(write_err) = write_error(session, &err, &ctx.request_id, &limits).await {
-                tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error response");
+            if let Err(write_err) = write_error(session, &err, ctx.request_id(), &limits).await {
+                tracing::debug!(request_id = ctx.request_id(), error = %write_err, "could not send error response");
             }
         }
         FailToProxy {
@@ -496,24 +494,16 @@ impl ProxyHttp for GatewayProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        // Label values share the route's Arc<str>: a refcount, not a copy.
-        let route: metrics::SharedString = ctx
-            .route
-            .as_ref()
-            .map_or(metrics::SharedString::const_str("none"), |r| {
-                r.name.clone().into()
-            });
-        let method = method_label(&session.req_header().method);
-        metrics::counter!("gateway_requests_total",
-            "route" => route.clone(), "method" => method, "status" => status.to_string())
-        .increment(1);
-        metrics::histogram!("gateway_request_duration_seconds", "route" => route.clone())
-            .record(ctx.started.elapsed().as_secs_f64());
+        let method = &session.req_header().method;
+        static NO_ROUTE: LazyLock<RouteMetrics> =
+            LazyLock::new(|| RouteMetrics::new("none".into()));
+        let m = ctx.route.as_ref().map_or(&*NO_ROUTE, |r| &r.metrics);
+        m.count_request(method, status);
+        m.duration().record(ctx.started.elapsed().as_secs_f64());
         if let Some(t) = ctx.upstream_header_time {
-            metrics::histogram!("gateway_upstream_duration_seconds", "route" => route.clone())
-                .record(t.as_secs_f64());
+            m.upstream_duration().record(t.as_secs_f64());
         }
-        let route = &*route;
+        let route = ctx.route.as_ref().map_or("none", |r| &*r.name);
         if let Some(e) = e {
             let client_gone = e.esource() == &ErrorSource::Downstream
                 && matches!(
@@ -521,9 +511,9 @@ impl ProxyHttp for GatewayProxy {
                     ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
                 );
             if client_gone {
-                tracing::debug!(request_id = %ctx.request_id, route, error = %e, "client went away");
+                tracing::debug!(request_id = ctx.request_id(), route, error = %e, "client went away");
             } else {
-                tracing::warn!(request_id = %ctx.request_id, route, status, error = %e, "request failed");
+                tracing::warn!(request_id = ctx.request_id(), route, status, error = %e, "request failed");
             }
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::route_metrics::RouteMetrics;
 use super::upstream::Upstream;
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::keys::scope::Scope;
@@ -23,6 +24,7 @@ pub struct Route {
     pub scopes: Vec<Scope>,
     pub method_scopes: Vec<(Method, Vec<Scope>)>,
     pub auth: AuthMode,
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
@@ -59,6 +61,7 @@ impl RouteTable {
             .filter_map(|(index, r): (usize, &RouteConfig)| {
                 let upstream = upstreams.iter().find(|u| u.name == r.upstream)?.clone();
                 Some(Arc::new(Route {
+                    metrics: RouteMetrics::new(r.name.clone()),
                     index: u16::try_from(index).ok()?,
                     name: r.name.clone(),
                     path_prefix: r.path_prefix.clone(),
