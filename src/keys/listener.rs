@@ -83,9 +83,9 @@ impl KeyListener {
     ) -> Result<(), DbError> {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         let started = Instant::now();
-        let records = store::keys::load_all(client).await?;
-        let count = records.len();
-        self.store.replace(KeySnapshot::from_records(records));
+        let mut snapshot = KeySnapshot::default();
+        let count = store::keys::load_all(client, &mut snapshot).await?;
+        self.store.replace(snapshot);
         self.store.set_listener_connected(true);
         metrics::histogram!("gateway_key_snapshot_load_seconds")
             .record(started.elapsed().as_secs_f64());

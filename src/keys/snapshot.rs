@@ -201,6 +201,16 @@ pub struct KeySnapshot {
     by_id: Index,
 }
 
+/// Adds records one by one, so a full load can index rows as they stream
+/// in, without first holding every record in a second, temporary list.
+impl Extend<KeyRecord> for KeySnapshot {
+    fn extend<I: IntoIterator<Item = KeyRecord>>(&mut self, records: I) {
+        for r in records {
+            self.insert(Arc::new(r));
+        }
+    }
+}
+
 impl Default for KeySnapshot {
     fn default() -> Self {
         Self {
@@ -221,9 +231,7 @@ pub enum KeyChange {
 impl KeySnapshot {
     pub fn from_records(records: impl IntoIterator<Item = KeyRecord>) -> Self {
         let mut snap = KeySnapshot::default();
-        for r in records {
-            snap.insert(Arc::new(r));
-        }
+        snap.extend(records);
         snap
     }
 

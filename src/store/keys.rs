@@ -384,8 +384,13 @@ fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
     ))
 }
 
-/// Streams every key into snapshot records (no full result set in memory).
-pub async fn load_all(client: &impl GenericClient) -> Result<Vec<KeyRecord>, DbError> {
+/// Streams every key into `into`, row by row: no full result set, and with
+/// the listener passing a fresh snapshot, no second copy of a million
+/// records on the way. Returns the number of records.
+pub async fn load_all(
+    client: &impl GenericClient,
+    into: &mut impl Extend<KeyRecord>,
+) -> Result<usize, DbError> {
     let stream = client
         .query_raw(
             &format!("SELECT {RECORD_COLUMNS} FROM api_keys"),
@@ -393,12 +398,15 @@ pub async fn load_all(client: &impl GenericClient) -> Result<Vec<KeyRecord>, DbE
         )
         .await?;
     pin_mut!(stream);
-    let mut out = Vec::new();
     let mut scope_sets = ScopeSets::default();
+    let mut count = 0;
     while let Some(row) = stream.try_next().await? {
-        out.extend(record_from_row(&row, &mut scope_sets));
+        if let Some(record) = record_from_row(&row, &mut scope_sets) {
+            into.extend([record]);
+            count += 1;
+        }
     }
-    Ok(out)
+    Ok(count)
 }
 
 /// The current records of `ids`; ids without a row are absent from the result.
