@@ -27,6 +27,7 @@ import http from 'k6/http';
 import exec from 'k6/execution';
 import { check, fail } from 'k6';
 import { Counter } from 'k6/metrics';
+import { int } from './env.js';
 
 const ADMIN_KEY = (__ENV.ADMIN_KEY || '').trim();
 if (!ADMIN_KEY) {
@@ -41,14 +42,6 @@ const PRE_VUS = int('PRE_VUS', 10);
 const MAX_VUS = Math.max(int('MAX_VUS', 50), PRE_VUS);
 const P95_MS = int('P95_MS', 100);
 const PAGE_SIZE = Math.min(int('PAGE_SIZE', 20), 100);
-
-function int(name, dflt) {
-  const v = __ENV[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer, not ${v}`);
-  return n;
-}
 
 const OPS = ['create', 'get', 'list', 'update', 'set_limits', 'rotate', 'revoke', 'audit', 'health', 'rl_status'];
 

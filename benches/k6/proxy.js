@@ -25,6 +25,7 @@ import http from 'k6/http';
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter, Rate } from 'k6/metrics';
+import { int, num } from './env.js';
 
 const KEYS = (__ENV.GATEWAY_KEYS || '')
   .split(',')
@@ -47,22 +48,6 @@ const MAX_VUS = Math.max(int('MAX_VUS', 200), PRE_VUS);
 const P95_MS = num('P95_MS', 50);
 const ALLOW_429 = __ENV.ALLOW_429 === '1' || __ENV.ALLOW_429 === 'true';
 const MAX_429_RATE = num('MAX_429_RATE', ALLOW_429 ? 1 : 0);
-
-function int(name, dflt) {
-  const v = __ENV[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer, not ${v}`);
-  return n;
-}
-
-function num(name, dflt) {
-  const v = __ENV[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0, not ${v}`);
-  return n;
-}
 
 // 429s are counted on their own so a run can tell rate limiting from
 // errors. proxy_429 and proxy_errors are plain counts (proxy_429 is tagged

