@@ -173,16 +173,15 @@ impl Index {
         Arc::make_mut(&mut self.shards[shard]).insert_unique(h, r, |e| slot(e).1);
     }
 
-    /// Removes exactly `r` (the same allocation), if present.
+    /// Removes exactly `r` (the same allocation). Callers only remove
+    /// records this index holds, so copying a shared shard first is never
+    /// wasted.
     fn remove(&mut self, r: &Arc<KeyRecord>) {
         let (shard, h) = (self.slot)(r);
-        let table = &self.shards[shard];
-        if table.find(h, |e| Arc::ptr_eq(e, r)).is_some() {
-            if let Ok(entry) =
-                Arc::make_mut(&mut self.shards[shard]).find_entry(h, |e| Arc::ptr_eq(e, r))
-            {
-                entry.remove();
-            }
+        if let Ok(entry) =
+            Arc::make_mut(&mut self.shards[shard]).find_entry(h, |e| Arc::ptr_eq(e, r))
+        {
+            entry.remove();
         }
     }
 
