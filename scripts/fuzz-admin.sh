@@ -9,7 +9,8 @@
 #                      spec the server serves). A file works too, e.g.
 #                      FUZZ_SCHEMA=admin/openapi.yaml; requests still go to BASE_URL.
 #   FUZZ_MAX_EXAMPLES  test cases per operation (default 25)
-#   FUZZ_SEED          random seed (default fixed, so runs are reproducible)
+#   FUZZ_SEED          random seed (default fixed, so runs are reproducible;
+#                      tests/fuzz.rs passes GATEWAY_TEST_SEED here when set)
 #   FUZZ_DIR           working directory: JUnit report (junit.xml) and
 #                      schemathesis' .schemathesis/ store, so `st replay <id>`
 #                      works from there (default .data/fuzz)
@@ -21,7 +22,8 @@
 # every key) and infers create -> get/update/rotate/revoke links from the
 # schemas, so without protection it would revoke or rotate the admin key
 # mid-run. A before_call hook therefore swaps any pre-existing key id in a
-# PUT/PATCH/DELETE/rotate request for a random UUID (which answers 404).
+# PUT/PATCH/DELETE/rotate request for a UUID drawn from FUZZ_SEED (which
+# answers 404).
 # That is why the DELETE and rotate operations can stay in the run.
 #
 # Exits non-zero when schemathesis finds a failure (or cannot run).
@@ -104,10 +106,13 @@ say "$(wc -l <"$WORK/protected-ids" | tr -d ' ') existing keys protected"
 cat >"$WORK/fuzz_admin_hooks.py" <<'PY'
 """Keeps schemathesis from changing keys that existed before the run."""
 import os
+import random
 import uuid
 
 import schemathesis
 
+# Seeded like the run, so a replay with the same seed sends the same ids.
+RNG = random.Random(os.environ["FUZZ_SEED"])
 with open(os.environ["FUZZ_PROTECTED_IDS"]) as f:
     PROTECTED = {uuid.UUID(line.strip()) for line in f if line.strip()}
 MUTATING = {"PUT", "PATCH", "DELETE", "POST"}
@@ -127,7 +132,7 @@ def before_call(context, case, kwargs):
     params = case.path_parameters
     if case.method.upper() in MUTATING and params and "id" in params:
         if _as_uuid(params["id"]) in PROTECTED:
-            params["id"] = str(uuid.uuid4())
+            params["id"] = str(uuid.UUID(int=RNG.getrandbits(128), version=4))
 PY
 
 # --- the run ----------------------------------------------------------------
@@ -163,7 +168,7 @@ say "schemathesis $SCHEMATHESIS_VERSION: $SCHEMA -> $BASE_URL (seed $SEED, $MAX_
 rc=0
 # Output sanitisation (on by default) masks the Authorization header in
 # reproduction commands.
-(cd "$FUZZ_DIR" && FUZZ_PROTECTED_IDS="$WORK/protected-ids" \
+(cd "$FUZZ_DIR" && FUZZ_PROTECTED_IDS="$WORK/protected-ids" FUZZ_SEED="$SEED" \
   SCHEMATHESIS_HOOKS=fuzz_admin_hooks PYTHONPATH="$WORK" "${cmd[@]}") || rc=$?
 
 counts=$("$VENV/bin/python" - "$JUNIT" <<'PY' 2>/dev/null || echo "no report"

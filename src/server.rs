@@ -147,13 +147,17 @@ fn spawn_shutdown_watch(
             in_flight = inflight.get(),
             "draining"
         );
+        // `ended` tells an operator (and the tests) whether the requests
+        // drained or the grace period cut them off.
+        let mut ended = "grace_expired";
         while Instant::now() < deadline {
             if inflight.get() == 0 && drained.load(Ordering::Acquire) {
+                ended = "drained";
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        tracing::info!(in_flight = inflight.get(), "shutdown complete");
+        tracing::info!(in_flight = inflight.get(), ended, "shutdown complete");
         std::process::exit(0);
     });
 }

@@ -17,12 +17,14 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fuzz-admin.sh");
     let base = format!("http://{}", gw.admin);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .arg(script)
-            .arg(base)
-            .arg(admin)
-            .output()
-            .expect("run scripts/fuzz-admin.sh")
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).arg(base).arg(admin);
+        // The script's own fixed seed unless a run is being replayed; it
+        // prints the seed it used, which the failure message includes.
+        if let Ok(seed) = std::env::var("GATEWAY_TEST_SEED") {
+            cmd.env("FUZZ_SEED", seed);
+        }
+        cmd.output().expect("run scripts/fuzz-admin.sh")
     })
     .await
     .expect("fuzz task");

@@ -102,20 +102,34 @@ async fn each_key_outcome_has_its_code() {
     let bad_checksum = r#"gateway_auth_failures_total{reason="bad_checksum"}"#;
     let unknown = r#"gateway_auth_failures_total{reason="unknown"}"#;
     assert_eq!(
-        sample(&after, bad_checksum) - sample(&before, bad_checksum),
-        1.0,
+        counter_delta(&before, &after, bad_checksum),
+        Some(1.0),
         "{after}"
     );
+    // No unknown key was sent yet, so the series may not exist: 0 then.
+    // The next step makes it exist, which shows this line reads the
+    // series that a lookup miss counts.
     assert_eq!(
-        sample(&after, unknown),
-        sample(&before, unknown),
+        sample_or_zero(&after, unknown),
+        sample_or_zero(&before, unknown),
         "a bad checksum must be rejected before the lookup"
     );
 
-    // Well-formed but unknown.
-    let unknown = gateway::keys::format::generate("gw_live_");
-    let (status, _, body) = get(&gw.url("/echo"), Some(&unknown)).await;
-    assert_eq!((status, code(&body)), (401, "invalid_api_key"));
+    // Well-formed but unknown: counted as `unknown`. The key is random;
+    // it is printed so a failure can be replayed.
+    let stranger = gateway::keys::format::generate("gw_live_");
+    let (status, _, body) = get(&gw.url("/echo"), Some(&stranger)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (401, "invalid_api_key"),
+        "key {stranger}"
+    );
+    let later = metrics(&gw).await;
+    assert_eq!(
+        counter_delta(&after, &later, unknown),
+        Some(1.0),
+        "key {stranger}: {later}"
+    );
 
     // Garbage of every shape.
     for junk in ["x", "gw_live_", &"gw_live_a".repeat(40), "Bearer"] {
@@ -297,7 +311,7 @@ auth = "none"
             &text,
             r#"gateway_upstream_marked_down_total{upstream="pair"}"#
         ),
-        1.0,
+        Some(1.0),
         "{text}"
     );
 }
@@ -441,27 +455,23 @@ async fn metrics_cover_requests_latency_auth_and_snapshot() {
     // create_key's own probes may still be in their logging phase: start
     // from a settled count.
     let mut before = metrics(&gw).await;
-    loop {
+    let mut settled = false;
+    for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let again = metrics(&gw).await;
-        if sample(&again, count) == sample(&before, count) {
+        let now = sample(&again, count);
+        if now.is_some() && now == sample(&before, count) {
+            settled = true;
             break;
         }
         before = again;
     }
+    assert!(settled, "{count} missing or never settled:\n{before}");
     assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200);
     assert_eq!(get(&gw.url("/echo"), None).await.0, 401);
     // Metrics are recorded in the logging phase, after the response went
     // out: wait until both requests are counted.
-    let counted = |text: &str| {
-        sample(
-            text,
-            r#"gateway_request_duration_seconds_count{route="echo"}"#,
-        ) - sample(
-            &before,
-            r#"gateway_request_duration_seconds_count{route="echo"}"#,
-        ) >= 2.0
-    };
+    let counted = |text: &str| counter_delta(&before, text, count).is_some_and(|d| d >= 2.0);
     let mut after = metrics(&gw).await;
     for _ in 0..200 {
         if counted(&after) {
@@ -470,28 +480,28 @@ async fn metrics_cover_requests_latency_auth_and_snapshot() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         after = metrics(&gw).await;
     }
-    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    let delta = |series: &str| counter_delta(&before, &after, series);
     assert_eq!(
         delta(r#"gateway_requests_total{route="echo",method="GET",status="200"}"#),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
         delta(r#"gateway_requests_total{route="echo",method="GET",status="401"}"#),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
         delta(r#"gateway_request_duration_seconds_count{route="echo"}"#),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         delta(r#"gateway_upstream_duration_seconds_count{route="echo"}"#),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
         delta(r#"gateway_auth_failures_total{reason="missing"}"#),
-        1.0
+        Some(1.0)
     );
-    assert_eq!(sample(&after, "gateway_key_snapshot_keys"), 1.0);
+    assert_eq!(sample(&after, "gateway_key_snapshot_keys"), Some(1.0));
     for want in [
         r#"gateway_request_duration_seconds_bucket{route="echo",le="0.005"}"#,
         "gateway_key_snapshot_seconds_since_reload ",

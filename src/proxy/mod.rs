@@ -523,11 +523,18 @@ impl ProxyHttp for GatewayProxy {
 mod tests {
     use super::*;
 
-    /// Every helper that sees raw client input, fed random input: none may panic.
+    /// Every helper that sees raw client input, fed random input: none may
+    /// panic. Seeded (`GATEWAY_TEST_SEED` replays a run); a panic names
+    /// the seed and the input.
     #[test]
     fn client_input_helpers_never_panic() {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("GATEWAY_TEST_SEED").map_or(20_261_129, |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_SEED={v:?} is not a u64"))
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let alphabet: Vec<char> = "[]:/.%2eE\\ abcAB09_-é\u{0}\u{7f}gw_live_Bearer "
             .chars()
             .collect();
@@ -536,6 +543,7 @@ mod tests {
             let s: String = (0..len)
                 .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
                 .collect();
+            let _guard = PanicNote(format!("GATEWAY_TEST_SEED={seed}, input {s:?}"));
             let _ = routing::normalize_host(&s);
             let _ = routing::is_canonical_path(&s);
             let _ = crate::keys::format::verify(&s, "gw_live_");
@@ -546,6 +554,17 @@ mod tests {
                 r.insert_header("authorization", v.clone()).expect("header");
                 r.insert_header("x-api-key", v).expect("header");
                 let _ = auth::credential(&r);
+            }
+        }
+    }
+
+    /// Prints its note if dropped while the test panics.
+    struct PanicNote(String);
+
+    impl Drop for PanicNote {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("panicked with {}", self.0);
             }
         }
     }

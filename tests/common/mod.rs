@@ -553,10 +553,27 @@ pub async fn metrics(gw: &Gateway) -> String {
 }
 
 /// The value of the sample whose name and labels are exactly `series`
-/// (e.g. `gateway_auth_failures_total{reason="unknown"}`); 0 when absent.
-pub fn sample(text: &str, series: &str) -> f64 {
+/// (e.g. `gateway_auth_failures_total{reason="unknown"}`); `None` when the
+/// series is absent, so a renamed or lost metric fails the test instead of
+/// reading as 0.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// [`sample`], with 0 for an absent series. Only for a counter that may
+/// legitimately not exist yet (counters appear on their first increment);
+/// a test using it must also see the series present after the event it
+/// counts, e.g. through [`counter_delta`].
+pub fn sample_or_zero(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
+}
+
+/// How much the counter `series` grew from `before` to `after`: `None` when
+/// it is missing from `after` (a counter never disappears once it exists),
+/// and 0 before its first increment.
+pub fn counter_delta(before: &str, after: &str, series: &str) -> Option<f64> {
+    let now = sample(after, series)?;
+    Some(now - sample_or_zero(before, series))
 }
