@@ -36,6 +36,9 @@ pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gateway:rl:";
 pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 1_000_000;
 /// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
 pub const MIN_PEPPER_LEN: usize = 32;
+/// Most targets per upstream: the proxy keeps a request's "already tried"
+/// targets in a u64 bit set.
+pub const MAX_TARGETS: usize = 64;
 
 /// One problem found in the configuration, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1036,10 +1039,10 @@ fn build_upstream(
     let targets = u.targets.unwrap_or_default();
     if targets.is_empty() {
         errs.push(format!("{path}.targets"), "needs at least one host:port");
-    } else if targets.len() > crate::proxy::upstream::MAX_TARGETS {
+    } else if targets.len() > MAX_TARGETS {
         errs.push(
             format!("{path}.targets"),
-            format!("at most {} targets", crate::proxy::upstream::MAX_TARGETS),
+            format!("at most {MAX_TARGETS} targets"),
         );
     }
     let mut addrs = Vec::new();

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-
-/// Most targets per upstream; the per-request "already tried" set is a u64.
-pub const MAX_TARGETS: usize = 64;
+pub use crate::config::MAX_TARGETS;
 
 #[derive(Debug)]
 pub struct Target {
