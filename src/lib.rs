@@ -1,7 +1,7 @@
 //! `gateway`: an API-key gateway built on Pingora.
 //!
 //! See `../shared/DESIGN.md` for the architecture. Module map:
-//! `config` (file schema and validation), `keys` (format, hashing, snapshot,
+//! `config` (file schema, env overrides, one builder per section), `keys` (format, hashing, snapshot,
 //! listener), `proxy` (the Pingora service), `admin` (health, metrics and the
 //! admin API), `store` (Postgres), `telemetry`, `cli` (subcommands), `demo`
 //! (the demo upstream), `server` (wiring for `gateway serve`).

@@ -1,0 +1,94 @@
+//! The serde schema of `gateway.toml`: one struct per section, every field
+//! optional so that defaults and errors are decided by the section builders.
+//! Field docs live in `conf/gateway.toml`.
+//!
+//! No `deny_unknown_fields` here on purpose: it stops at the first unknown
+//! key, while `serde_ignored` (see [`super::validate::section`]) reports all
+//! of them, each with its path.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Proxy {
+    pub listen: Option<String>,
+    pub threads: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub upstream_down_seconds: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<u64>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Admin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Database {
+    pub url: Option<String>,
+    pub pool_size: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Redis {
+    pub url: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Keys {
+    pub pepper: Option<String>,
+    pub prefix: Option<String>,
+    pub last_used_flush_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct Limits {
+    pub per_minute: Option<i64>,
+    pub per_hour: Option<i64>,
+    pub per_day: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RateLimits {
+    pub backend: Option<String>,
+    pub on_backend_error: Option<String>,
+    pub default: Option<Limits>,
+    pub anonymous: Option<Limits>,
+    pub auth_failures: Option<Limits>,
+    pub exempt_ips: Option<Vec<String>>,
+    pub max_local_counters: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Log {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Upstream {
+    pub name: Option<String>,
+    pub targets: Option<Vec<String>>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Route {
+    pub name: Option<String>,
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+    pub upstream: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub method_scopes: Option<BTreeMap<String, Vec<String>>>,
+    pub auth: Option<String>,
+    pub rate_limit: Option<Limits>,
+    pub global_rate_limit: Option<Limits>,
+}

@@ -1,0 +1,78 @@
+//! `[proxy]`: the proxy listener, its timeouts and trusted proxies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::file;
+use super::validate::{parse_addr, parse_cidrs, positive_ms};
+use super::Errors;
+
+/// Default proxy listener.
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long a target that refused a connection is skipped.
+    pub upstream_down_for: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
+    let listen = parse_addr(
+        p.listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
+        "proxy.listen",
+        errs,
+    );
+    let threads = match p.threads {
+        Some(0) => {
+            errs.push("proxy.threads", "must be at least 1");
+            1
+        }
+        Some(n) if n > 1024 => {
+            errs.push("proxy.threads", "must be at most 1024");
+            1
+        }
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let grace = match p.shutdown_grace_seconds {
+        Some(s) if s > 3600 => {
+            errs.push("proxy.shutdown_grace_seconds", "must be at most 3600");
+            5
+        }
+        Some(s) => s,
+        None => 5,
+    };
+    let pool = p.upstream_keepalive_pool_size.unwrap_or(128);
+    if pool > 1_000_000 {
+        errs.push(
+            "proxy.upstream_keepalive_pool_size",
+            "must be at most 1000000",
+        );
+    }
+    Some(ProxyConfig {
+        listen: listen?,
+        threads,
+        connect_timeout: positive_ms(
+            p.connect_timeout_ms,
+            2_000,
+            "proxy.connect_timeout_ms",
+            errs,
+        ),
+        read_timeout: positive_ms(p.read_timeout_ms, 30_000, "proxy.read_timeout_ms", errs),
+        write_timeout: positive_ms(p.write_timeout_ms, 30_000, "proxy.write_timeout_ms", errs),
+        upstream_down_for: Duration::from_secs(p.upstream_down_seconds.unwrap_or(10)),
+        upstream_keepalive_pool_size: pool as usize,
+        shutdown_grace: Duration::from_secs(grace),
+        trusted_proxies: parse_cidrs(p.trusted_proxies, "proxy.trusted_proxies", errs),
+    })
+}

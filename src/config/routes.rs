@@ -1,0 +1,174 @@
+//! `[[routes]]`: what a route matches, where it goes, who may call it and
+//! its own limits.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::rate_limits::{build_limits, Limits};
+use super::validate::is_name;
+use super::{file, Errors};
+use crate::keys::scope::Scope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    /// Lower-cased host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub upstream: Arc<str>,
+    pub scopes: Vec<Scope>,
+    /// Extra scopes required for one method (upper-case method name).
+    pub method_scopes: BTreeMap<String, Vec<Scope>>,
+    pub auth: AuthMode,
+    /// Per caller (key, or client IP on `auth = "none"` routes), this route only.
+    pub rate_limit: Option<Limits>,
+    /// Across all callers of this route.
+    pub global_rate_limit: Option<Limits>,
+}
+
+pub(super) fn parse_scopes(list: &[String], path: &str, errs: &mut Errors) -> Vec<Scope> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| match Scope::parse(s) {
+            Ok(scope) => Some(scope),
+            Err(e) => {
+                errs.push(format!("{path}[{i}]"), e.to_string());
+                None
+            }
+        })
+        .collect()
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+pub(super) fn build_route(
+    r: file::Route,
+    i: usize,
+    upstreams: &HashSet<String>,
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let path = format!("routes[{i}]");
+    let before = errs.0.len();
+    let name = r.name.unwrap_or_else(|| format!("route{i}"));
+    if !is_name(&name) {
+        errs.push(
+            format!("{path}.name"),
+            format!("{name:?} must be 1-64 characters of A-Z, a-z, 0-9, _ - ."),
+        );
+    }
+    let prefix = r.path_prefix.unwrap_or_default();
+    if !prefix.starts_with('/') {
+        errs.push(
+            format!("{path}.path_prefix"),
+            format!("{prefix:?} must start with '/'"),
+        );
+    } else if prefix.contains(['?', '#']) || prefix.chars().any(|c| c.is_ascii_control()) {
+        errs.push(
+            format!("{path}.path_prefix"),
+            "must be a path without query, fragment or control characters",
+        );
+    }
+    let host = r.host.map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        if !ok {
+            errs.push(format!("{path}.host"), format!("{h:?} is not a hostname"));
+        }
+    }
+    let upstream = match r.upstream {
+        Some(u) if upstreams.contains(u.as_str()) => Some(u),
+        Some(u) => {
+            errs.push(
+                format!("{path}.upstream"),
+                format!("no [[upstreams]] entry named {u:?}"),
+            );
+            None
+        }
+        None => {
+            errs.push(format!("{path}.upstream"), "missing");
+            None
+        }
+    };
+    let auth = match r.auth.as_deref() {
+        None | Some("required") => AuthMode::Required,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            errs.push(
+                format!("{path}.auth"),
+                format!("must be \"required\" or \"none\", got {other:?}"),
+            );
+            AuthMode::Required
+        }
+    };
+    let scopes = parse_scopes(
+        &r.scopes.unwrap_or_default(),
+        &format!("{path}.scopes"),
+        errs,
+    );
+    let mut method_scopes = BTreeMap::new();
+    for (method, list) in r.method_scopes.unwrap_or_default() {
+        let upper = method.to_ascii_uppercase();
+        if !METHODS.contains(&upper.as_str()) {
+            errs.push(
+                format!("{path}.method_scopes.{method}"),
+                "not an HTTP method",
+            );
+            continue;
+        }
+        let s = parse_scopes(&list, &format!("{path}.method_scopes.{method}"), errs);
+        method_scopes.insert(upper, s);
+    }
+    if auth == AuthMode::None && (!scopes.is_empty() || !method_scopes.is_empty()) {
+        errs.push(
+            format!("{path}.scopes"),
+            "a route with auth = \"none\" cannot require scopes",
+        );
+    }
+    let rate_limit = r
+        .rate_limit
+        .map(|l| build_limits(Some(l), &format!("{path}.rate_limit"), errs));
+    let global_rate_limit = r
+        .global_rate_limit
+        .map(|l| build_limits(Some(l), &format!("{path}.global_rate_limit"), errs));
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: name.into(),
+        path_prefix: prefix,
+        host,
+        upstream: upstream?.into(),
+        scopes,
+        method_scopes,
+        auth,
+        rate_limit,
+        global_rate_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{minimal, no_env};
+    use crate::config::{Config, Need};
+
+    #[test]
+    fn auth_none_with_scopes_is_rejected() {
+        let text = format!(
+            "{}\n[[routes]]\nname = \"pub\"\npath_prefix = \"/pub\"\nupstream = \"echo\"\nauth = \"none\"\nscopes = [\"read:x\"]\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "routes[1].scopes");
+    }
+}
