@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use gateway::config::{Config, Limits, Need};
+use gateway::identity::Authenticator;
 use gateway::keys::format::{self, KeyHasher};
 use gateway::keys::scope::{first_missing, Scope, ScopeSets};
 use gateway::keys::snapshot::{KeyChange, KeyRecord, KeySnapshot, KeyStore};
 use gateway::limits::local::LocalStore;
 use gateway::limits::{headers, Mode, RateLimiter};
-use gateway::proxy::auth::Authenticator;
 use pingora::http::RequestHeader;
 use uuid::Uuid;
 

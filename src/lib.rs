@@ -2,8 +2,10 @@
 //!
 //! See `../shared/DESIGN.md` for the architecture. Module map:
 //! `config` (file schema, env overrides, one builder per section), `keys` (format, hashing, snapshot,
-//! listener), `proxy` (the Pingora service), `admin` (health, metrics and the
-//! admin API), `store` (Postgres), `telemetry`, `cli` (subcommands), `demo`
+//! listener), `errors` (the error catalogue and JSON body both listeners
+//! answer with), `identity` (credentials, the authenticator, client IP and
+//! request ids, shared by proxy and admin), `proxy` (the Pingora service),
+//! `admin` (health, metrics and the admin API), `store` (Postgres), `telemetry`, `cli` (subcommands), `demo`
 //! (the demo upstream), `server` (wiring for `gateway serve`).
 #![forbid(unsafe_code)]
 
@@ -11,6 +13,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod errors;
+pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod proxy;

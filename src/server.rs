@@ -15,13 +15,13 @@ use pingora::services::listening::Service;
 
 use crate::admin::{AdminApp, AdminState};
 use crate::config::Config;
+use crate::identity::Authenticator;
 use crate::keys::format::KeyHasher;
 use crate::keys::last_used;
 use crate::keys::lifecycle::KeyService;
 use crate::keys::listener::KeyListener;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
-use crate::proxy::auth::Authenticator;
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::{store, telemetry};
 

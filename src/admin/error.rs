@@ -4,8 +4,8 @@
 use http::{Response, StatusCode};
 
 use super::respond;
+use crate::errors::{error_body_with_details, FieldError, ProxyError};
 use crate::keys::lifecycle::OpError;
-use crate::proxy::errors::{error_body_with_details, FieldError, ProxyError};
 use crate::store::DbError;
 
 /// Largest request body the admin API reads.

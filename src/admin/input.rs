@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::config::Limits;
+use crate::errors::FieldError;
 use crate::keys::scope::Scope;
-use crate::proxy::errors::FieldError;
 
 /// Errors collected while reading one request.
 #[derive(Debug, Default)]

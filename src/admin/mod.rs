@@ -28,13 +28,13 @@ use tokio::sync::Semaphore;
 
 use self::error::{ApiError, MAX_BODY_BYTES};
 use self::routes::{Access, Op, Resolved};
+use crate::errors::ProxyError;
+use crate::identity::{self, Authenticator};
 use crate::keys::last_used::LastUsedTracker;
 use crate::keys::lifecycle::{Authority, KeyService};
 use crate::keys::scope::{first_missing, Scope};
 use crate::keys::snapshot::{KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, RateLimiter};
-use crate::proxy::auth::{self, Authenticator};
-use crate::proxy::errors::ProxyError;
 use crate::store::audit::{Actor, Origin};
 
 /// Denied calls whose audit entries may be in flight at once; beyond this
@@ -255,7 +255,7 @@ impl AdminApp {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let client = s.limiter.client(auth::client_ip(
+        let client = s.limiter.client(identity::client_ip(
             req,
             peer,
             &s.limiter.policy.trusted_proxies,
@@ -400,7 +400,7 @@ impl AdminApp {
         }
         let mut resp = result?;
         if let Some(prev) = caller.as_ref().and_then(|c| c.previous_secret) {
-            for (name, value) in auth::deprecation_headers(&prev) {
+            for (name, value) in identity::deprecation_headers(&prev) {
                 if let Ok(v) = value.parse() {
                     resp.headers_mut().insert(name, v);
                 }
@@ -414,7 +414,7 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let request_id = auth::request_id(req);
+        let request_id = identity::request_id(req);
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);

@@ -206,7 +206,7 @@ pub enum Verdict {
 }
 
 /// A client as the limits see it: its address (see
-/// [`crate::proxy::auth::client_ip`]) and whether `exempt_ips` holds it.
+/// [`crate::identity::client_ip`]) and whether `exempt_ips` holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     pub ip: Option<IpAddr>,

@@ -8,7 +8,6 @@
 //! Nothing here waits on Postgres; only the `redis` rate-limit backend
 //! makes one bounded call per request.
 
-pub mod auth;
 pub mod errors;
 pub mod route_metrics;
 pub mod routing;
@@ -26,12 +25,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use self::auth::{bearer_token, client_ip, Authenticator};
 use self::errors::{write_error, ProxyError};
 use self::route_metrics::RouteMetrics;
 use self::routing::{normalize_host, Route, RouteTable};
 use self::upstream::Upstream;
 use crate::config::{AuthMode, Config};
+use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
 use crate::keys::last_used::LastUsedTracker;
 use crate::keys::scope::first_missing;
@@ -243,7 +242,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = auth::request_id_value(req);
+        ctx.request_id = identity::request_id_value(req);
         let host = req
             .headers
             .get(http::header::HOST)
@@ -391,7 +390,7 @@ impl ProxyHttp for GatewayProxy {
         }
         // Never let a client claim an identity.
         match &ctx.key {
-            Some(k) => upstream.insert_header("x-gateway-key-id", auth::uuid_value(&k.id))?,
+            Some(k) => upstream.insert_header("x-gateway-key-id", identity::uuid_value(&k.id))?,
             None => {
                 upstream.remove_header("x-gateway-key-id");
             }
@@ -427,7 +426,7 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         if let Some(prev) = &ctx.previous_secret {
-            for (name, value) in auth::deprecation_headers(prev) {
+            for (name, value) in identity::deprecation_headers(prev) {
                 resp.insert_header(name, value)?;
             }
         }
@@ -477,7 +476,7 @@ impl ProxyHttp for GatewayProxy {
             };
         };
         if ctx.request_id.is_empty() {
-            ctx.request_id = auth::new_request_id();
+            ctx.request_id = identity::new_request_id();
         }
         // Once the upstream's header went out, the response cannot change.
         if session.response_written().is_none() {
@@ -547,13 +546,13 @@ mod tests {
             let _ = routing::normalize_host(&s);
             let _ = routing::is_canonical_path(&s);
             let _ = crate::keys::format::verify(&s, "gw_live_");
-            let _ = auth::valid_request_id(s.as_bytes());
+            let _ = identity::valid_request_id(s.as_bytes());
             let _ = crate::keys::format::display_prefix(&s);
             if let Ok(v) = http::HeaderValue::from_str(&s) {
                 let mut r = RequestHeader::build("GET", b"/", None).expect("request");
                 r.insert_header("authorization", v.clone()).expect("header");
                 r.insert_header("x-api-key", v).expect("header");
-                let _ = auth::credential(&r);
+                let _ = identity::credential(&r);
             }
         }
     }

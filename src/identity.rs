@@ -1,6 +1,10 @@
-//! Who is calling: the credential of a request, its key in the snapshot,
-//! and the request id. Shared by the proxy and the admin API so both accept
-//! and refuse keys in exactly the same way.
+//! Who is calling, and which request this is: the credential of a request
+//! (`Authorization: Bearer` / `X-API-Key`), its key in the snapshot
+//! ([`Authenticator`]), the client's address behind trusted proxies, the
+//! request id, and the headers that announce a rotated secret.
+//!
+//! Shared by the proxy and the admin API, below both, so both accept and
+//! refuse keys in exactly the same way without importing each other.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
-use super::errors::ProxyError;
+use crate::errors::ProxyError;
 use crate::keys::format::{self, KeyHasher};
 use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
 
