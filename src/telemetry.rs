@@ -167,6 +167,6 @@ fn describe() {
     );
     describe_counter!(
         "gateway_rate_limit_evictions_total",
-        "Live local counters dropped because the counter bound was reached."
+        "Live local counters dropped because their class's share of the counter bound was reached (class = ip | caller)."
     );
 }

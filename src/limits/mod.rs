@@ -230,6 +230,38 @@ enum Backend {
     Redis(RedisStore),
 }
 
+/// The local stores' clock: the wall clock at start-up plus the monotonic
+/// time since. It never steps back, so a wall clock stepped back (by an
+/// operator or NTP) neither resets local counters nor freezes them until
+/// it catches up; it stays close enough to Unix time for
+/// `X-RateLimit-Reset`. (The Redis backend reads Redis's own clock.)
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    anchor_ms: u64,
+    started: Instant,
+}
+
+impl MonotonicClock {
+    pub fn new() -> MonotonicClock {
+        MonotonicClock {
+            anchor_ms: crate::now_ms().max(0) as u64,
+            started: Instant::now(),
+        }
+    }
+
+    /// Unix-scale milliseconds, never less than an earlier reading.
+    pub fn now_ms(&self) -> u64 {
+        let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.anchor_ms.saturating_add(since)
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
 /// The rate limiter of one gateway process, shared by the proxy and the
 /// admin API.
 pub struct RateLimiter {
@@ -239,6 +271,8 @@ pub struct RateLimiter {
     /// any key work and must not cost a Redis round trip per request.
     guard: LocalStore,
     on_backend_error: OnBackendError,
+    /// The clock of the local stores.
+    clock: MonotonicClock,
 }
 
 impl RateLimiter {
@@ -254,8 +288,9 @@ impl RateLimiter {
         Ok(Arc::new(RateLimiter {
             policy: Policy::new(cfg),
             backend,
-            guard: LocalStore::new((rl.max_local_counters / 4).max(1_000)),
+            guard: LocalStore::with_capacity((rl.max_local_counters / 4).max(1_000), 0),
             on_backend_error: rl.on_backend_error,
+            clock: MonotonicClock::new(),
         }))
     }
 
@@ -308,7 +343,7 @@ impl RateLimiter {
     /// Runs one query against the backend, with its metrics.
     pub async fn query(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
         match &self.backend {
-            Backend::Local(store) => Ok(store.check(tiers, crate::now_ms() as u64, mode)),
+            Backend::Local(store) => Ok(store.check(tiers, self.clock.now_ms(), mode)),
             Backend::Redis(store) => {
                 let started = Instant::now();
                 let result = store.check(tiers, mode).await;
@@ -342,7 +377,7 @@ impl RateLimiter {
         if tiers.is_empty() {
             return None;
         }
-        let d = self.guard.check(&tiers, crate::now_ms() as u64, Mode::Peek);
+        let d = self.guard.check(&tiers, self.clock.now_ms(), Mode::Peek);
         d.tiers
             .iter()
             .any(|s| s.remaining == 0)
@@ -362,14 +397,13 @@ impl RateLimiter {
         }
         if let Some(ip) = client.ip {
             let tiers = self.policy.guard_tiers(ip);
-            self.guard
-                .check(&tiers, crate::now_ms() as u64, Mode::Record);
+            self.guard.check(&tiers, self.clock.now_ms(), Mode::Record);
         }
     }
 
     /// Drops idle counters; returns how many are left.
     pub fn sweep(&self) -> usize {
-        let now = crate::now_ms() as u64;
+        let now = self.clock.now_ms();
         let mut left = self.guard.sweep(now);
         if let Backend::Local(store) = &self.backend {
             left += store.sweep(now);
