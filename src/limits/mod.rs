@@ -206,11 +206,30 @@ pub enum Verdict {
 }
 
 /// A client as the limits see it: its address (see
-/// [`crate::proxy::auth::client_ip`]) and whether `exempt_ips` holds it.
-#[derive(Debug, Clone, Copy)]
+/// [`crate::proxy::auth::client_ip`]), the address its requests are
+/// counted under, and whether `exempt_ips` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
+    /// The client's own address: for logs, the audit log and `exempt_ips`.
     pub ip: Option<IpAddr>,
+    /// What per-IP tiers and the brute-force guard count: `ip`, with IPv6
+    /// addresses cut to their `rate_limits.ipv6_prefix` network, since one
+    /// host usually holds a whole /64 and could otherwise rotate through it.
+    pub bucket: Option<IpAddr>,
     pub exempt: bool,
+}
+
+/// The network of `ip` that its requests are counted under: an IPv6
+/// address cut to its first `ipv6_prefix` bits (1-128); IPv4 unchanged.
+pub fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
 }
 
 /// How a check treats the counters.
@@ -273,6 +292,8 @@ pub struct RateLimiter {
     on_backend_error: OnBackendError,
     /// The clock of the local stores.
     clock: MonotonicClock,
+    /// `rate_limits.ipv6_prefix`.
+    ipv6_prefix: u8,
 }
 
 impl RateLimiter {
@@ -291,6 +312,7 @@ impl RateLimiter {
             guard: LocalStore::with_capacity((rl.max_local_counters / 4).max(1_000), 0),
             on_backend_error: rl.on_backend_error,
             clock: MonotonicClock::new(),
+            ipv6_prefix: rl.ipv6_prefix,
         }))
     }
 
@@ -359,10 +381,12 @@ impl RateLimiter {
         }
     }
 
-    /// The client at `ip`, as every limit sees it.
+    /// The client at `ip`, as every limit sees it: exempt by its own
+    /// address, counted under its IPv6 network.
     pub fn client(&self, ip: Option<IpAddr>) -> Client {
         Client {
             ip,
+            bucket: ip.map(|ip| ip_bucket(ip, self.ipv6_prefix)),
             exempt: self.policy.is_exempt(ip),
         }
     }
@@ -373,7 +397,7 @@ impl RateLimiter {
         if client.exempt {
             return None;
         }
-        let tiers = self.policy.guard_tiers(client.ip?);
+        let tiers = self.policy.guard_tiers(client.bucket?);
         if tiers.is_empty() {
             return None;
         }
@@ -395,7 +419,7 @@ impl RateLimiter {
         if client.exempt || matches!(reason, "missing" | "insufficient_scope") {
             return;
         }
-        if let Some(ip) = client.ip {
+        if let Some(ip) = client.bucket {
             let tiers = self.policy.guard_tiers(ip);
             self.guard.check(&tiers, self.clock.now_ms(), Mode::Record);
         }
@@ -470,5 +494,22 @@ impl pingora::services::background::BackgroundService for LimitsService {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_network() {
+        let b = |ip: &str, prefix| ip_bucket(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(b("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64), "2001:db8:1:2::");
+        assert_eq!(b("2001:db8:1:2::1", 64), b("2001:db8:1:2:ffff::9", 64));
+        assert_ne!(b("2001:db8:1:2::1", 64), b("2001:db8:1:3::1", 64));
+        assert_eq!(b("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(b("2001:db8::1", 128), "2001:db8::1");
+        assert_eq!(b("ffff::1", 1), "8000::");
+        assert_eq!(b("192.0.2.7", 64), "192.0.2.7");
     }
 }
