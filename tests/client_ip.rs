@@ -11,12 +11,18 @@ use gateway::config::{Config, Need};
 use serde_json::Value;
 
 /// The harness routes (`/public` is anonymous) with 3 anonymous requests
-/// per minute per client, behind a trusted proxy at 127.0.0.1.
+/// and 2 refused credentials per minute per client, one exempt IPv6
+/// address, behind a trusted proxy at 127.0.0.1.
 async fn start() -> (TestDb, Gateway) {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let mut opts = Opts::new(format!(
-        "{}\n[rate_limits]\nanonymous = {{ per_minute = 3 }}\n",
+        r#"{}
+[rate_limits]
+anonymous = {{ per_minute = 3 }}
+auth_failures = {{ per_minute = 2 }}
+exempt_ips = ["2001:db8:9:9::1/128"]
+"#,
         default_routes(upstream)
     ));
     opts.proxy_extra = r#"trusted_proxies = ["127.0.0.1"]"#.into();
@@ -80,6 +86,38 @@ async fn ipv6_clients_share_a_bucket_per_64() {
     // Another /64: a bucket of its own.
     let (status, body) = public_via_proxy(&gw, "2001:db8:1:3::1").await;
     assert_eq!(status, 200, "{body}");
+
+    // The brute-force guard counts per /64 too.
+    let bad_key = |xff: &'static str| {
+        send(
+            http_from("127.0.0.1")
+                .get(gw.url("/echo"))
+                .header("x-forwarded-for", xff)
+                .bearer_auth("gw_live_not_a_key"),
+        )
+    };
+    for xff in ["2001:db8:5:6::1", "2001:db8:5:6::2"] {
+        let (status, _, body) = bad_key(xff).await;
+        assert_eq!(status, 401, "{xff}: {body}");
+    }
+    let (status, _, body) = bad_key("2001:db8:5:6::3").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`auth-failures-minute`")),
+        "{body}"
+    );
+    let (status, _, body) = bad_key("2001:db8:5:7::1").await;
+    assert_eq!(status, 401, "another /64: {body}");
+
+    // exempt_ips sees the full address: its /64 neighbour is limited, the
+    // exempt address is not.
+    exhaust(&gw, "2001:db8:9:9::2").await;
+    for _ in 0..5 {
+        let (status, body) = public_via_proxy(&gw, "2001:db8:9:9::1").await;
+        assert_eq!(status, 200, "exempt address: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

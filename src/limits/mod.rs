@@ -512,4 +512,15 @@ mod tests {
         assert_eq!(b("ffff::1", 1), "8000::");
         assert_eq!(b("192.0.2.7", 64), "192.0.2.7");
     }
+
+    #[test]
+    fn the_local_clock_never_goes_back() {
+        let clock = MonotonicClock::new();
+        let mut last = clock.now_ms();
+        for _ in 0..10_000 {
+            let now = clock.now_ms();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
+        }
+    }
 }

@@ -398,6 +398,43 @@ mod tests {
         assert_eq!(forwarded_for(&req(&[]).headers).count(), 0);
     }
 
+    /// Seeded random hops: parsing never panics, and every address comes
+    /// back from each spelling a load balancer might write it in.
+    #[test]
+    fn parse_hop_round_trips_and_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x0c11_e27);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let alphabet: Vec<char> = "[]:.,%0123456789abcdefABCDEF ffff:é\u{0}".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..48);
+            let junk: String = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let _ = parse_hop(&junk);
+            let ip = if rng.gen_bool(0.5) {
+                IpAddr::V4(rng.gen::<u32>().into())
+            } else {
+                IpAddr::V6(rng.gen::<u128>().into())
+            };
+            let port: u16 = rng.gen();
+            let spellings = match ip {
+                IpAddr::V4(v4) => vec![v4.to_string(), format!("{v4}:{port}")],
+                IpAddr::V6(v6) => vec![v6.to_string(), format!("[{v6}]"), format!("[{v6}]:{port}")],
+            };
+            for hop in spellings {
+                assert_eq!(
+                    parse_hop(&hop),
+                    Some(ip.to_canonical()),
+                    "{hop} (TEST_SEED={seed})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn request_ids() {
         assert!(valid_request_id(b"abc-123_x.y:z"));
