@@ -34,6 +34,9 @@ pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 25;
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gateway:rl:";
 /// Default bound on local rate-limit counters (about 100 MB at most).
 pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 1_000_000;
+/// Default prefix length IPv6 clients are counted under: a /64, what one
+/// subscriber usually gets.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
 pub const MIN_PEPPER_LEN: usize = 32;
 
@@ -131,6 +134,7 @@ pub mod file {
         pub auth_failures: Option<Limits>,
         pub exempt_ips: Option<Vec<String>>,
         pub max_local_counters: Option<u64>,
+        pub ipv6_prefix: Option<i64>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -258,6 +262,9 @@ pub struct RateLimitConfig {
     pub exempt_ips: Vec<IpNet>,
     /// Bound on the local backend's counters (and the guard's).
     pub max_local_counters: usize,
+    /// IPv6 clients are counted per network of this prefix length (1-128,
+    /// default [`DEFAULT_IPV6_PREFIX`]): one host usually holds a whole /64.
+    pub ipv6_prefix: u8,
 }
 
 /// `[redis]`: the shared store of the `redis` rate-limit backend.
@@ -926,6 +933,17 @@ fn build_rate_limits(
             DEFAULT_MAX_LOCAL_COUNTERS
         }
     };
+    let ipv6_prefix = match r.ipv6_prefix {
+        None => DEFAULT_IPV6_PREFIX,
+        Some(n @ 1..=128) => n as u8,
+        Some(n) => {
+            errs.push(
+                "rate_limits.ipv6_prefix",
+                format!("must be a prefix length between 1 and 128, got {n}"),
+            );
+            DEFAULT_IPV6_PREFIX
+        }
+    };
     Some(RateLimitConfig {
         backend,
         on_backend_error,
@@ -934,6 +952,7 @@ fn build_rate_limits(
         auth_failures,
         exempt_ips: parse_cidrs(r.exempt_ips, "rate_limits.exempt_ips", errs),
         max_local_counters: max_local_counters as usize,
+        ipv6_prefix,
     })
 }
 
