@@ -168,30 +168,75 @@ pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError
     Ok(Some(key))
 }
 
+/// Every `X-Forwarded-For` hop, left to right, across all the header's
+/// lines (repeated lines are one comma-separated list, RFC 9110 §5.3),
+/// trimmed. A line that is not visible ASCII is one hop, `unknown`, that
+/// no address parses from. The client IP and the header forwarded
+/// upstream both read the header through here.
+pub fn forwarded_for(headers: &http::HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("unknown").split(','))
+        .map(str::trim)
+}
+
+/// The address of one forwarded hop: `1.2.3.4`, `1.2.3.4:5678`,
+/// `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:443` (load balancers
+/// write all of these). IPv4-mapped IPv6 addresses become IPv4. Anything
+/// else (`unknown`, obfuscated identifiers, zone ids, bad ports) is `None`.
+pub fn parse_hop(hop: &str) -> Option<IpAddr> {
+    fn port(p: &str) -> bool {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    }
+    let ip = if let Some(rest) = hop.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(port)) {
+            return None;
+        }
+        IpAddr::V6(v6.parse().ok()?)
+    } else if let Ok(ip) = hop.parse::<IpAddr>() {
+        ip
+    } else {
+        // Only IPv4 takes a port without brackets: in `a::b:80` the port
+        // cannot be told from the address.
+        let (v4, p) = hop.rsplit_once(':')?;
+        if !port(p) {
+            return None;
+        }
+        IpAddr::V4(v4.parse().ok()?)
+    };
+    Some(ip.to_canonical())
+}
+
 /// The client's address: the socket peer, or, when the peer is a trusted
-/// proxy, the rightmost `X-Forwarded-For` address that is not itself a
-/// trusted proxy. Entries left of an untrusted hop could be forged by the
-/// client and are never used; an unparseable entry stops the walk.
+/// proxy, the rightmost `X-Forwarded-For` hop that is not itself a trusted
+/// proxy. Hops left of that one were written by the client or by proxies
+/// nobody vouches for, so they are never used.
+///
+/// Two chains name no untrusted hop:
+/// - every hop is a trusted proxy: the request began inside, and the
+///   leftmost hop is where (a health checker, an internal caller);
+/// - a trusted proxy wrote a hop that is not an address (`unknown`, an
+///   obfuscated name): the walk stops there, since whatever is left of it
+///   came from an unknown sender and could be forged, and the client is
+///   the trusted proxy that wrote it, the nearest known address. Counted in
+///   `gateway_forwarded_for_unparseable_total` so an operator sees clients
+///   collapsing into one address.
 pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let mut client = peer?;
+    let mut client = peer?.to_canonical();
     if !is_trusted(&client) {
         return Some(client);
     }
-    let hops: Vec<&str> = req
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-            break;
-        };
-        client = ip;
-        if !is_trusted(&ip) {
-            break;
+    for hop in forwarded_for(&req.headers).rev() {
+        match parse_hop(hop) {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => {
+                metrics::counter!("gateway_forwarded_for_unparseable_total").increment(1);
+                break;
+            }
         }
     }
     Some(client)
@@ -281,6 +326,117 @@ mod tests {
         );
         assert_eq!(ip(&req(&[]), "10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(client_ip(&req(&[]), None, &trusted), None);
+    }
+
+    /// Each spelling of a forwarded hop, from a trusted proxy (10.0.0.0/8)
+    /// that appended it: the client, never a trusted hop while an
+    /// untrusted, parseable one is to be had.
+    #[test]
+    fn client_ip_reads_every_spelling_of_a_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let from = |r: &RequestHeader| {
+            client_ip(r, Some("10.0.0.1".parse().unwrap()), &trusted).map(|i| i.to_string())
+        };
+        let xff = |v: &str| from(&req(&[("x-forwarded-for", v)]));
+        let cases: &[(&str, &str)] = &[
+            ("1.2.3.4:5678", "1.2.3.4"),
+            (" 1.2.3.4:80 ", "1.2.3.4"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("::ffff:1.2.3.4", "1.2.3.4"),
+            ("[::ffff:1.2.3.4]:9", "1.2.3.4"),
+            // The rightmost untrusted hop, ports or not, never a proxy.
+            ("6.6.6.6:1, 1.2.3.4:2, 10.0.0.7:3", "1.2.3.4"),
+            ("9.9.9.9, [2001:db8::2]:1, 10.0.0.7", "2001:db8::2"),
+            // Garbage left of the client is the client's own claim.
+            ("junk, 1.2.3.4:5", "1.2.3.4"),
+            // Every hop trusted: the leftmost, where the request began.
+            ("10.0.0.5:1, 10.0.0.7", "10.0.0.5"),
+            // Unparseable before any untrusted hop: who wrote it is the
+            // client as far as anyone can tell.
+            ("1.2.3.4, junk", "10.0.0.1"),
+            ("1.2.3.4, 10.0.0.7, unknown", "10.0.0.1"),
+            ("1.2.3.4, junk, 10.0.0.7", "10.0.0.7"),
+            ("1.2.3.4:99999", "10.0.0.1"),
+            ("1.2.3.4:", "10.0.0.1"),
+            ("1.2.3.4:+80", "10.0.0.1"),
+            ("[2001:db8::1", "10.0.0.1"),
+            ("[2001:db8::1]x", "10.0.0.1"),
+            ("2001:db8::1:80:x", "10.0.0.1"),
+            ("fe80::1%eth0", "10.0.0.1"),
+            ("", "10.0.0.1"),
+        ];
+        for (hops, want) in cases {
+            assert_eq!(xff(hops).as_deref(), Some(*want), "X-Forwarded-For: {hops}");
+        }
+        // Several header lines read as one list, in order.
+        let lines = req(&[
+            ("x-forwarded-for", "6.6.6.6:1, 5.5.5.5:2"),
+            ("x-forwarded-for", "10.0.0.7:3"),
+        ]);
+        assert_eq!(from(&lines).as_deref(), Some("5.5.5.5"));
+        let lines = req(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "[2001:db8::9]:1, 10.0.0.8"),
+        ]);
+        assert_eq!(from(&lines).as_deref(), Some("2001:db8::9"));
+    }
+
+    #[test]
+    fn forwarded_for_reads_every_line_in_order() {
+        let r = req(&[
+            ("x-forwarded-for", " 1.2.3.4:5 ,[::1]:2"),
+            ("x-forwarded-for", "10.0.0.7"),
+        ]);
+        let hops: Vec<&str> = forwarded_for(&r.headers).collect();
+        assert_eq!(hops, ["1.2.3.4:5", "[::1]:2", "10.0.0.7"]);
+        let mut r = req(&[("x-forwarded-for", "1.2.3.4")]);
+        r.append_header(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .unwrap();
+        let hops: Vec<&str> = forwarded_for(&r.headers).collect();
+        assert_eq!(hops, ["1.2.3.4", "unknown"]);
+        assert_eq!(forwarded_for(&req(&[]).headers).count(), 0);
+    }
+
+    /// Seeded random hops: parsing never panics, and every address comes
+    /// back from each spelling a load balancer might write it in.
+    #[test]
+    fn parse_hop_round_trips_and_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x00c1_1e27);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let alphabet: Vec<char> = "[]:.,%0123456789abcdefABCDEF ffff:é\u{0}".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..48);
+            let junk: String = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let _ = parse_hop(&junk);
+            let ip = if rng.gen_bool(0.5) {
+                IpAddr::V4(rng.gen::<u32>().into())
+            } else {
+                IpAddr::V6(rng.gen::<u128>().into())
+            };
+            let port: u16 = rng.gen();
+            let spellings = match ip {
+                IpAddr::V4(v4) => vec![v4.to_string(), format!("{v4}:{port}")],
+                IpAddr::V6(v6) => vec![v6.to_string(), format!("[{v6}]"), format!("[{v6}]:{port}")],
+            };
+            for hop in spellings {
+                assert_eq!(
+                    parse_hop(&hop),
+                    Some(ip.to_canonical()),
+                    "{hop} (TEST_SEED={seed})"
+                );
+            }
+        }
     }
 
     #[test]

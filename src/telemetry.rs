@@ -149,6 +149,10 @@ fn describe() {
         "Requests refused with 429, by tier and route."
     );
     describe_counter!(
+        "gateway_forwarded_for_unparseable_total",
+        "Requests from a trusted proxy whose X-Forwarded-For had an unparseable hop before any untrusted one; the client is counted as that proxy."
+    );
+    describe_counter!(
         "gateway_rate_limit_backend_errors_total",
         "Failed calls to the Redis rate-limit backend, by kind (timeout, disconnected, error)."
     );
@@ -167,6 +171,6 @@ fn describe() {
     );
     describe_counter!(
         "gateway_rate_limit_evictions_total",
-        "Live local counters dropped because the counter bound was reached."
+        "Live local counters dropped because their class's share of the counter bound was reached (class = ip | caller)."
     );
 }

@@ -64,6 +64,7 @@ pub struct RateLimits {
     pub auth_failures: Option<Limits>,
     pub exempt_ips: Option<Vec<String>>,
     pub max_local_counters: Option<u64>,
+    pub ipv6_prefix: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,7 +40,8 @@ pub use self::keys::{KeysConfig, DEFAULT_KEY_PREFIX, MIN_PEPPER_LEN};
 pub use self::log::LogFormat;
 pub use self::proxy::{ProxyConfig, DEFAULT_PROXY_LISTEN};
 pub use self::rate_limits::{
-    LimitBackend, Limits, OnBackendError, RateLimitConfig, DEFAULT_MAX_LOCAL_COUNTERS,
+    LimitBackend, Limits, OnBackendError, RateLimitConfig, DEFAULT_IPV6_PREFIX,
+    DEFAULT_MAX_LOCAL_COUNTERS,
 };
 pub use self::redis::{RedisConfig, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS};
 pub use self::routes::{AuthMode, RouteConfig};

@@ -9,6 +9,9 @@ use super::{file, Errors};
 
 /// Default bound on local rate-limit counters (about 100 MB at most).
 pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 1_000_000;
+/// Default prefix length IPv6 clients are counted under: a /64, what one
+/// subscriber usually gets.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// Per-key or per-IP limits for one caller; `None` means "no such tier"
 /// (for a key's overrides: "use the configured default").
@@ -66,6 +69,9 @@ pub struct RateLimitConfig {
     pub exempt_ips: Vec<IpNet>,
     /// Bound on the local backend's counters (and the guard's).
     pub max_local_counters: usize,
+    /// IPv6 clients are counted per network of this prefix length (1-128,
+    /// default [`DEFAULT_IPV6_PREFIX`]): one host usually holds a whole /64.
+    pub ipv6_prefix: u8,
 }
 
 pub(super) fn build_limits(l: Option<file::Limits>, path: &str, errs: &mut Errors) -> Limits {
@@ -163,6 +169,17 @@ pub(super) fn build_rate_limits(
             DEFAULT_MAX_LOCAL_COUNTERS
         }
     };
+    let ipv6_prefix = match r.ipv6_prefix {
+        None => DEFAULT_IPV6_PREFIX,
+        Some(n @ 1..=128) => n as u8,
+        Some(n) => {
+            errs.push(
+                "rate_limits.ipv6_prefix",
+                format!("must be a prefix length between 1 and 128, got {n}"),
+            );
+            DEFAULT_IPV6_PREFIX
+        }
+    };
     Some(RateLimitConfig {
         backend,
         on_backend_error,
@@ -171,6 +188,7 @@ pub(super) fn build_rate_limits(
         auth_failures,
         exempt_ips: parse_cidrs(r.exempt_ips, "rate_limits.exempt_ips", errs),
         max_local_counters: max_local_counters as usize,
+        ipv6_prefix,
     })
 }
 

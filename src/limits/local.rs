@@ -6,12 +6,25 @@
 //! checks cannot deadlock), decides, counts and unlocks: check-and-count is
 //! atomic per process, as the Redis script is across processes.
 //!
+//! Time: a counter never moves back to an older window. The clock is read
+//! before the locks, so a check can arrive with a time older than one
+//! another check has already counted at (or the clock can step back); such
+//! a check is decided as of the start of the counter's own window, where
+//! the previous window still weighs fully. Late readings can then only
+//! refuse early, never reset a counter and over-admit.
+//!
 //! Memory: a counter whose windows have both slid out is equal to no
 //! counter and is dropped by [`LocalStore::sweep`] (run every few seconds)
-//! or when its shard is full. A shard still full of live counters (a flood
-//! of distinct IPs) drops arbitrary ones down to 7/8 of its capacity and
-//! counts them in `gateway_rate_limit_evictions_total`: the cost of a flood
-//! is a forgotten counter, never unbounded memory.
+//! or when its table is full. Counters live in two classes with separate
+//! capacities: subjects named by a client IP (anonymous tiers and the
+//! brute-force guard), which any client can create at will, and subjects
+//! named by a key or a route (key, key-on-route and route-global tiers),
+//! which only configuration and issued keys create. By default each class
+//! gets half of `max_local_counters`. A table still full of live counters
+//! (a flood of distinct IPs) drops arbitrary counters of its own class
+//! down to 7/8 of its capacity and counts them in
+//! `gateway_rate_limit_evictions_total{class}`: a flood costs forgotten IP
+//! counters, never unbounded memory and never a paying key's quota.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -25,11 +38,23 @@ use super::{Decision, Mode, Period, Subject, Tier, MAX_TIERS};
 
 /// Shards of the counter map; a power of two.
 const SHARDS: usize = 64;
+/// Least capacity of one class in one shard.
+const MIN_PER_SHARD: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct CounterKey {
     subject: Subject,
     period: Period,
+}
+
+impl CounterKey {
+    /// Whether a client IP names the subject: anyone can make more of them.
+    fn is_ip(&self) -> bool {
+        matches!(
+            self.subject,
+            Subject::Ip(_) | Subject::IpRoute(..) | Subject::AuthFailures(_)
+        )
+    }
 }
 
 /// The counts of one tier's two most recent fixed windows.
@@ -42,7 +67,8 @@ struct Counter {
 }
 
 impl Counter {
-    /// The counts as of fixed window `idx`.
+    /// The counts as of fixed window `idx`, which is not older than
+    /// `self.window`.
     fn at(&self, idx: u64) -> Counts {
         let (prev, curr) = if self.window == idx {
             (self.prev, self.curr)
@@ -57,6 +83,8 @@ impl Counter {
         }
     }
 
+    /// Counts one request in window `idx`, which is not older than
+    /// `self.window`.
     fn add(&mut self, idx: u64) {
         let c = self.at(idx);
         self.window = idx;
@@ -72,22 +100,65 @@ impl Counter {
 
 /// Counters keyed by a hash computed once per tier and check: the same
 /// hash picks the shard (from bits the table does not use) and the slot.
-type Shard = HashTable<(CounterKey, Counter)>;
+type Table = HashTable<(CounterKey, Counter)>;
+
+/// One shard: a table per class, so IP counters only ever evict IP
+/// counters.
+#[derive(Default)]
+struct Shard {
+    ips: Table,
+    callers: Table,
+}
+
+impl Shard {
+    fn table(&mut self, key: &CounterKey) -> &mut Table {
+        if key.is_ip() {
+            &mut self.ips
+        } else {
+            &mut self.callers
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ips.len() + self.callers.len()
+    }
+}
 
 pub struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    per_shard: usize,
+    /// Capacity of one shard's IP table.
+    ips_per_shard: usize,
+    /// Capacity of one shard's key and route table.
+    callers_per_shard: usize,
+}
+
+/// One tier of a check: its counter key, hash, shard and the fixed window
+/// the caller's clock reading falls in.
+struct Slot {
+    key: CounterKey,
+    hash: u64,
+    shard: usize,
+    idx: u64,
 }
 
 impl LocalStore {
-    /// A store of at most about `max_counters` counters.
+    /// A store of at most about `max_counters` counters, half for each
+    /// class.
     pub fn new(max_counters: usize) -> LocalStore {
+        let callers = max_counters / 2;
+        LocalStore::with_capacity(max_counters - callers, callers)
+    }
+
+    /// A store of at most about `ips` counters named by a client IP and
+    /// `callers` named by a key or route.
+    pub fn with_capacity(ips: usize, callers: usize) -> LocalStore {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             // Keyed hashing: IP addresses are chosen by clients.
             hasher: RandomState::new(),
-            per_shard: (max_counters / SHARDS).max(16),
+            ips_per_shard: (ips / SHARDS).max(MIN_PER_SHARD),
+            callers_per_shard: (callers / SHARDS).max(MIN_PER_SHARD),
         }
     }
 
@@ -101,26 +172,26 @@ impl LocalStore {
         (h >> 32) as usize & (SHARDS - 1)
     }
 
-    /// Checks `tiers` at `now_ms` and counts as `mode` says.
+    /// Checks `tiers` at `now_ms` (the caller's clock reading, taken before
+    /// any lock) and counts as `mode` says.
     pub fn check(&self, tiers: &[Tier], now_ms: u64, mode: Mode) -> Decision {
-        // Each tier's counter key, hash, shard and current fixed window.
-        let keys: ArrayVec<(CounterKey, u64, usize, u64), MAX_TIERS> = tiers
+        let slots: ArrayVec<Slot, MAX_TIERS> = tiers
             .iter()
             .map(|t| {
-                let k = CounterKey {
+                let key = CounterKey {
                     subject: t.subject,
                     period: t.period,
                 };
-                let h = self.hash(&k);
-                (
-                    k,
-                    h,
-                    Self::shard_of(h),
-                    window::index(now_ms, t.window_ms()),
-                )
+                let hash = self.hash(&key);
+                Slot {
+                    key,
+                    hash,
+                    shard: Self::shard_of(hash),
+                    idx: window::index(now_ms, t.window_ms()),
+                }
             })
             .collect();
-        let mut order: ArrayVec<usize, MAX_TIERS> = keys.iter().map(|(_, _, s, _)| *s).collect();
+        let mut order: ArrayVec<usize, MAX_TIERS> = slots.iter().map(|s| s.shard).collect();
         order.sort_unstable();
         let mut locked: ArrayVec<(usize, MutexGuard<'_, Shard>), MAX_TIERS> = ArrayVec::new();
         for s in order {
@@ -128,19 +199,29 @@ impl LocalStore {
                 locked.push((s, self.shards[s].lock()));
             }
         }
-        let counts: ArrayVec<Counts, MAX_TIERS> = keys
+        // Each tier's counts, the window it is decided in (never older than
+        // its counter's) and the time it is decided at.
+        let seen: ArrayVec<(Counts, u64, u64), MAX_TIERS> = tiers
             .iter()
-            .map(|(k, h, s, idx)| {
-                locked_shard(&mut locked, *s)
-                    .find(*h, |(key, _)| key == k)
-                    .map(|(_, c)| c.at(*idx))
-                    .unwrap_or_default()
+            .zip(&slots)
+            .map(|(t, s)| {
+                let counter = locked_shard(&mut locked, s.shard)
+                    .table(&s.key)
+                    .find(s.hash, |(key, _)| *key == s.key)
+                    .map(|(_, c)| *c);
+                let idx = counter.map_or(s.idx, |c| c.window.max(s.idx));
+                let at_ms = if idx > s.idx {
+                    idx * t.window_ms()
+                } else {
+                    now_ms
+                };
+                let counts = counter.map(|c| c.at(idx)).unwrap_or_default();
+                (counts, idx, at_ms)
             })
             .collect();
-        let admitted = tiers
-            .iter()
-            .zip(&counts)
-            .all(|(t, c)| window::has_room(t.limit, *c, t.window_ms(), now_ms % t.window_ms()));
+        let admitted = tiers.iter().zip(&seen).all(|(t, (c, _, at_ms))| {
+            window::has_room(t.limit, *c, t.window_ms(), at_ms % t.window_ms())
+        });
         let count = match mode {
             Mode::Count => admitted,
             Mode::Peek => false,
@@ -151,27 +232,32 @@ impl LocalStore {
             now_ms,
             tiers: ArrayVec::new(),
         };
-        for ((t, (k, h, s, idx)), mut c) in tiers.iter().zip(&keys).zip(counts) {
+        for ((t, s), (mut c, idx, at_ms)) in tiers.iter().zip(&slots).zip(seen) {
             if count {
-                let shard = locked_shard(&mut locked, *s);
-                match shard.find_mut(*h, |(key, _)| key == k) {
-                    Some((_, counter)) => counter.add(*idx),
+                let table = locked_shard(&mut locked, s.shard).table(&s.key);
+                match table.find_mut(s.hash, |(key, _)| *key == s.key) {
+                    Some((_, counter)) => counter.add(idx),
                     None => {
-                        if shard.len() >= self.per_shard {
-                            make_room(shard, self.per_shard, now_ms);
+                        let capacity = if s.key.is_ip() {
+                            self.ips_per_shard
+                        } else {
+                            self.callers_per_shard
+                        };
+                        if table.len() >= capacity {
+                            make_room(table, capacity, s.key.is_ip(), now_ms);
                         }
                         let mut counter = Counter {
-                            window: *idx,
+                            window: idx,
                             prev: 0,
                             curr: 0,
                         };
-                        counter.add(*idx);
-                        shard.insert_unique(*h, (*k, counter), |(key, _)| self.hash(key));
+                        counter.add(idx);
+                        table.insert_unique(s.hash, (s.key, counter), |(key, _)| self.hash(key));
                     }
                 }
                 c.curr += 1;
             }
-            decision.tiers.push(window::state(*t, c, now_ms));
+            decision.tiers.push(window::state_at(*t, c, now_ms, at_ms));
         }
         decision
     }
@@ -181,7 +267,8 @@ impl LocalStore {
         let mut left = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            drop_idle(&mut shard, now_ms);
+            drop_idle(&mut shard.ips, now_ms);
+            drop_idle(&mut shard.callers, now_ms);
             left += shard.len();
         }
         left
@@ -203,26 +290,28 @@ fn locked_shard<'a>(
     &mut locked[i].1
 }
 
-fn drop_idle(shard: &mut Shard, now_ms: u64) {
-    shard.retain(|(k, c)| !c.is_idle(window::index(now_ms, k.period.window_ms())));
+fn drop_idle(table: &mut Table, now_ms: u64) {
+    table.retain(|(k, c)| !c.is_idle(window::index(now_ms, k.period.window_ms())));
 }
 
-/// Frees room in a full shard: idle counters first, then arbitrary ones
+/// Frees room in a full table: idle counters first, then arbitrary ones
 /// down to 7/8 of the capacity, so the next inserts do not sweep again.
-fn make_room(shard: &mut Shard, per_shard: usize, now_ms: u64) {
-    drop_idle(shard, now_ms);
-    let target = per_shard - per_shard / 8;
-    if shard.len() <= target {
+fn make_room(table: &mut Table, capacity: usize, ips: bool, now_ms: u64) {
+    drop_idle(table, now_ms);
+    let target = capacity - capacity / 8;
+    if table.len() <= target {
         return;
     }
-    let mut excess = shard.len() - target;
+    let mut excess = table.len() - target;
     let evicted = excess;
-    shard.retain(|_| {
+    table.retain(|_| {
         let keep = excess == 0;
         excess = excess.saturating_sub(1);
         keep
     });
-    metrics::counter!("gateway_rate_limit_evictions_total").increment(evicted as u64);
+    let class = if ips { "ip" } else { "caller" };
+    metrics::counter!("gateway_rate_limit_evictions_total", "class" => class)
+        .increment(evicted as u64);
 }
 
 #[cfg(test)]
@@ -325,14 +414,133 @@ mod tests {
             }];
             store.check(&t, T0, Mode::Count);
         }
-        assert!(store.len() <= 6_400, "{} counters", store.len());
-        assert!(store.len() >= 5_000);
+        // IP counters get half of the capacity; the other half is kept for
+        // keys and routes.
+        assert!(store.len() <= 3_200, "{} counters", store.len());
+        assert!(store.len() >= 2_500);
         assert_eq!(
             store.sweep(T0 + 60_000),
             store.len(),
             "previous window still counts"
         );
         assert_eq!(store.sweep(T0 + 120_000), 0);
+    }
+
+    /// A check whose clock reading is older than a counter's window (read
+    /// before the lock, then overtaken) must not reset the counter.
+    #[test]
+    fn an_older_time_after_a_newer_one_does_not_reset_the_window() {
+        let store = LocalStore::new(10_000);
+        let t = [key_tier(Uuid::new_v4(), Period::Minute, 10)];
+        let (before, after) = (T0 + 59_999, T0 + 60_000);
+        let mut admitted = 0;
+        for i in 0..100 {
+            let now = if i % 2 == 0 { after } else { before };
+            if store.check(&t, now, Mode::Count).admitted {
+                admitted += 1;
+            }
+        }
+        // At 0 ms into the new window the previous one weighs fully, so
+        // across the boundary the limit holds exactly.
+        assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn concurrent_checks_straddling_a_boundary_admit_at_most_the_limit() {
+        let seed: u64 = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5eed_0004);
+        let store = LocalStore::new(10_000);
+        let id = Uuid::new_v4();
+        let admitted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for thread in 0..8u64 {
+                let (store, admitted) = (&store, &admitted);
+                s.spawn(move || {
+                    let t = [key_tier(id, Period::Minute, 10)];
+                    // A per-thread xorshift stream of clock readings within
+                    // 50 ms either side of the minute boundary.
+                    let mut x = seed ^ (thread + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    for _ in 0..2_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let now = T0 + 59_950 + x % 100;
+                        if store.check(&t, now, Mode::Count).admitted {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // At most the limit, and with this many tries exactly it.
+        let n = admitted.into_inner();
+        assert_eq!(n, 10, "admitted {n} of 10 (TEST_SEED={seed})");
+    }
+
+    #[test]
+    fn a_clock_stepping_back_does_not_reset_counts() {
+        let store = LocalStore::new(10_000);
+        let t = [key_tier(Uuid::new_v4(), Period::Minute, 10)];
+        for _ in 0..10 {
+            assert!(store.check(&t, T0 + 30_000, Mode::Count).admitted);
+        }
+        // Half of the previous 10 still weighs 5: 5 more fit.
+        for _ in 0..5 {
+            assert!(store.check(&t, T0 + 90_000, Mode::Count).admitted);
+        }
+        assert!(!store.check(&t, T0 + 90_000, Mode::Count).admitted);
+        // The wall clock steps back a minute, then an hour: still full.
+        for back in [T0 + 30_000, T0 + 59_999, T0 - 3_600_000] {
+            let d = store.check(&t, back, Mode::Count);
+            assert!(!d.admitted, "admitted at {back}");
+            assert_eq!(d.tiers[0].remaining, 0);
+        }
+    }
+
+    /// A flood of distinct IPs on an anonymous route must not evict the
+    /// counters of keys (or routes' global counters).
+    #[test]
+    fn an_ip_flood_does_not_evict_key_or_global_counters() {
+        let store = LocalStore::new(6_400);
+        let keys: Vec<[Tier; 2]> = (0..64u16)
+            .map(|i| {
+                [
+                    key_tier(Uuid::new_v4(), Period::Minute, 5),
+                    Tier {
+                        subject: Subject::Global(i),
+                        period: Period::Minute,
+                        limit: 5,
+                    },
+                ]
+            })
+            .collect();
+        for t in &keys {
+            for _ in 0..5 {
+                assert!(store.check(t, T0, Mode::Count).admitted);
+            }
+            assert!(!store.check(t, T0, Mode::Count).admitted);
+        }
+        for i in 0..200_000u128 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8u128 << 96) | (i << 64),
+            ));
+            let t = [Tier {
+                subject: Subject::Ip(ip),
+                period: Period::Minute,
+                limit: 10,
+            }];
+            store.check(&t, T0 + 1, Mode::Count);
+        }
+        for (i, t) in keys.iter().enumerate() {
+            let d = store.check(t, T0 + 2, Mode::Peek);
+            assert_eq!(
+                (d.tiers[0].remaining, d.tiers[1].remaining),
+                (0, 0),
+                "key/global counters {i} were evicted"
+            );
+        }
     }
 
     #[test]

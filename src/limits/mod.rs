@@ -206,11 +206,30 @@ pub enum Verdict {
 }
 
 /// A client as the limits see it: its address (see
-/// [`crate::identity::client_ip`]) and whether `exempt_ips` holds it.
-#[derive(Debug, Clone, Copy)]
+/// [`crate::identity::client_ip`]), the address its requests are
+/// counted under, and whether `exempt_ips` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
+    /// The client's own address: for logs, the audit log and `exempt_ips`.
     pub ip: Option<IpAddr>,
+    /// What per-IP tiers and the brute-force guard count: `ip`, with IPv6
+    /// addresses cut to their `rate_limits.ipv6_prefix` network, since one
+    /// host usually holds a whole /64 and could otherwise rotate through it.
+    pub bucket: Option<IpAddr>,
     pub exempt: bool,
+}
+
+/// The network of `ip` that its requests are counted under: an IPv6
+/// address cut to its first `ipv6_prefix` bits (1-128); IPv4 unchanged.
+pub fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
 }
 
 /// How a check treats the counters.
@@ -230,6 +249,38 @@ enum Backend {
     Redis(RedisStore),
 }
 
+/// The local stores' clock: the wall clock at start-up plus the monotonic
+/// time since. It never steps back, so a wall clock stepped back (by an
+/// operator or NTP) neither resets local counters nor freezes them until
+/// it catches up; it stays close enough to Unix time for
+/// `X-RateLimit-Reset`. (The Redis backend reads Redis's own clock.)
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    anchor_ms: u64,
+    started: Instant,
+}
+
+impl MonotonicClock {
+    pub fn new() -> MonotonicClock {
+        MonotonicClock {
+            anchor_ms: crate::now_ms().max(0) as u64,
+            started: Instant::now(),
+        }
+    }
+
+    /// Unix-scale milliseconds, never less than an earlier reading.
+    pub fn now_ms(&self) -> u64 {
+        let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.anchor_ms.saturating_add(since)
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
 /// The rate limiter of one gateway process, shared by the proxy and the
 /// admin API.
 pub struct RateLimiter {
@@ -239,6 +290,10 @@ pub struct RateLimiter {
     /// any key work and must not cost a Redis round trip per request.
     guard: LocalStore,
     on_backend_error: OnBackendError,
+    /// The clock of the local stores.
+    clock: MonotonicClock,
+    /// `rate_limits.ipv6_prefix`.
+    ipv6_prefix: u8,
 }
 
 impl RateLimiter {
@@ -254,8 +309,10 @@ impl RateLimiter {
         Ok(Arc::new(RateLimiter {
             policy: Policy::new(cfg),
             backend,
-            guard: LocalStore::new((rl.max_local_counters / 4).max(1_000)),
+            guard: LocalStore::with_capacity((rl.max_local_counters / 4).max(1_000), 0),
             on_backend_error: rl.on_backend_error,
+            clock: MonotonicClock::new(),
+            ipv6_prefix: rl.ipv6_prefix,
         }))
     }
 
@@ -308,7 +365,7 @@ impl RateLimiter {
     /// Runs one query against the backend, with its metrics.
     pub async fn query(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
         match &self.backend {
-            Backend::Local(store) => Ok(store.check(tiers, crate::now_ms() as u64, mode)),
+            Backend::Local(store) => Ok(store.check(tiers, self.clock.now_ms(), mode)),
             Backend::Redis(store) => {
                 let started = Instant::now();
                 let result = store.check(tiers, mode).await;
@@ -324,10 +381,12 @@ impl RateLimiter {
         }
     }
 
-    /// The client at `ip`, as every limit sees it.
+    /// The client at `ip`, as every limit sees it: exempt by its own
+    /// address, counted under its IPv6 network.
     pub fn client(&self, ip: Option<IpAddr>) -> Client {
         Client {
             ip,
+            bucket: ip.map(|ip| ip_bucket(ip, self.ipv6_prefix)),
             exempt: self.policy.is_exempt(ip),
         }
     }
@@ -338,11 +397,11 @@ impl RateLimiter {
         if client.exempt {
             return None;
         }
-        let tiers = self.policy.guard_tiers(client.ip?);
+        let tiers = self.policy.guard_tiers(client.bucket?);
         if tiers.is_empty() {
             return None;
         }
-        let d = self.guard.check(&tiers, crate::now_ms() as u64, Mode::Peek);
+        let d = self.guard.check(&tiers, self.clock.now_ms(), Mode::Peek);
         d.tiers
             .iter()
             .any(|s| s.remaining == 0)
@@ -360,16 +419,15 @@ impl RateLimiter {
         if client.exempt || matches!(reason, "missing" | "insufficient_scope") {
             return;
         }
-        if let Some(ip) = client.ip {
+        if let Some(ip) = client.bucket {
             let tiers = self.policy.guard_tiers(ip);
-            self.guard
-                .check(&tiers, crate::now_ms() as u64, Mode::Record);
+            self.guard.check(&tiers, self.clock.now_ms(), Mode::Record);
         }
     }
 
     /// Drops idle counters; returns how many are left.
     pub fn sweep(&self) -> usize {
-        let now = crate::now_ms() as u64;
+        let now = self.clock.now_ms();
         let mut left = self.guard.sweep(now);
         if let Backend::Local(store) = &self.backend {
             left += store.sweep(now);
@@ -435,6 +493,34 @@ impl pingora::services::background::BackgroundService for LimitsService {
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_network() {
+        let b = |ip: &str, prefix| ip_bucket(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(b("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64), "2001:db8:1:2::");
+        assert_eq!(b("2001:db8:1:2::1", 64), b("2001:db8:1:2:ffff::9", 64));
+        assert_ne!(b("2001:db8:1:2::1", 64), b("2001:db8:1:3::1", 64));
+        assert_eq!(b("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(b("2001:db8::1", 128), "2001:db8::1");
+        assert_eq!(b("ffff::1", 1), "8000::");
+        assert_eq!(b("192.0.2.7", 64), "192.0.2.7");
+    }
+
+    #[test]
+    fn the_local_clock_never_goes_back() {
+        let clock = MonotonicClock::new();
+        let mut last = clock.now_ms();
+        for _ in 0..10_000 {
+            let now = clock.now_ms();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
         }
     }
 }

@@ -2,8 +2,12 @@
 //! tier atomically, so any number of gateway instances together admit no
 //! more than a tier's limit within its window.
 //!
-//! - **Clock.** The script reads Redis's own `TIME`, so instances with
-//!   skewed clocks still agree on window boundaries.
+//! - **Clock.** The script reads Redis's own `TIME` and nothing else: no
+//!   gateway clock takes part in a decision, so instances with skewed
+//!   clocks still agree on window boundaries. A counter never moves back
+//!   to an older window: if Redis's clock is behind a stored window (a
+//!   failover to a replica whose clock lags), the tier is decided as of
+//!   the start of the stored window instead of being reset.
 //! - **Keys.** One hash per tier (`w` window index, `c` its count, `p` the
 //!   previous window's count) with a TTL of two windows. Per-caller keys
 //!   share the hash tag `{k:<key id>}` or `{ip:<address>}`, so all tiers of
@@ -34,7 +38,9 @@ pub const SCRIPT: &str = r#"
 -- ARGV[1]: 1 = count if every tier has room, 0 = report only,
 --          2 = count whether or not there is room.
 -- ARGV[2i], ARGV[2i+1]: limit and window (ms) of tier i.
--- Returns {admitted, now_ms, c1, p1, c2, p2, ...}, counts after this call.
+-- Returns {admitted, now_ms, c1, p1, at1, c2, p2, at2, ...}: counts after
+-- this call and the time (ms) each tier was decided at, later than now_ms
+-- only when its stored window is ahead of this clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
@@ -48,6 +54,12 @@ for i = 1, #KEYS do
   local w = tonumber(h[1])
   local c = tonumber(h[2]) or 0
   local p = tonumber(h[3]) or 0
+  local at = now
+  if w and w > idx then
+    -- Never back to an older window: decide at the start of the stored one.
+    idx = w
+    at = w * win
+  end
   if w == idx - 1 then
     p = c
     c = 0
@@ -55,12 +67,12 @@ for i = 1, #KEYS do
     p = 0
     c = 0
   end
-  local elapsed = now - idx * win
+  local elapsed = at - idx * win
   local estimate = p * ((win - elapsed) / win) + c
   if estimate + 1 > limit then
     admitted = 0
   end
-  st[i] = {idx, c, p, win}
+  st[i] = {idx, c, p, win, at}
 end
 local count = mode == '2' or (mode == '1' and admitted == 1)
 local out = {admitted, now}
@@ -69,10 +81,12 @@ for i = 1, #KEYS do
   if count then
     s[2] = s[2] + 1
     redis.call('HSET', KEYS[i], 'w', s[1], 'c', s[2], 'p', s[3])
-    redis.call('PEXPIRE', KEYS[i], 2 * s[4])
+    -- Relative to the stored window's end, whichever clock is ahead.
+    redis.call('PEXPIRE', KEYS[i], 2 * s[4] + (s[5] - now))
   end
   out[#out + 1] = s[2]
   out[#out + 1] = s[3]
+  out[#out + 1] = s[5]
 end
 return out
 "#;
@@ -227,7 +241,7 @@ impl RedisStore {
 fn decision(tiers: &[Tier], out: &[i64]) -> Result<Decision, BackendError> {
     let malformed =
         || BackendError::Redis(format!("unexpected script reply of {} values", out.len()));
-    if out.len() != 2 + 2 * tiers.len() {
+    if out.len() != 2 + 3 * tiers.len() {
         return Err(malformed());
     }
     let now_ms = u64::try_from(out[1]).map_err(|_| malformed())?;
@@ -236,12 +250,13 @@ fn decision(tiers: &[Tier], out: &[i64]) -> Result<Decision, BackendError> {
         now_ms,
         tiers: ArrayVec::new(),
     };
-    for (t, pair) in tiers.iter().zip(out[2..].chunks_exact(2)) {
+    for (t, tier) in tiers.iter().zip(out[2..].chunks_exact(3)) {
         let c = Counts {
-            curr: pair[0].max(0) as u64,
-            prev: pair[1].max(0) as u64,
+            curr: tier[0].max(0) as u64,
+            prev: tier[1].max(0) as u64,
         };
-        d.tiers.push(window::state(*t, c, now_ms));
+        let at_ms = u64::try_from(tier[2]).map_err(|_| malformed())?;
+        d.tiers.push(window::state_at(*t, c, now_ms, at_ms));
     }
     Ok(d)
 }

@@ -77,6 +77,15 @@ pub fn state(tier: Tier, c: Counts, now_ms: u64) -> TierState {
     }
 }
 
+/// [`state`] decided at `at_ms`, which may be later than the caller's
+/// `now_ms` (a counter is never moved back to an older window): the reset
+/// is reported from `now_ms`, so it includes the difference.
+pub fn state_at(tier: Tier, c: Counts, now_ms: u64, at_ms: u64) -> TierState {
+    let mut s = state(tier, c, at_ms);
+    s.reset_ms = s.reset_ms.saturating_add(at_ms.saturating_sub(now_ms));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

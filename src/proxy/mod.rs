@@ -294,7 +294,8 @@ impl ProxyHttp for GatewayProxy {
         if client.exempt {
             return Ok(false);
         }
-        self.enforce_limits(session, ctx, &route, client.ip).await
+        self.enforce_limits(session, ctx, &route, client.bucket)
+            .await
     }
 
     async fn upstream_peer(
@@ -370,12 +371,14 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let trusted = self.is_trusted(peer_ip);
-        let prior = upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|_| trusted)
-            .map(str::to_owned);
+        // Every line of a trusted proxy's chain, read as client_ip reads it.
+        let prior = trusted
+            .then(|| {
+                identity::forwarded_for(&upstream.headers)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|chain| !chain.is_empty());
         match (prior, peer_ip) {
             (Some(prior), Some(ip)) => {
                 upstream.insert_header("x-forwarded-for", format!("{prior}, {ip}"))?
@@ -387,6 +390,13 @@ impl ProxyHttp for GatewayProxy {
         }
         if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
             upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+        }
+        // Other claims about the client or the host it asked for: only a
+        // trusted proxy may make them.
+        if !trusted {
+            for name in ["forwarded", "x-real-ip", "x-forwarded-host"] {
+                upstream.remove_header(name);
+            }
         }
         // Never let a client claim an identity.
         match &ctx.key {

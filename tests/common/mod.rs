@@ -225,6 +225,9 @@ pub struct Opts {
     pub proxy_extra: String,
     pub read_timeout_ms: u64,
     pub grace_seconds: u64,
+    /// Extra environment of the gateway process, e.g. `LD_PRELOAD` of
+    /// libfaketime and `FAKETIME` for a skewed clock (see [`faketime`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -234,6 +237,7 @@ impl Opts {
             proxy_extra: String::new(),
             read_timeout_ms: 2_000,
             grace_seconds: 5,
+            env: Vec::new(),
         }
     }
 }
@@ -341,6 +345,7 @@ impl Gateway {
         let config = write_config(dir.path(), &db.url, proxy, admin, opts);
         let log = dir.path().join("gateway.log");
         let child = command()
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "-c"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -467,6 +472,24 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// Environment that runs the gateway with its clock `offset` from the real
+/// one (libfaketime syntax: `"+90s"`, `"-1.5"`), or `None` when libfaketime
+/// is not installed (apt package `faketime`; scripts/lib.sh installs it).
+/// The environment, not the `faketime` wrapper: the wrapper forks, and
+/// killing it would leave the gateway running.
+pub fn faketime(offset: &str) -> Option<Vec<(String, String)>> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|p| p.is_file())?;
+    Some(vec![
+        ("LD_PRELOAD".into(), lib.to_string_lossy().into_owned()),
+        ("FAKETIME".into(), offset.into()),
+    ])
 }
 
 pub fn http() -> reqwest::Client {
