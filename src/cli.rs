@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{Config, Limits, Need};
-use crate::keys::lifecycle::{Authority, KeyService, KeyUpdate, OpError, MAX_ROTATION_GRACE};
 use crate::keys::scope::Scope;
+use crate::service::keys::{Authority, KeyService, KeyUpdate, OpError, MAX_ROTATION_GRACE};
 use crate::store::audit::{self, AuditChain, Origin, Verdict};
 use crate::store::keys::{CreatedKey, KeyRow, NewKey};
 use crate::store::{self, migrations};

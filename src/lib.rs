@@ -1,12 +1,20 @@
 //! `gateway`: an API-key gateway built on Pingora.
 //!
-//! See `../shared/DESIGN.md` for the architecture. Module map:
-//! `config` (file schema, env overrides, one builder per section), `keys` (format, hashing, snapshot,
-//! listener), `errors` (the error catalogue and JSON body both listeners
-//! answer with), `identity` (credentials, the authenticator, client IP and
-//! request ids, shared by proxy and admin), `proxy` (the Pingora service),
-//! `admin` (health, metrics and the admin API), `store` (Postgres), `telemetry`, `cli` (subcommands), `demo`
-//! (the demo upstream), `server` (wiring for `gateway serve`).
+//! See `../shared/DESIGN.md` for the architecture. Layers point down: a
+//! module uses only those listed below it.
+//!
+//! - `server` (wiring for `gateway serve`), `cli` (subcommands), `demo`
+//!   (the demo upstream)
+//! - `proxy` (the Pingora service), `admin` (health, metrics and the admin
+//!   API)
+//! - `limits` (rate limits: policy, backends, headers)
+//! - `service` (key lifecycle, the snapshot listener, the `last_used`
+//!   flush: I/O over `store`)
+//! - `identity` (credentials, the authenticator, client IP, request ids),
+//!   `errors` (the error catalogue and JSON body both listeners answer with)
+//! - `store` (Postgres), `telemetry`
+//! - `keys` (format, hashing, scopes, the snapshot: no I/O)
+//! - `config` (file schema, env overrides, one builder per section)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +27,7 @@ pub mod keys;
 pub mod limits;
 pub mod proxy;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 

@@ -17,12 +17,12 @@ use crate::admin::{AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::keys::format::KeyHasher;
-use crate::keys::last_used;
-use crate::keys::lifecycle::KeyService;
-use crate::keys::listener::KeyListener;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::service::keys::KeyService;
+use crate::service::last_used;
+use crate::service::listener::KeyListener;
 use crate::{store, telemetry};
 
 /// Fails early, with the address, when a listener cannot bind; Pingora would

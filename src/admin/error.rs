@@ -5,7 +5,7 @@ use http::{Response, StatusCode};
 
 use super::respond;
 use crate::errors::{error_body_with_details, FieldError, ProxyError};
-use crate::keys::lifecycle::OpError;
+use crate::service::keys::OpError;
 use crate::store::DbError;
 
 /// Largest request body the admin API reads.

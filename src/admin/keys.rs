@@ -1,7 +1,7 @@
 //! `/api/v1/keys`: create, list, get, update, revoke and rotate keys.
 //!
 //! Handlers validate input and map results; the changes themselves and
-//! their audit entries live in [`crate::keys::lifecycle`], shared with the
+//! their audit entries live in [`crate::service::keys`], shared with the
 //! CLI.
 
 use std::time::Duration;
@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::input::{Body, Query};
 use super::{db, json, page, AdminState, Caller};
-use crate::keys::lifecycle::{KeyUpdate, DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE};
 use crate::keys::scope::Scope;
+use crate::service::keys::{KeyUpdate, DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE};
 use crate::store::keys::{self as repo, KeyFilter, KeyStatus, NewKey};
 
 /// Longest key name.

@@ -30,11 +30,11 @@ use self::error::{ApiError, MAX_BODY_BYTES};
 use self::routes::{Access, Op, Resolved};
 use crate::errors::ProxyError;
 use crate::identity::{self, Authenticator};
-use crate::keys::last_used::LastUsedTracker;
-use crate::keys::lifecycle::{Authority, KeyService};
 use crate::keys::scope::{first_missing, Scope};
 use crate::keys::snapshot::{KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, RateLimiter};
+use crate::service::keys::{Authority, KeyService};
+use crate::service::last_used::LastUsedTracker;
 use crate::store::audit::{Actor, Origin};
 
 /// Denied calls whose audit entries may be in flight at once; beyond this

@@ -10,8 +10,8 @@ use super::input::Body;
 use super::keys::key_id;
 use super::{db, json, AdminState, Caller};
 use crate::config::{AuthMode, Limits};
-use crate::keys::lifecycle::KeyUpdate;
 use crate::limits::{Decision, Mode, Tier, TierState};
+use crate::service::keys::KeyUpdate;
 
 /// One tier as the status endpoint shows it.
 #[derive(Serialize)]

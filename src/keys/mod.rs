@@ -1,10 +1,8 @@
-//! API keys: format and hashing, scopes, the in-memory snapshot, the
-//! listener that keeps it current, the batched `last_used_at` flush, and the
-//! audited lifecycle operations (create, update, revoke, rotate).
+//! API keys, the pure parts: format and hashing, scopes, and the in-memory
+//! snapshot the hot path reads. No I/O here: the listener that keeps the
+//! snapshot current, the batched `last_used_at` flush and the audited
+//! lifecycle operations live in [`crate::service`], over [`crate::store`].
 
 pub mod format;
-pub mod last_used;
-pub mod lifecycle;
-pub mod listener;
 pub mod scope;
 pub mod snapshot;

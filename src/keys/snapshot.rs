@@ -2,7 +2,7 @@
 //! record, published through `ArcSwap` so the proxy hot path reads it
 //! without locks or I/O.
 //!
-//! Only the key listener (see [`super::listener`]) publishes new snapshots.
+//! Only the key listener (see [`crate::service::listener`]) publishes new snapshots.
 //! A change builds a new snapshot from the current one and swaps it in;
 //! readers holding the old one finish with it undisturbed.
 //!

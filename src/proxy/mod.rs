@@ -32,10 +32,10 @@ use self::upstream::Upstream;
 use crate::config::{AuthMode, Config};
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
-use crate::keys::last_used::LastUsedTracker;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
+use crate::service::last_used::LastUsedTracker;
 
 /// Counts requests in flight, for a graceful shutdown that ends as soon as
 /// the last one finishes.

@@ -6,7 +6,7 @@
 //! If Postgres is down the batch is kept and retried; a full queue drops the
 //! id and counts it, it never blocks the proxy.
 //!
-//! [`KeyRecord::mark_used`]: super::snapshot::KeyRecord::mark_used
+//! [`KeyRecord::mark_used`]: crate::keys::snapshot::KeyRecord::mark_used
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::snapshot::{KeyRecord, KeyStore};
+use crate::keys::snapshot::{KeyRecord, KeyStore};
 use crate::store;
 
 /// Queue bound: one entry per distinct key per interval, so this covers a

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
-use super::snapshot::{KeyChange, KeySnapshot, KeyStore};
 use crate::config::DatabaseConfig;
+use crate::keys::snapshot::{KeyChange, KeySnapshot, KeyStore};
 use crate::store::{self, DbError};
 
 /// Channel every key change is announced on (see `sql/0001_api_keys.up.sql`).

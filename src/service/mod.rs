@@ -1,0 +1,17 @@
+//! The service layer: key I/O above the pure `keys` logic and the `store`
+//! repositories, below `admin`, `cli`, `proxy` and `server`.
+//!
+//! - [`keys`]: the key lifecycle the admin API and the CLI share (create,
+//!   update, revoke, rotate; who may do what, [`keys::Authority`]), each
+//!   operation one transaction with its audit entry.
+//! - [`listener`]: the background service that owns the key snapshot,
+//!   kept current by `LISTEN`/`NOTIFY` on a dedicated connection.
+//! - [`last_used`]: the batched `last_used_at` flush, fed from the hot path
+//!   without waiting.
+//!
+//! `keys` stays free of I/O (format, scopes, the snapshot); everything here
+//! talks to Postgres.
+
+pub mod keys;
+pub mod last_used;
+pub mod listener;
