@@ -119,6 +119,7 @@ fn op_error(id: Uuid) -> impl Fn(OpError) -> anyhow::Error {
         OpError::NotFound => anyhow!("no key with id {id}"),
         OpError::Revoked => anyhow!("key {id} is revoked; a revoked key cannot change"),
         OpError::Forbidden(s) => anyhow!("not allowed: needs scope {s}"),
+        OpError::NeedsAdmin(what) => anyhow!("not allowed: {what} needs scope admin"),
         OpError::Db(e) => db_error(e),
     }
 }

@@ -19,6 +19,8 @@ pub enum ApiError {
     Auth(ProxyError),
     /// The caller would need this scope to grant it or to act on the key.
     Escalation(String),
+    /// The change needs `admin`; says what in it does.
+    NeedsAdmin(&'static str),
     NotFound(&'static str),
     MethodNotAllowed(String),
     KeyRevoked,
@@ -42,7 +44,7 @@ impl ApiError {
             ApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            ApiError::Escalation(_) => StatusCode::FORBIDDEN,
+            ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::KeyRevoked => StatusCode::CONFLICT,
@@ -61,7 +63,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Auth(e) => e.code(),
-            ApiError::Escalation(_) => "insufficient_scope",
+            ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => "insufficient_scope",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::KeyRevoked => "key_revoked",
@@ -86,6 +88,10 @@ impl ApiError {
             ApiError::Escalation(s) => format!(
                 "A key can only grant scopes it holds and act on keys whose scopes it holds; \
                  this needs `{s}`."
+            ),
+            ApiError::NeedsAdmin(what) => format!(
+                "{what} needs `admin`: a key can only hand out what it holds, and may only \
+                 shorten an expiry."
             ),
             ApiError::NotFound(what) => (*what).to_string(),
             ApiError::MethodNotAllowed(allow) => format!("Use {allow}."),
@@ -180,6 +186,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound => ApiError::NotFound("No key with this id."),
             OpError::Revoked => ApiError::KeyRevoked,
             OpError::Forbidden(scope) => ApiError::Escalation(scope),
+            OpError::NeedsAdmin(what) => ApiError::NeedsAdmin(what),
             OpError::Db(e) => e.into(),
         }
     }

@@ -294,7 +294,12 @@ impl AdminApp {
         origin.actor = Actor::Key(authenticated.record.id);
         s.last_used.record(&authenticated.record);
         let held = &authenticated.record.scopes;
-        let authority = Authority::of(held);
+        let authority = Authority::of(held).until(
+            authenticated
+                .record
+                .expires_at_ms
+                .and_then(chrono::DateTime::from_timestamp_millis),
+        );
         let required = match scope {
             Some(scope) => vec![Scope::parse(scope).map_err(|_| ApiError::Internal)?],
             None => Vec::new(),
@@ -302,7 +307,7 @@ impl AdminApp {
         // `admin` satisfies every admin scope (DESIGN §3 "Scopes").
         let missing = match authority {
             Authority::Unrestricted => None,
-            Authority::Holds(_) => first_missing(held, &required),
+            Authority::Holds { .. } => first_missing(held, &required),
         };
         if let Some(missing) = missing {
             let e = ProxyError::InsufficientScope(missing.clone());
@@ -395,7 +400,9 @@ impl AdminApp {
         .await;
         // An attempt to grant or take over more than the caller holds is a
         // denied call too.
-        if let (Err(e @ ApiError::Escalation(_)), Some(c)) = (&result, &caller) {
+        if let (Err(e @ (ApiError::Escalation(_) | ApiError::NeedsAdmin(_))), Some(c)) =
+            (&result, &caller)
+        {
             self.audit_denial(c.origin.clone(), c.endpoint.clone(), e.code(), e.message());
         }
         let mut resp = result?;
