@@ -32,6 +32,8 @@ ensure_packages() {
   command -v curl >/dev/null || missing+=(curl)
   pg_bin_dir >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  # Tests run a gateway with a skewed clock (tests/authority.rs).
+  command -v faketime >/dev/null || missing+=(faketime)
   apt_install "${missing[@]}"
 }
 

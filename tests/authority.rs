@@ -408,3 +408,191 @@ async fn the_lifecycle_itself_enforces_the_authority_rule() {
         .await
         .expect("the CLI may remove an expiry and limits");
 }
+
+/// A key is listed as the configured prefix and 4 more characters, whatever
+/// the prefix's length: a fixed 12 characters would show 10 random
+/// characters of a key whose prefix is `k_`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listed_prefix_is_the_configured_prefix_and_four_characters() {
+    use gateway::config::{Config, Need};
+    use gateway::keys::lifecycle::{Authority, KeyService};
+    use gateway::store::audit::Origin;
+    use gateway::store::keys::NewKey;
+
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    for prefix in ["k_", "gw_live_", "acme_prod_live_"] {
+        let cfg = Config::from_toml(
+            &format!(
+                "[database]\nurl = \"{}\"\n[keys]\npepper = \"{PEPPER}\"\nprefix = \"{prefix}\"\n",
+                db.url
+            ),
+            Vec::<(String, String)>::new(),
+            Need::Keys,
+        )
+        .expect("config");
+        let service = KeyService::new(&cfg);
+        let new = NewKey {
+            name: prefix.into(),
+            description: String::new(),
+            scopes: Vec::new(),
+            limits: Default::default(),
+            metadata: json!({}),
+            expires_at: None,
+        };
+        let created = service
+            .create(&mut client, &Origin::cli(), &Authority::Unrestricted, &new)
+            .await
+            .expect("create");
+        let shown = prefix.len() + 4;
+        assert_eq!(created.row.prefix, created.key[..shown], "{prefix}");
+        let rotated = service
+            .rotate(
+                &mut client,
+                &Origin::cli(),
+                &Authority::Unrestricted,
+                created.row.id,
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("rotate");
+        assert_eq!(rotated.row.prefix, rotated.key[..shown], "{prefix}");
+        assert_eq!(
+            rotated.row.rotation.and_then(|r| r.previous_prefix),
+            Some(created.key[..shown].to_string()),
+            "{prefix}"
+        );
+    }
+}
+
+/// Where the preload library of `faketime` lives (Debian's package).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// A `gateway serve` whose wall clock runs `offset` (faketime syntax,
+/// e.g. `+1h`) off the database's.
+struct SkewedGateway {
+    child: std::process::Child,
+    admin: std::net::SocketAddr,
+    proxy: std::net::SocketAddr,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SkewedGateway {
+    async fn start(db: &TestDb, opts: Opts, offset: &str) -> SkewedGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = write_config(dir.path(), &db.url, proxy, admin, &opts);
+        let log = dir.path().join("gateway.log");
+        let child = command()
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        let gw = SkewedGateway {
+            child,
+            admin,
+            proxy,
+            config,
+            log,
+            _dir: dir,
+        };
+        let url = format!("http://{admin}/health/ready");
+        let ready = eventually(Duration::from_secs(30), || async {
+            http()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+                && std::net::TcpStream::connect(proxy).is_ok()
+        })
+        .await;
+        assert!(ready, "skewed gateway not ready:\n{}", gw.logs());
+        gw
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SkewedGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The grace of a rotation is computed and checked on one clock, the
+/// gateway's: with the gateway an hour ahead of the database, a 60 s grace
+/// written with the database's `now()` had already ended when the proxy
+/// first saw it, and the old secret was refused at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_grace_holds_when_the_gateway_clock_differs_from_the_database() {
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        panic!("{LIBFAKETIME} is missing: apt-get install faketime (scripts/lib.sh does)");
+    }
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    for offset in ["+1h", "-1h"] {
+        let gw = SkewedGateway::start(&db, Opts::new(default_routes(upstream)), offset).await;
+        // The CLI runs on the real clock, as an operator's would.
+        let out = command()
+            .args([
+                "keys",
+                "create",
+                "--name",
+                "rotating",
+                "--scopes",
+                "read:echo,write:keys,read:keys",
+                "--json",
+                "-c",
+            ])
+            .arg(&gw.config)
+            .output()
+            .expect("keys create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let (id, old) = (
+            v["id"].as_str().expect("id").to_string(),
+            v["key"].as_str().expect("key").to_string(),
+        );
+        let echo = format!("http://{}/echo", gw.proxy);
+        let known = eventually(Duration::from_secs(5), || async {
+            get(&echo, Some(&old)).await.0 == 200
+        })
+        .await;
+        assert!(known, "{offset}: key never usable:\n{}", gw.logs());
+
+        let (s, _, r) = send(
+            http()
+                .post(format!("http://{}/api/v1/keys/{id}/rotate", gw.admin))
+                .bearer_auth(&old)
+                .json(&json!({"grace_period_seconds": 60})),
+        )
+        .await;
+        assert_eq!(s, 200, "{offset}: {r}");
+        let new = r["key"].as_str().expect("new key").to_string();
+        let rotated = eventually(Duration::from_secs(5), || async {
+            get(&echo, Some(&new)).await.0 == 200
+        })
+        .await;
+        assert!(rotated, "{offset}: the new secret never worked");
+        let (s, _, body) = get(&echo, Some(&old)).await;
+        assert_eq!(
+            s, 200,
+            "{offset}: the old secret must work during its 60 s grace: {body}"
+        );
+    }
+}

@@ -315,7 +315,9 @@ impl KeyService {
         if before.revoked_at.is_some() {
             return Err(OpError::Revoked);
         }
-        let rotated = repo::rotate(&tx, &self.hasher, &self.key_prefix, id, grace)
+        // The gateway's clock, which the proxy checks the grace against.
+        let now = Utc::now();
+        let rotated = repo::rotate(&tx, &self.hasher, &self.key_prefix, id, now, grace)
             .await?
             .ok_or(OpError::NotFound)?;
         let event = key_event("api_key.rotated", id, Some(&before), Some(&rotated.row));
