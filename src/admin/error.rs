@@ -27,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
+    /// The first key snapshot has not loaded: no key can be judged yet.
+    NotReady,
     /// The brute-force guard refused the caller's address.
     Limited {
         tier: &'static str,
@@ -50,9 +52,9 @@ impl ApiError {
             ApiError::KeyRevoked => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::DatabaseUnavailable | ApiError::RateLimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::DatabaseUnavailable
+            | ApiError::RateLimiterUnavailable
+            | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::NotReady => "not_ready",
             ApiError::Limited { .. } => "rate_limited",
             ApiError::RateLimiterUnavailable => "rate_limiter_unavailable",
             ApiError::Internal => "internal_error",
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::DatabaseUnavailable => {
                 "The database is unavailable; the change was not made. Retry later.".into()
             }
+            ApiError::NotReady => "The gateway has not loaded its keys yet; retry shortly.".into(),
             ApiError::Limited { tier, .. } => ProxyError::RateLimited(tier).message().into_owned(),
             ApiError::RateLimiterUnavailable => {
                 "The rate-limit backend is unavailable; retry later.".into()
@@ -143,7 +147,7 @@ impl ApiError {
                     }
                 }
             }
-            ApiError::RateLimiterUnavailable => {
+            ApiError::RateLimiterUnavailable | ApiError::NotReady => {
                 headers.insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from_static("1"),

@@ -251,6 +251,11 @@ impl AdminApp {
     ) -> Result<Caller, ApiError> {
         let req = session.req_header();
         let s = &self.state;
+        // Before the first full load every key would look unknown: 503, so
+        // a client retries instead of concluding its key is bad.
+        if !s.keys.is_loaded() {
+            return Err(ApiError::NotReady);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
