@@ -7,6 +7,7 @@
 //! on the proxy; every error is the proxy's JSON shape, built in [`error`].
 
 pub mod audit;
+pub mod denials;
 pub mod error;
 pub mod health;
 pub mod input;
@@ -24,8 +25,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use self::denials::{Denial, DenialAudit};
 use self::error::{ApiError, MAX_BODY_BYTES};
 use self::routes::{Access, Op, Resolved};
 use crate::keys::last_used::LastUsedTracker;
@@ -37,10 +38,6 @@ use crate::proxy::auth::{self, Authenticator};
 use crate::proxy::errors::ProxyError;
 use crate::store::audit::{Actor, Origin};
 
-/// Denied calls whose audit entries may be in flight at once; beyond this
-/// they are dropped and counted, so a flood of bad credentials cannot pile
-/// up tasks waiting on the database.
-const MAX_PENDING_DENIAL_AUDITS: usize = 64;
 /// Longest `User-Agent` kept in the audit log.
 const MAX_USER_AGENT: usize = 256;
 
@@ -57,7 +54,8 @@ pub struct AdminState {
     pub last_used: LastUsedTracker,
     /// `admin/openapi.yaml` as JSON, converted once at start.
     pub openapi_json: Result<Vec<u8>, String>,
-    pending_denial_audits: Arc<Semaphore>,
+    /// Refused calls go to the one denial writer ([`denials`]).
+    denials: DenialAudit,
 }
 
 impl AdminState {
@@ -71,6 +69,7 @@ impl AdminState {
         auth: Authenticator,
         key_service: KeyService,
         last_used: LastUsedTracker,
+        denials: DenialAudit,
     ) -> Self {
         Self {
             keys,
@@ -83,7 +82,7 @@ impl AdminState {
             key_service,
             last_used,
             openapi_json: openapi_json(),
-            pending_denial_audits: Arc::new(Semaphore::new(MAX_PENDING_DENIAL_AUDITS)),
+            denials,
         }
     }
 }
@@ -331,27 +330,12 @@ impl AdminApp {
     }
 
     fn audit_denial(&self, origin: Origin, endpoint: String, code: &'static str, message: String) {
-        let Ok(permit) = self.state.pending_denial_audits.clone().try_acquire_owned() else {
-            metrics::counter!("gateway_audit_dropped_total").increment(1);
-            tracing::warn!(request_id = %origin.request_id, "audit of a denied admin call dropped: too many pending");
-            return;
-        };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = match state.pool.get().await {
-                Ok(mut client) => {
-                    state
-                        .key_service
-                        .record_denied(&mut client, &origin, endpoint, code, &message)
-                        .await
-                }
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = result {
-                metrics::counter!("gateway_audit_dropped_total").increment(1);
-                tracing::warn!(request_id = %origin.request_id, error = %e.describe(), "audit of a denied admin call failed");
-            }
+        self.state.denials.record(Denial {
+            origin,
+            endpoint,
+            code,
+            message,
+            at: chrono::Utc::now(),
         });
     }
 

@@ -326,25 +326,16 @@ impl KeyService {
         Ok(rotated)
     }
 
-    /// Records a refused admin call (401/403) in its own transaction.
-    pub async fn record_denied(
+    /// Records refused admin calls (401/403), already folded by the denial
+    /// writer, in one transaction: one lock and one read of the chain head
+    /// for the whole batch.
+    pub async fn record_denials(
         &self,
         client: &mut Client,
-        origin: &Origin,
-        endpoint: String,
-        code: &str,
-        message: &str,
+        entries: &[(Origin, Event<'_>)],
     ) -> Result<(), DbError> {
         let tx = client.transaction().await?;
-        let event = Event {
-            action: "admin.access_denied",
-            target_type: "endpoint",
-            target_id: endpoint,
-            before: None,
-            after: Some(serde_json::json!({"code": code, "message": message})),
-            outcome: Outcome::Denied,
-        };
-        record(&tx, &self.chain, origin, &event).await?;
+        audit::append_all(&tx, &self.chain, entries).await?;
         tx.commit().await?;
         Ok(())
     }
