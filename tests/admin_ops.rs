@@ -204,7 +204,7 @@ async fn a_flood_of_refused_admin_calls_is_audited_folded_without_starving_write
         dropped = ["queue_full", "backlog", "write_failed"]
             .iter()
             .map(|r| {
-                sample(
+                sample_or_zero(
                     &text,
                     &format!("gateway_audit_dropped_total{{reason=\"{r}\"}}"),
                 )
