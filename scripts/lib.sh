@@ -32,7 +32,8 @@ ensure_packages() {
   command -v curl >/dev/null || missing+=(curl)
   pg_bin_dir >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
-  # tests/exact_windows.rs skews gateway clocks with libfaketime.
+  # Tests skew gateway clocks with libfaketime (tests/exact_windows.rs,
+  # tests/authority.rs).
   command -v faketime >/dev/null || missing+=(faketime)
   apt_install "${missing[@]}"
 }

@@ -119,6 +119,7 @@ fn op_error(id: Uuid) -> impl Fn(OpError) -> anyhow::Error {
         OpError::NotFound => anyhow!("no key with id {id}"),
         OpError::Revoked => anyhow!("key {id} is revoked; a revoked key cannot change"),
         OpError::Forbidden(s) => anyhow!("not allowed: needs scope {s}"),
+        OpError::NeedsAdmin(what) => anyhow!("not allowed: {what} needs scope admin"),
         OpError::Db(e) => db_error(e),
     }
 }
@@ -310,14 +311,21 @@ pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<(
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
+    // The display prefix is `keys.prefix` and 4 characters.
+    let prefix_width = (cfg.keys.prefix.len() + crate::keys::format::DISPLAY_RANDOM_LEN).max(6);
     println!(
-        "{:<36}  {:<20}  {:<12}  {:<8}  {:<20}  SCOPES",
-        "ID", "NAME", "PREFIX", "STATUS", "LAST USED"
+        "{:<36}  {:<20}  {:<prefix$}  {:<8}  {:<20}  SCOPES",
+        "ID",
+        "NAME",
+        "PREFIX",
+        "STATUS",
+        "LAST USED",
+        prefix = prefix_width,
     );
     for r in rows {
         let status = serde_json::to_value(r.status)?;
         println!(
-            "{:<36}  {:<20}  {:<12}  {:<8}  {:<20}  {}",
+            "{:<36}  {:<20}  {:<prefix$}  {:<8}  {:<20}  {}",
             r.id,
             truncate(&r.name, 20),
             r.prefix,
@@ -325,7 +333,8 @@ pub async fn list_keys(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<(
             r.last_used_at.map_or("never".to_string(), |t| t
                 .format("%Y-%m-%d %H:%M:%S")
                 .to_string()),
-            r.scopes.join(",")
+            r.scopes.join(","),
+            prefix = prefix_width,
         );
     }
     Ok(())

@@ -13,7 +13,7 @@ use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::admin::{AdminApp, AdminState};
+use crate::admin::{denials, AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::keys::format::KeyHasher;
@@ -94,6 +94,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     proxy.add_dependency(&listener);
     proxy.add_dependency(&limits);
 
+    let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
+    server.add_service(background_service("denial audit", denial_writer));
     let state = Arc::new(AdminState::new(
         keys.clone(),
         pool,
@@ -103,6 +105,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
         KeyService::new(&cfg),
         tracker,
+        denial_audit,
     ));
     let mut admin = Service::new(
         "admin".to_string(),

@@ -98,7 +98,11 @@ fn describe() {
     );
     describe_counter!(
         "gateway_audit_dropped_total",
-        "Audit entries of refused admin calls that could not be written."
+        "Refused admin calls whose audit was dropped, by reason (queue_full, backlog, write_failed)."
+    );
+    describe_counter!(
+        "gateway_audit_denials_recorded_total",
+        "Refused admin calls written to the audit log (folded entries count each call)."
     );
     describe_gauge!(
         "gateway_key_snapshot_keys",

@@ -19,12 +19,16 @@ pub enum ApiError {
     Auth(ProxyError),
     /// The caller would need this scope to grant it or to act on the key.
     Escalation(String),
+    /// The change needs `admin`; says what in it does.
+    NeedsAdmin(&'static str),
     NotFound(&'static str),
     MethodNotAllowed(String),
     KeyRevoked,
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
+    /// The first key snapshot has not loaded: no key can be judged yet.
+    NotReady,
     /// The brute-force guard refused the caller's address.
     Limited {
         tier: &'static str,
@@ -42,15 +46,15 @@ impl ApiError {
             ApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            ApiError::Escalation(_) => StatusCode::FORBIDDEN,
+            ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::KeyRevoked => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::DatabaseUnavailable | ApiError::RateLimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::DatabaseUnavailable
+            | ApiError::RateLimiterUnavailable
+            | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,13 +65,14 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Auth(e) => e.code(),
-            ApiError::Escalation(_) => "insufficient_scope",
+            ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => "insufficient_scope",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::KeyRevoked => "key_revoked",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::NotReady => "not_ready",
             ApiError::Limited { .. } => "rate_limited",
             ApiError::RateLimiterUnavailable => "rate_limiter_unavailable",
             ApiError::Internal => "internal_error",
@@ -87,6 +92,10 @@ impl ApiError {
                 "A key can only grant scopes it holds and act on keys whose scopes it holds; \
                  this needs `{s}`."
             ),
+            ApiError::NeedsAdmin(what) => format!(
+                "{what} needs `admin`: a key can only hand out what it holds, and may only \
+                 shorten an expiry."
+            ),
             ApiError::NotFound(what) => (*what).to_string(),
             ApiError::MethodNotAllowed(allow) => format!("Use {allow}."),
             ApiError::KeyRevoked => "The key is revoked; a revoked key cannot change.".into(),
@@ -97,6 +106,7 @@ impl ApiError {
             ApiError::DatabaseUnavailable => {
                 "The database is unavailable; the change was not made. Retry later.".into()
             }
+            ApiError::NotReady => "The gateway has not loaded its keys yet; retry shortly.".into(),
             ApiError::Limited { tier, .. } => ProxyError::RateLimited(tier).message().into_owned(),
             ApiError::RateLimiterUnavailable => {
                 "The rate-limit backend is unavailable; retry later.".into()
@@ -137,7 +147,7 @@ impl ApiError {
                     }
                 }
             }
-            ApiError::RateLimiterUnavailable => {
+            ApiError::RateLimiterUnavailable | ApiError::NotReady => {
                 headers.insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from_static("1"),
@@ -180,6 +190,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound => ApiError::NotFound("No key with this id."),
             OpError::Revoked => ApiError::KeyRevoked,
             OpError::Forbidden(scope) => ApiError::Escalation(scope),
+            OpError::NeedsAdmin(what) => ApiError::NeedsAdmin(what),
             OpError::Db(e) => e.into(),
         }
     }

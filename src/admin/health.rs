@@ -29,20 +29,29 @@ pub fn ready(s: &AdminState) -> Response<Vec<u8>> {
     }
 }
 
-async fn probe_database(s: &AdminState) -> Result<Duration, String> {
+/// Probes Postgres. A failure is a stable reason code for the response;
+/// the driver's text (host, database and user names, server messages) goes
+/// to the log only, since `/health` answers anyone.
+async fn probe_database(s: &AdminState) -> Result<Duration, &'static str> {
     let started = Instant::now();
     let probe = async {
-        let client = s.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(())
+        let client = s.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "health: database probe failed: no connection");
+            "unreachable"
+        })?;
+        client.simple_query("SELECT 1").await.map_err(|e| {
+            tracing::warn!(error = %e, "health: database probe failed: query");
+            "query_failed"
+        })?;
+        Ok::<_, &'static str>(())
     };
     match tokio::time::timeout(DB_PROBE_TIMEOUT, probe).await {
         Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {DB_PROBE_TIMEOUT:?}")),
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => {
+            tracing::warn!(timeout = ?DB_PROBE_TIMEOUT, "health: database probe failed: no answer");
+            Err("timeout")
+        }
     }
 }
 
@@ -56,7 +65,7 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
     let db_up = db.is_ok();
     let database = match db {
         Ok(latency) => json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0}),
-        Err(e) => json!({"status": "down", "error": e}),
+        Err(reason) => json!({"status": "down", "reason": reason}),
     };
     let snap = s.keys.load();
     let key_snapshot = json!({
@@ -74,7 +83,11 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
                 Ok(latency) => {
                     json!({"status": "up", "latency_ms": latency.as_secs_f64() * 1000.0})
                 }
-                Err(e) => json!({"status": "down", "error": e.to_string()}),
+                Err(e) => {
+                    // As for the database: the detail in the log, a code out.
+                    tracing::warn!(error = %e, "health: redis probe failed");
+                    json!({"status": "down", "reason": e.kind()})
+                }
             };
             check["required"] = json!(limiter.fails_closed());
             check["on_backend_error"] = json!(limiter.on_backend_error().name());

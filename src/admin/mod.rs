@@ -7,6 +7,7 @@
 //! on the proxy; every error is the proxy's JSON shape, built in [`error`].
 
 pub mod audit;
+pub mod denials;
 pub mod error;
 pub mod health;
 pub mod input;
@@ -24,8 +25,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use self::denials::{Denial, DenialAudit};
 use self::error::{ApiError, MAX_BODY_BYTES};
 use self::routes::{Access, Op, Resolved};
 use crate::errors::ProxyError;
@@ -37,10 +38,6 @@ use crate::service::keys::{Authority, KeyService};
 use crate::service::last_used::LastUsedTracker;
 use crate::store::audit::{Actor, Origin};
 
-/// Denied calls whose audit entries may be in flight at once; beyond this
-/// they are dropped and counted, so a flood of bad credentials cannot pile
-/// up tasks waiting on the database.
-const MAX_PENDING_DENIAL_AUDITS: usize = 64;
 /// Longest `User-Agent` kept in the audit log.
 const MAX_USER_AGENT: usize = 256;
 
@@ -57,7 +54,8 @@ pub struct AdminState {
     pub last_used: LastUsedTracker,
     /// `admin/openapi.yaml` as JSON, converted once at start.
     pub openapi_json: Result<Vec<u8>, String>,
-    pending_denial_audits: Arc<Semaphore>,
+    /// Refused calls go to the one denial writer ([`denials`]).
+    denials: DenialAudit,
 }
 
 impl AdminState {
@@ -71,6 +69,7 @@ impl AdminState {
         auth: Authenticator,
         key_service: KeyService,
         last_used: LastUsedTracker,
+        denials: DenialAudit,
     ) -> Self {
         Self {
             keys,
@@ -83,7 +82,7 @@ impl AdminState {
             key_service,
             last_used,
             openapi_json: openapi_json(),
-            pending_denial_audits: Arc::new(Semaphore::new(MAX_PENDING_DENIAL_AUDITS)),
+            denials,
         }
     }
 }
@@ -251,6 +250,11 @@ impl AdminApp {
     ) -> Result<Caller, ApiError> {
         let req = session.req_header();
         let s = &self.state;
+        // Before the first full load every key would look unknown: 503, so
+        // a client retries instead of concluding its key is bad.
+        if !s.keys.is_loaded() {
+            return Err(ApiError::NotReady);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -294,7 +298,12 @@ impl AdminApp {
         origin.actor = Actor::Key(authenticated.record.id);
         s.last_used.record(&authenticated.record);
         let held = &authenticated.record.scopes;
-        let authority = Authority::of(held);
+        let authority = Authority::of(held).until(
+            authenticated
+                .record
+                .expires_at_ms
+                .and_then(chrono::DateTime::from_timestamp_millis),
+        );
         let required = match scope {
             Some(scope) => vec![Scope::parse(scope).map_err(|_| ApiError::Internal)?],
             None => Vec::new(),
@@ -302,7 +311,7 @@ impl AdminApp {
         // `admin` satisfies every admin scope (DESIGN §3 "Scopes").
         let missing = match authority {
             Authority::Unrestricted => None,
-            Authority::Holds(_) => first_missing(held, &required),
+            Authority::Holds { .. } => first_missing(held, &required),
         };
         if let Some(missing) = missing {
             let e = ProxyError::InsufficientScope(missing.clone());
@@ -321,27 +330,12 @@ impl AdminApp {
     }
 
     fn audit_denial(&self, origin: Origin, endpoint: String, code: &'static str, message: String) {
-        let Ok(permit) = self.state.pending_denial_audits.clone().try_acquire_owned() else {
-            metrics::counter!("gateway_audit_dropped_total").increment(1);
-            tracing::warn!(request_id = %origin.request_id, "audit of a denied admin call dropped: too many pending");
-            return;
-        };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = match state.pool.get().await {
-                Ok(mut client) => {
-                    state
-                        .key_service
-                        .record_denied(&mut client, &origin, endpoint, code, &message)
-                        .await
-                }
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = result {
-                metrics::counter!("gateway_audit_dropped_total").increment(1);
-                tracing::warn!(request_id = %origin.request_id, error = %e.describe(), "audit of a denied admin call failed");
-            }
+        self.state.denials.record(Denial {
+            origin,
+            endpoint,
+            code,
+            message,
+            at: chrono::Utc::now(),
         });
     }
 
@@ -395,7 +389,9 @@ impl AdminApp {
         .await;
         // An attempt to grant or take over more than the caller holds is a
         // denied call too.
-        if let (Err(e @ ApiError::Escalation(_)), Some(c)) = (&result, &caller) {
+        if let (Err(e @ (ApiError::Escalation(_) | ApiError::NeedsAdmin(_))), Some(c)) =
+            (&result, &caller)
+        {
             self.audit_denial(c.origin.clone(), c.endpoint.clone(), e.code(), e.message());
         }
         let mut resp = result?;

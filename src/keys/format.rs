@@ -13,8 +13,10 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 pub const RANDOM_LEN: usize = 22;
 /// Base62 digits carrying the CRC32 (62^6 > 2^32).
 pub const CHECKSUM_LEN: usize = 6;
-/// Characters of a key shown in lists: enough to recognise it, useless to an attacker.
-pub const DISPLAY_PREFIX_LEN: usize = 12;
+/// Random characters of a key shown in lists after the configured prefix:
+/// enough to recognise it, useless to an attacker (24 of 128 bits). With
+/// the default `gw_live_` that is the 12 characters DESIGN §3 names.
+pub const DISPLAY_RANDOM_LEN: usize = 4;
 /// Context string for deriving the hashing key from the pepper; changing it
 /// invalidates every stored hash.
 const HASH_CONTEXT: &str = "gateway api-key hash v1";
@@ -86,9 +88,11 @@ pub fn verify(presented: &str, prefix: &str) -> Result<(), KeyFormatError> {
     Ok(())
 }
 
-/// The part of a key shown in lists and logs.
-pub fn display_prefix(key: &str) -> &str {
-    key.get(..DISPLAY_PREFIX_LEN).unwrap_or(key)
+/// The part of a key shown in lists and logs: the configured `prefix` and
+/// [`DISPLAY_RANDOM_LEN`] characters, whatever the prefix's length (a fixed
+/// count would show more randomness the shorter the prefix).
+pub fn display_prefix<'a>(key: &'a str, prefix: &str) -> &'a str {
+    key.get(..prefix.len() + DISPLAY_RANDOM_LEN).unwrap_or(key)
 }
 
 /// Hashes presented keys with the server pepper.
@@ -171,8 +175,13 @@ mod tests {
     }
 
     #[test]
-    fn display_prefix_is_twelve_chars() {
-        assert_eq!(display_prefix("gw_live_abcdefgh"), "gw_live_abcd");
-        assert_eq!(display_prefix("short"), "short");
+    fn display_prefix_is_the_prefix_and_four_chars() {
+        assert_eq!(display_prefix("gw_live_abcdefgh", P), "gw_live_abcd");
+        assert_eq!(display_prefix(&generate(P), P).len(), 12);
+        let short = generate("k_");
+        assert_eq!(display_prefix(&short, "k_"), &short[..6]);
+        let long = generate("acme_prod_live_");
+        assert_eq!(display_prefix(&long, "acme_prod_live_"), &long[..19]);
+        assert_eq!(display_prefix("short", P), "short");
     }
 }

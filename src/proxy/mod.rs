@@ -557,7 +557,7 @@ mod tests {
             let _ = routing::is_canonical_path(&s);
             let _ = crate::keys::format::verify(&s, "gw_live_");
             let _ = identity::valid_request_id(s.as_bytes());
-            let _ = crate::keys::format::display_prefix(&s);
+            let _ = crate::keys::format::display_prefix(&s, "gw_live_");
             if let Ok(v) = http::HeaderValue::from_str(&s) {
                 let mut r = RequestHeader::build("GET", b"/", None).expect("request");
                 r.insert_header("authorization", v.clone()).expect("header");

@@ -36,6 +36,10 @@ pub enum OpError {
     /// The caller would need this scope itself (privilege escalation guard).
     #[error("the caller lacks scope `{0}`")]
     Forbidden(String),
+    /// The change needs `admin`; the text says what in it does, e.g.
+    /// "Setting rate_limits".
+    #[error("{0} needs scope `admin`")]
+    NeedsAdmin(&'static str),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -46,30 +50,59 @@ impl From<tokio_postgres::Error> for OpError {
     }
 }
 
-/// What the caller may hand out or act on.
+/// What the caller may hand out or act on (DESIGN §3 "API keys" →
+/// "Authority"): a caller may only hand out what it holds.
 #[derive(Debug, Clone)]
 pub enum Authority {
     /// `admin` keys and the CLI: anything.
     Unrestricted,
     /// Any other key: only scopes it holds itself, and only on keys whose
     /// scopes it holds, so no key can mint or take over a stronger one.
-    Holds(Arc<[Scope]>),
+    /// It sets no rate limits and never removes or extends an expiry, and
+    /// the keys it creates expire no later than `until`, the caller's own
+    /// expiry (if it has one): otherwise a key could outlive itself by
+    /// minting its own successor.
+    Holds {
+        scopes: Arc<[Scope]>,
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// Whether going from expiry `before` to `after` removes or extends it.
+/// Setting an expiry on a key that has none shortens its life.
+pub fn lengthens(before: Option<DateTime<Utc>>, after: Option<DateTime<Utc>>) -> bool {
+    match (before, after) {
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a > b,
+        (None, _) => false,
+    }
 }
 
 impl Authority {
-    /// The authority of a caller holding `scopes`.
+    /// The authority of a caller holding `scopes` (and no expiry).
     pub fn of(scopes: &[Scope]) -> Authority {
         let admin = Scope::parse("admin").ok();
         if admin.is_some_and(|a| scopes.iter().any(|s| s.satisfies(&a))) {
             Authority::Unrestricted
         } else {
-            Authority::Holds(scopes.iter().cloned().collect())
+            Authority::Holds {
+                scopes: scopes.iter().cloned().collect(),
+                until: None,
+            }
+        }
+    }
+
+    /// The same authority for a caller whose own key expires at `until`.
+    pub fn until(self, until: Option<DateTime<Utc>>) -> Authority {
+        match self {
+            Authority::Holds { scopes, .. } => Authority::Holds { scopes, until },
+            unrestricted => unrestricted,
         }
     }
 
     /// `Err` with the first scope in `wanted` the caller does not hold.
     pub fn check<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) -> Result<(), OpError> {
-        let Authority::Holds(held) = self else {
+        let Authority::Holds { scopes: held, .. } = self else {
             return Ok(());
         };
         for w in wanted {
@@ -78,6 +111,38 @@ impl Authority {
             if !covered {
                 return Err(OpError::Forbidden(w.to_string()));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks what a new key gets beyond its scopes: limits need `admin`,
+    /// and a restricted caller's key must not outlive the caller.
+    pub fn check_new(&self, new: &NewKey) -> Result<(), OpError> {
+        let Authority::Holds { until, .. } = self else {
+            return Ok(());
+        };
+        if new.limits != Limits::default() {
+            return Err(OpError::NeedsAdmin("Setting rate_limits"));
+        }
+        if until.is_some() && lengthens(*until, new.expires_at) {
+            return Err(OpError::NeedsAdmin(
+                "Creating a key that expires after the calling key",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a change from the locked row `before` to `after`: changing
+    /// limits, and removing or extending the expiry, need `admin`.
+    pub fn check_change(&self, before: &KeyRow, after: &KeyRow) -> Result<(), OpError> {
+        if matches!(self, Authority::Unrestricted) {
+            return Ok(());
+        }
+        if before.rate_limits != after.rate_limits {
+            return Err(OpError::NeedsAdmin("Setting rate_limits"));
+        }
+        if lengthens(before.expires_at, after.expires_at) {
+            return Err(OpError::NeedsAdmin("Removing or extending an expiry"));
         }
         Ok(())
     }
@@ -149,6 +214,7 @@ impl KeyService {
         new: &NewKey,
     ) -> Result<CreatedKey, OpError> {
         authority.check(new.scopes.iter().map(Scope::as_str))?;
+        authority.check_new(new)?;
         let tx = client.transaction().await?;
         let created = repo::create(&tx, &self.hasher, &self.key_prefix, new).await?;
         let event = key_event("api_key.created", created.row.id, None, Some(&created.row));
@@ -205,6 +271,9 @@ impl KeyService {
         if let Some(v) = change.metadata {
             row.metadata = v;
         }
+        // Against the locked row, so a concurrent change cannot slip an
+        // extension past the check.
+        authority.check_change(&before, &row)?;
         let after = repo::save(&tx, &row).await?;
         let event = key_event("api_key.updated", id, Some(&before), Some(&after));
         record(&tx, &self.chain, origin, &event).await?;
@@ -246,7 +315,9 @@ impl KeyService {
         if before.revoked_at.is_some() {
             return Err(OpError::Revoked);
         }
-        let rotated = repo::rotate(&tx, &self.hasher, &self.key_prefix, id, grace)
+        // The gateway's clock, which the proxy checks the grace against.
+        let now = Utc::now();
+        let rotated = repo::rotate(&tx, &self.hasher, &self.key_prefix, id, now, grace)
             .await?
             .ok_or(OpError::NotFound)?;
         let event = key_event("api_key.rotated", id, Some(&before), Some(&rotated.row));
@@ -255,25 +326,16 @@ impl KeyService {
         Ok(rotated)
     }
 
-    /// Records a refused admin call (401/403) in its own transaction.
-    pub async fn record_denied(
+    /// Records refused admin calls (401/403), already folded by the denial
+    /// writer, in one transaction: one lock and one read of the chain head
+    /// for the whole batch.
+    pub async fn record_denials(
         &self,
         client: &mut Client,
-        origin: &Origin,
-        endpoint: String,
-        code: &str,
-        message: &str,
+        entries: &[(Origin, Event<'_>)],
     ) -> Result<(), DbError> {
         let tx = client.transaction().await?;
-        let event = Event {
-            action: "admin.access_denied",
-            target_type: "endpoint",
-            target_id: endpoint,
-            before: None,
-            after: Some(serde_json::json!({"code": code, "message": message})),
-            outcome: Outcome::Denied,
-        };
-        record(&tx, &self.chain, origin, &event).await?;
+        audit::append_all(&tx, &self.chain, entries).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -306,5 +368,100 @@ mod tests {
             );
         }
         assert!(Authority::Unrestricted.check(["admin", "?"]).is_ok());
+    }
+
+    fn t(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0)
+    }
+
+    #[test]
+    fn only_shortening_an_expiry_is_not_lengthening_it() {
+        assert!(lengthens(t(0), None), "removing");
+        assert!(lengthens(t(0), t(1)), "extending");
+        assert!(!lengthens(t(1), t(0)), "shortening");
+        assert!(!lengthens(t(0), t(0)), "unchanged");
+        assert!(!lengthens(None, t(0)), "setting one where there was none");
+        assert!(!lengthens(None, None), "no expiry before or after");
+    }
+
+    fn row(limits: Limits, expires_at: Option<DateTime<Utc>>) -> KeyRow {
+        let at = t(-100).unwrap_or_default();
+        KeyRow {
+            id: Uuid::nil(),
+            name: "k".into(),
+            description: String::new(),
+            prefix: "gw_live_abcd".into(),
+            scopes: vec!["read:echo".into()],
+            rate_limits: limits,
+            metadata: Value::Null,
+            status: repo::KeyStatus::Active,
+            created_at: at,
+            updated_at: at,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            rotation: None,
+        }
+    }
+
+    #[test]
+    fn limits_and_longer_expiries_need_admin() {
+        let writer = Authority::of(&scopes(&["write:keys", "read:echo"]));
+        let five = Limits {
+            per_minute: Some(5),
+            ..Limits::default()
+        };
+        let more = Limits {
+            per_minute: Some(1_000_000),
+            ..Limits::default()
+        };
+        let needs_admin = |a: &Authority, before: &KeyRow, after: &KeyRow| {
+            matches!(a.check_change(before, after), Err(OpError::NeedsAdmin(_)))
+        };
+        let base = row(five, t(100));
+        for escalation in [
+            row(more, t(100)),
+            row(Limits::default(), t(100)),
+            row(five, None),
+            row(five, t(101)),
+        ] {
+            assert!(needs_admin(&writer, &base, &escalation), "{escalation:?}");
+            assert!(Authority::Unrestricted
+                .check_change(&base, &escalation)
+                .is_ok());
+        }
+        for allowed in [row(five, t(100)), row(five, t(50))] {
+            assert!(writer.check_change(&base, &allowed).is_ok(), "{allowed:?}");
+        }
+        assert!(writer
+            .check_change(&row(five, None), &row(five, t(10)))
+            .is_ok());
+
+        let new = |limits: Limits, expires_at: Option<DateTime<Utc>>| NewKey {
+            name: "n".into(),
+            description: String::new(),
+            scopes: Vec::new(),
+            limits,
+            metadata: Value::Null,
+            expires_at,
+        };
+        assert!(writer.check_new(&new(Limits::default(), None)).is_ok());
+        assert!(writer.check_new(&new(Limits::default(), t(5))).is_ok());
+        assert!(matches!(
+            writer.check_new(&new(five, t(5))),
+            Err(OpError::NeedsAdmin(_))
+        ));
+        // A caller that expires hands out nothing that outlives it.
+        let expiring = writer.clone().until(t(100));
+        assert!(expiring.check_new(&new(Limits::default(), t(100))).is_ok());
+        assert!(expiring.check_new(&new(Limits::default(), t(99))).is_ok());
+        for outliving in [None, t(101)] {
+            assert!(matches!(
+                expiring.check_new(&new(Limits::default(), outliving)),
+                Err(OpError::NeedsAdmin(_))
+            ));
+        }
+        let admin = Authority::Unrestricted.until(t(1));
+        assert!(admin.check_new(&new(more, None)).is_ok());
     }
 }

@@ -25,7 +25,7 @@ const APPEND_LOCK_ID: i64 = 0x6761_7465_7761_7902;
 const GENESIS: [u8; 32] = [0; 32];
 
 /// Who made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Actor {
     /// An API key on the admin API.
     Key(Uuid),
@@ -181,20 +181,61 @@ pub async fn append(
     origin: &Origin,
     event: &Event<'_>,
 ) -> Result<(), DbError> {
+    let prev = lock_head(tx).await?;
+    insert_linked(tx, chain, &prev, origin, event).await?;
+    Ok(())
+}
+
+/// Appends `entries` in order inside `tx`, taking the append lock and
+/// reading the chain's head once for all of them: the denial writer puts a
+/// whole batch in one transaction this way.
+pub async fn append_all(
+    tx: &Transaction<'_>,
+    chain: &AuditChain,
+    entries: &[(Origin, Event<'_>)],
+) -> Result<(), DbError> {
+    let mut prev = lock_head(tx).await?;
+    for (origin, event) in entries {
+        prev = insert_linked(tx, chain, &prev, origin, event)
+            .await?
+            .to_vec();
+    }
+    Ok(())
+}
+
+/// Takes the append lock (until the transaction ends) and returns the
+/// hash the next entry links to.
+async fn lock_head(tx: &Transaction<'_>) -> Result<Vec<u8>, DbError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK_ID])
         .await?;
     let head = tx
         .query_one(
-            "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), \
-             $1::jsonb::text, $2::jsonb::text",
+            "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1)",
+            &[],
+        )
+        .await?;
+    Ok(head
+        .get::<_, Option<Vec<u8>>>(0)
+        .unwrap_or_else(|| GENESIS.to_vec()))
+}
+
+/// Inserts one entry after `prev` (the caller holds the append lock);
+/// returns its hash.
+async fn insert_linked(
+    tx: &Transaction<'_>,
+    chain: &AuditChain,
+    prev: &[u8],
+    origin: &Origin,
+    event: &Event<'_>,
+) -> Result<[u8; 32], DbError> {
+    let texts = tx
+        .query_one(
+            "SELECT $1::jsonb::text, $2::jsonb::text",
             &[&event.before, &event.after],
         )
         .await?;
-    let prev: Vec<u8> = head
-        .get::<_, Option<Vec<u8>>>(0)
-        .unwrap_or_else(|| GENESIS.to_vec());
-    let before: Option<String> = head.get(1);
-    let after: Option<String> = head.get(2);
+    let before: Option<String> = texts.get(0);
+    let after: Option<String> = texts.get(1);
     // Postgres keeps microseconds; hash exactly what it will store.
     let now = Utc::now();
     let occurred_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
@@ -212,7 +253,7 @@ pub async fn append(
         user_agent: origin.user_agent.as_deref(),
         request_id: &origin.request_id,
     };
-    let hash = chain.link(&prev, &c);
+    let hash = chain.link(prev, &c);
     tx.execute(
         "INSERT INTO audit_log (occurred_at, actor_type, actor_key_id, action, target_type, \
          target_id, before, after, result, client_ip, user_agent, request_id, prev_hash, hash) \
@@ -235,7 +276,7 @@ pub async fn append(
         ],
     )
     .await?;
-    Ok(())
+    Ok(hash)
 }
 
 /// An entry as the admin API shows it.

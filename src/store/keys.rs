@@ -158,7 +158,7 @@ pub async fn create(
                 &Uuid::now_v7(),
                 &new.name,
                 &new.description,
-                &format::display_prefix(&plaintext),
+                &format::display_prefix(&plaintext, key_prefix),
                 &hash.as_slice(),
                 &scopes,
                 &limit_param(new.limits.per_minute),
@@ -298,32 +298,42 @@ pub async fn revoke(client: &impl GenericClient, id: Uuid) -> Result<Option<KeyR
 }
 
 /// Gives a key a new secret. The current secret becomes the previous one,
-/// valid for `grace` more (then `expired_api_key`); a secret kept from an
+/// valid until `now + grace` (then `expired_api_key`); a secret kept from an
 /// earlier rotation is dropped. `None` when there is no such key.
+///
+/// `now` is the gateway's clock, not the database's: the proxy checks the
+/// grace against its own clock, so the end of the grace is computed on it
+/// too, and a database whose clock is off cannot cut the grace short (or
+/// stretch it).
 pub async fn rotate(
     client: &impl GenericClient,
     hasher: &KeyHasher,
     key_prefix: &str,
     id: Uuid,
+    now: DateTime<Utc>,
     grace: std::time::Duration,
 ) -> Result<Option<CreatedKey>, DbError> {
     let plaintext = format::generate(key_prefix);
     let hash = hasher.hash(&plaintext);
-    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    let grace_ends = chrono::Duration::from_std(grace)
+        .ok()
+        .and_then(|g| now.checked_add_signed(g))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let row = client
         .query_opt(
             &format!(
                 "UPDATE api_keys SET \
                    previous_key_hash = key_hash, previous_prefix = prefix, \
-                   previous_key_expires_at = now() + $4::bigint * interval '1 second', \
-                   rotated_at = now(), key_hash = $2, prefix = $3 \
+                   previous_key_expires_at = $4, \
+                   rotated_at = $5, key_hash = $2, prefix = $3 \
                  WHERE id = $1 RETURNING {ROW_COLUMNS}"
             ),
             &[
                 &id,
                 &hash.as_slice(),
-                &format::display_prefix(&plaintext),
-                &grace_secs,
+                &format::display_prefix(&plaintext, key_prefix),
+                &grace_ends,
+                &now,
             ],
         )
         .await?;
