@@ -20,6 +20,7 @@ use gateway::keys::scope::{first_missing, Scope, ScopeSets};
 use gateway::keys::snapshot::{KeyChange, KeyRecord, KeySnapshot, KeyStore};
 use gateway::limits::local::LocalStore;
 use gateway::limits::{headers, Mode, RateLimiter};
+use gateway::route::RouteTable;
 use pingora::http::RequestHeader;
 use uuid::Uuid;
 
@@ -244,8 +245,10 @@ fn bench_limits(c: &mut Criterion) {
     let store = LocalStore::new(1_000_000);
     let now = gateway::now_ms() as u64;
 
-    let three = policy.key_tiers(&key, 0);
-    let all = policy.key_tiers(&key, 1);
+    let table = RouteTable::from_config(&cfg);
+    let routes: Vec<_> = table.iter().collect();
+    let three = policy.key_tiers(&key, routes[0]);
+    let all = policy.key_tiers(&key, routes[1]);
     assert_eq!((three.len(), all.len()), (3, 9));
     let one = &three[..1];
 
@@ -260,7 +263,7 @@ fn bench_limits(c: &mut Criterion) {
         b.iter(|| store.check(black_box(&all), now, Mode::Count).admitted)
     });
     g.bench_function("policy: tiers for a key", |b| {
-        b.iter(|| policy.key_tiers(black_box(&key), 1).len())
+        b.iter(|| policy.key_tiers(black_box(&key), routes[1]).len())
     });
     g.finish();
 

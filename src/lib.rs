@@ -8,6 +8,8 @@
 //! - `proxy` (the Pingora service), `admin` (health, metrics and the admin
 //!   API)
 //! - `limits` (rate limits: policy, backends, headers)
+//! - `route` (the one immutable route table, with upstreams and each
+//!   route's limits, behind one `ArcSwap`)
 //! - `service` (key lifecycle, the snapshot listener, the `last_used`
 //!   flush: I/O over `store`)
 //! - `identity` (credentials, the authenticator, client IP, request ids),
@@ -26,6 +28,7 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod proxy;
+pub mod route;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -20,6 +20,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::route::{RouteTable, Routes};
 use crate::service::keys::KeyService;
 use crate::service::last_used;
 use crate::service::listener::KeyListener;
@@ -57,6 +58,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let hasher = KeyHasher::new(cfg.keys.pepper.expose());
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
+    let routes = Routes::new(RouteTable::from_config(&cfg));
 
     let listener = server.add_service(background_service(
         "key listener",
@@ -79,6 +81,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         &server.configuration,
         GatewayProxy::new(
             &cfg,
+            routes.clone(),
             keys.clone(),
             hasher.clone(),
             tracker.clone(),
@@ -102,6 +105,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         prometheus,
         cfg.redis.is_some(),
         limiter,
+        routes,
         Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
         KeyService::new(&cfg),
         tracker,

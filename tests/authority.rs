@@ -280,8 +280,8 @@ async fn write_keys_cannot_raise_limits_or_lengthen_expiries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lifecycle_itself_enforces_the_authority_rule() {
     use gateway::config::{Config, Limits, Need};
-    use gateway::service::keys::{Authority, KeyService, KeyUpdate, OpError};
     use gateway::keys::scope::Scope;
+    use gateway::service::keys::{Authority, KeyService, KeyUpdate, OpError};
     use gateway::store::audit::Origin;
     use gateway::store::keys::{self as repo, NewKey};
 

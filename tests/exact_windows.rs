@@ -54,7 +54,7 @@ async fn connected_store() -> Arc<RedisStore> {
         timeout: Duration::from_secs(5),
         key_prefix: redis_prefix(),
     };
-    let store = Arc::new(RedisStore::new(&cfg, Arc::from(Vec::new())).expect("store"));
+    let store = Arc::new(RedisStore::new(&cfg).expect("store"));
     let s = store.clone();
     tokio::spawn(async move { s.keep_connected().await });
     let up = eventually(Duration::from_secs(5), || async { store.is_connected() }).await;
@@ -74,11 +74,14 @@ async fn a_stored_window_ahead_of_the_redis_clock_is_not_reset() {
             period: Period::Minute,
             limit: 5,
         };
-        let key = store.key(&tier);
+        let key = store.key(&tier, None);
         let w = redis_now_ms() / 60_000 + ahead;
         redis_cli(&["HSET", &key, "w", &w.to_string(), "c", "5", "p", "0"]);
         redis_cli(&["PEXPIRE", &key, "600000"]);
-        let d = store.check(&[tier], Mode::Count).await.expect("check");
+        let d = store
+            .check(None, &[tier], Mode::Count)
+            .await
+            .expect("check");
         assert!(!d.admitted, "stored window {ahead} ahead was reset: {d:?}");
         assert_eq!(d.tiers[0].remaining, 0);
         // Retry-After reaches past the stored window's start.

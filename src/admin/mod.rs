@@ -34,6 +34,7 @@ use crate::identity::{self, Authenticator};
 use crate::keys::scope::{first_missing, Scope};
 use crate::keys::snapshot::{KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, RateLimiter};
+use crate::route::Routes;
 use crate::service::keys::{Authority, KeyService};
 use crate::service::last_used::LastUsedTracker;
 use crate::store::audit::{Actor, Origin};
@@ -49,6 +50,8 @@ pub struct AdminState {
     pub started: Instant,
     pub redis_configured: bool,
     pub limiter: Arc<RateLimiter>,
+    /// The route table the proxy serves, for `/rate-limits/status`.
+    pub routes: Routes,
     pub auth: Authenticator,
     pub key_service: KeyService,
     pub last_used: LastUsedTracker,
@@ -66,6 +69,7 @@ impl AdminState {
         prometheus: PrometheusHandle,
         redis_configured: bool,
         limiter: Arc<RateLimiter>,
+        routes: Routes,
         auth: Authenticator,
         key_service: KeyService,
         last_used: LastUsedTracker,
@@ -78,6 +82,7 @@ impl AdminState {
             started: Instant::now(),
             redis_configured,
             limiter,
+            routes,
             auth,
             key_service,
             last_used,

@@ -11,6 +11,7 @@ use super::keys::key_id;
 use super::{db, json, AdminState, Caller};
 use crate::config::{AuthMode, Limits};
 use crate::limits::{Decision, Mode, Tier, TierState};
+use crate::route::Route;
 use crate::service::keys::KeyUpdate;
 
 /// One tier as the status endpoint shows it.
@@ -40,11 +41,14 @@ fn views(d: &Decision) -> Vec<TierView> {
         .collect()
 }
 
-async fn peek(s: &AdminState, tiers: &[Tier]) -> Result<Decision, ApiError> {
-    s.limiter.query(tiers, Mode::Peek).await.map_err(|e| {
-        tracing::warn!(error = %e, "rate-limit status: backend failed");
-        ApiError::RateLimiterUnavailable
-    })
+async fn peek(s: &AdminState, route: Option<&Route>, tiers: &[Tier]) -> Result<Decision, ApiError> {
+    s.limiter
+        .query(route, tiers, Mode::Peek)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "rate-limit status: backend failed");
+            ApiError::RateLimiterUnavailable
+        })
 }
 
 /// `GET /api/v1/rate-limits/status`: the calling key's tiers, and its
@@ -55,18 +59,19 @@ pub async fn get_rate_limit_status(
 ) -> Result<Response<Vec<u8>>, ApiError> {
     let policy = &s.limiter.policy;
     let key = &caller.key;
-    let own = peek(s, &policy.own_tiers(key)).await?;
+    let own = peek(s, None, &policy.own_tiers(key)).await?;
     let mut routes = Vec::new();
-    for (i, r) in policy.routes.iter().enumerate() {
-        let Ok(index) = u16::try_from(i) else { break };
+    // One table for the whole answer, even if a reload swaps it meanwhile.
+    let table = s.routes.load_full();
+    for r in table.iter() {
         if r.auth != AuthMode::Required {
             continue;
         }
-        let tiers = policy.route_tiers(key, index);
+        let tiers = policy.route_tiers(key, r);
         if tiers.is_empty() {
             continue;
         }
-        let d = peek(s, &tiers).await?;
+        let d = peek(s, Some(r), &tiers).await?;
         routes.push(json!({"route": &*r.name, "tiers": views(&d)}));
     }
     Ok(json(

@@ -3,7 +3,7 @@
 //! Field docs live in `conf/gateway.toml`.
 //!
 //! No `deny_unknown_fields` here on purpose: it stops at the first unknown
-//! key, while `serde_ignored` (see [`super::validate::section`]) reports all
+//! key, while `serde_ignored` (see `validate::section`) reports all
 //! of them, each with its path.
 use std::collections::BTreeMap;
 

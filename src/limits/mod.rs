@@ -2,6 +2,8 @@
 //! sliding-window arithmetic every backend shares ([`window`]), the local
 //! and Redis backends ([`local`], [`redis`]), the response headers
 //! ([`headers`]) and the [`RateLimiter`] the proxy and admin API call.
+//! A route's own limits live on its [`Route`] in the one route table
+//! ([`crate::route`]); the policy holds the rest.
 //!
 //! A tier is one counter with one limit over one window: "key K, per
 //! minute, 600". A request names every tier that applies to it and is
@@ -25,6 +27,7 @@ use self::local::LocalStore;
 use self::policy::Policy;
 use self::redis::RedisStore;
 use crate::config::{Config, LimitBackend, OnBackendError};
+use crate::route::Route;
 
 /// Most tiers one request can name: 3 per key, 3 per route, 3 global.
 pub const MAX_TIERS: usize = 9;
@@ -60,8 +63,9 @@ impl Period {
     }
 }
 
-/// Whose requests a tier counts. Routes are identified by their index in
-/// the configuration's `[[routes]]` list.
+/// Whose requests a tier counts. Routes are identified by their
+/// [`Route::index`] (position in `[[routes]]`); the Redis backend names
+/// their keys by the route's name instead, from the route it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subject {
     /// One key, across all routes.
@@ -300,10 +304,7 @@ impl RateLimiter {
     pub fn new(cfg: &Config) -> anyhow::Result<Arc<RateLimiter>> {
         let rl = &cfg.rate_limits;
         let backend = match (rl.backend, &cfg.redis) {
-            (LimitBackend::Redis, Some(redis)) => {
-                let routes = cfg.routes.iter().map(|r| r.name.clone()).collect();
-                Backend::Redis(RedisStore::new(redis, routes)?)
-            }
+            (LimitBackend::Redis, Some(redis)) => Backend::Redis(RedisStore::new(redis)?),
             _ => Backend::Local(LocalStore::new(rl.max_local_counters)),
         };
         Ok(Arc::new(RateLimiter {
@@ -341,10 +342,10 @@ impl RateLimiter {
         self.on_backend_error == OnBackendError::Deny
     }
 
-    /// Checks and counts `tiers`. Backend failures are decided by
-    /// `on_backend_error` and counted.
-    pub async fn check(&self, tiers: &[Tier]) -> Verdict {
-        match self.query(tiers, Mode::Count).await {
+    /// Checks and counts `tiers` of a request on `route`. Backend failures
+    /// are decided by `on_backend_error` and counted.
+    pub async fn check(&self, route: &Route, tiers: &[Tier]) -> Verdict {
+        match self.query(Some(route), tiers, Mode::Count).await {
             Ok(d) if d.admitted => Verdict::Admitted(d),
             Ok(d) => Verdict::Limited(d),
             Err(_) => match self.on_backend_error {
@@ -362,13 +363,19 @@ impl RateLimiter {
         }
     }
 
-    /// Runs one query against the backend, with its metrics.
-    pub async fn query(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
+    /// Runs one query against the backend, with its metrics. `route` is the
+    /// route the tiers' per-route subjects belong to, if any.
+    pub async fn query(
+        &self,
+        route: Option<&Route>,
+        tiers: &[Tier],
+        mode: Mode,
+    ) -> Result<Decision, BackendError> {
         match &self.backend {
             Backend::Local(store) => Ok(store.check(tiers, self.clock.now_ms(), mode)),
             Backend::Redis(store) => {
                 let started = Instant::now();
-                let result = store.check(tiers, mode).await;
+                let result = store.check(route, tiers, mode).await;
                 metrics::histogram!("gateway_rate_limit_backend_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
                 if let Err(e) = &result {

@@ -1,25 +1,16 @@
 //! Which tiers apply to a request, from `[rate_limits]`, the route and the
-//! key's own overrides.
+//! key's own overrides. The route's own limits come with the [`Route`]
+//! itself (from the one route table); the policy holds only what is not
+//! per route.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use super::{Period, Subject, Tier, Tiers};
-use crate::config::{AuthMode, Config, Limits};
+use crate::config::{Config, Limits};
 use crate::keys::snapshot::KeyRecord;
-
-/// The limits of one `[[routes]]` entry.
-#[derive(Debug, Clone)]
-pub struct RouteLimits {
-    pub name: Arc<str>,
-    pub auth: AuthMode,
-    /// Per caller on this route (`rate_limit`).
-    pub per_caller: Limits,
-    /// Across all callers of this route (`global_rate_limit`).
-    pub global: Limits,
-}
+use crate::route::Route;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -29,8 +20,6 @@ pub struct Policy {
     exempt: Vec<IpNet>,
     /// Peers whose `X-Forwarded-For` names the client (`proxy.trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
-    /// Indexed like the configuration's `[[routes]]`.
-    pub routes: Vec<RouteLimits>,
 }
 
 /// Adds one tier per period `limits` sets.
@@ -61,16 +50,6 @@ impl Policy {
             auth_failures: rl.auth_failures,
             exempt: rl.exempt_ips.clone(),
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
-            routes: cfg
-                .routes
-                .iter()
-                .map(|r| RouteLimits {
-                    name: r.name.clone(),
-                    auth: r.auth,
-                    per_caller: r.rate_limit.unwrap_or_default(),
-                    global: r.global_rate_limit.unwrap_or_default(),
-                })
-                .collect(),
         }
     }
 
@@ -84,18 +63,16 @@ impl Policy {
         overrides.or(self.default)
     }
 
-    fn route(&self, route: u16) -> Option<&RouteLimits> {
-        self.routes.get(usize::from(route))
-    }
-
-    /// The tiers of a request by `key` on route `route`.
-    pub fn key_tiers(&self, key: &KeyRecord, route: u16) -> Tiers {
+    /// The tiers of a request by `key` on `route`.
+    pub fn key_tiers(&self, key: &KeyRecord, route: &Route) -> Tiers {
         let mut tiers = self.own_tiers(key);
         // At most 3 + 3 + 3 tiers: the capacity holds them all.
         let _ = tiers.try_extend_from_slice(&self.route_tiers(key, route));
-        if let Some(r) = self.route(route) {
-            push(&mut tiers, Subject::Global(route), r.global);
-        }
+        push(
+            &mut tiers,
+            Subject::Global(route.index),
+            route.global_rate_limit,
+        );
         tiers
     }
 
@@ -110,28 +87,33 @@ impl Policy {
         tiers
     }
 
-    /// The key's tiers on route `route` only (its `rate_limit`).
-    pub fn route_tiers(&self, key: &KeyRecord, route: u16) -> Tiers {
+    /// The key's tiers on `route` only (its `rate_limit`).
+    pub fn route_tiers(&self, key: &KeyRecord, route: &Route) -> Tiers {
         let mut tiers = Tiers::new();
-        if let Some(r) = self.route(route) {
-            push(&mut tiers, Subject::KeyRoute(key.id, route), r.per_caller);
-        }
+        push(
+            &mut tiers,
+            Subject::KeyRoute(key.id, route.index),
+            route.rate_limit,
+        );
         tiers
     }
 
-    /// The tiers of an anonymous request from `ip` on route `route`.
-    pub fn anonymous_tiers(&self, ip: Option<IpAddr>, route: u16) -> Tiers {
+    /// The tiers of an anonymous request from `ip` on `route`.
+    pub fn anonymous_tiers(&self, ip: Option<IpAddr>, route: &Route) -> Tiers {
         let mut tiers = Tiers::new();
-        let r = self.route(route);
         if let Some(ip) = ip {
             push(&mut tiers, Subject::Ip(ip), self.anonymous);
-            if let Some(r) = r {
-                push(&mut tiers, Subject::IpRoute(ip, route), r.per_caller);
-            }
+            push(
+                &mut tiers,
+                Subject::IpRoute(ip, route.index),
+                route.rate_limit,
+            );
         }
-        if let Some(r) = r {
-            push(&mut tiers, Subject::Global(route), r.global);
-        }
+        push(
+            &mut tiers,
+            Subject::Global(route.index),
+            route.global_rate_limit,
+        );
         tiers
     }
 

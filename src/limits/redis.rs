@@ -20,7 +20,6 @@
 //! - **Scripts.** `NOSCRIPT` (a restarted or flushed Redis) loads the
 //!   script and retries, inside the same time bound.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
@@ -30,6 +29,7 @@ use fred::types::scripts::Script;
 use super::window::{self, Counts};
 use super::{BackendError, Decision, Mode, Subject, Tier};
 use crate::config::RedisConfig;
+use crate::route::Route;
 
 /// The check-and-count script. `estimate` mirrors [`window::estimate`]
 /// operation for operation.
@@ -100,13 +100,11 @@ pub struct RedisStore {
     script: Script,
     prefix: String,
     timeout: Duration,
-    /// Route names by configuration index, for key names.
-    routes: Arc<[Arc<str>]>,
 }
 
 impl RedisStore {
     /// Builds the client; nothing connects until [`RedisStore::keep_connected`].
-    pub fn new(cfg: &RedisConfig, routes: Arc<[Arc<str>]>) -> anyhow::Result<RedisStore> {
+    pub fn new(cfg: &RedisConfig) -> anyhow::Result<RedisStore> {
         let config = Config::from_url(&cfg.url)
             .map_err(|e| anyhow::anyhow!("redis.url: {}", e.details()))?;
         let mut builder = Builder::from_config(config);
@@ -135,7 +133,6 @@ impl RedisStore {
             script: Script::from_lua(SCRIPT),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
-            routes,
         })
     }
 
@@ -175,25 +172,29 @@ impl RedisStore {
         }
     }
 
-    fn route(&self, r: u16) -> &str {
-        self.routes.get(usize::from(r)).map_or("?", |n| n)
-    }
-
-    /// The Redis key of `tier`'s counter.
-    pub fn key(&self, tier: &Tier) -> String {
+    /// The Redis key of `tier`'s counter. Per-route counters are named by
+    /// `route`'s name (the route the tiers were built for), so they survive
+    /// a reordering of `[[routes]]`.
+    pub fn key(&self, tier: &Tier, route: Option<&Route>) -> String {
         let (p, per) = (&self.prefix, tier.period.name());
+        let r = route.map_or("?", |r| &*r.name);
         match tier.subject {
             Subject::Key(id) => format!("{p}{{k:{id}}}:{per}"),
-            Subject::KeyRoute(id, r) => format!("{p}{{k:{id}}}:route:{}:{per}", self.route(r)),
+            Subject::KeyRoute(id, _) => format!("{p}{{k:{id}}}:route:{r}:{per}"),
             Subject::Ip(ip) => format!("{p}{{ip:{ip}}}:{per}"),
-            Subject::IpRoute(ip, r) => format!("{p}{{ip:{ip}}}:route:{}:{per}", self.route(r)),
-            Subject::Global(r) => format!("{p}{{g:{}}}:{per}", self.route(r)),
+            Subject::IpRoute(ip, _) => format!("{p}{{ip:{ip}}}:route:{r}:{per}"),
+            Subject::Global(_) => format!("{p}{{g:{r}}}:{per}"),
             Subject::AuthFailures(ip) => format!("{p}{{ip:{ip}}}:auth:{per}"),
         }
     }
 
     /// Checks `tiers` and counts as `mode` says, in one round trip.
-    pub async fn check(&self, tiers: &[Tier], mode: Mode) -> Result<Decision, BackendError> {
+    pub async fn check(
+        &self,
+        route: Option<&Route>,
+        tiers: &[Tier],
+        mode: Mode,
+    ) -> Result<Decision, BackendError> {
         if tiers.is_empty() {
             return Ok(Decision {
                 admitted: true,
@@ -204,7 +205,7 @@ impl RedisStore {
         if !self.is_connected() {
             return Err(BackendError::Disconnected);
         }
-        let keys: Vec<String> = tiers.iter().map(|t| self.key(t)).collect();
+        let keys: Vec<String> = tiers.iter().map(|t| self.key(t, route)).collect();
         let mut args: Vec<i64> = Vec::with_capacity(1 + 2 * tiers.len());
         args.push(match mode {
             Mode::Peek => 0,

@@ -9,9 +9,7 @@
 //! makes one bounded call per request.
 
 pub mod errors;
-pub mod route_metrics;
 pub mod routing;
-pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,15 +24,15 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use self::errors::{write_error, ProxyError};
-use self::route_metrics::RouteMetrics;
-use self::routing::{normalize_host, Route, RouteTable};
-use self::upstream::Upstream;
+use self::routing::normalize_host;
 use crate::config::{AuthMode, Config};
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
+use crate::route::metrics::RouteMetrics;
+use crate::route::{Route, Routes};
 use crate::service::last_used::LastUsedTracker;
 
 /// Counts requests in flight, for a graceful shutdown that ends as soon as
@@ -65,7 +63,9 @@ impl Drop for InflightGuard {
 }
 
 pub struct GatewayProxy {
-    routes: RouteTable,
+    /// The published route table; each request loads it once and keeps
+    /// its `Arc<Route>`.
+    routes: Routes,
     auth: Authenticator,
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
@@ -104,15 +104,15 @@ impl RequestCtx {
 impl GatewayProxy {
     pub fn new(
         cfg: &Config,
+        routes: Routes,
         keys: Arc<KeyStore>,
         hasher: KeyHasher,
         last_used: LastUsedTracker,
         inflight: Arc<Inflight>,
         limiter: Arc<RateLimiter>,
     ) -> Self {
-        let upstreams = Upstream::from_config(cfg);
         Self {
-            routes: RouteTable::new(cfg, &upstreams),
+            routes,
             auth: Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
             last_used,
             inflight,
@@ -190,13 +190,13 @@ impl GatewayProxy {
     ) -> Result<bool> {
         let policy = &self.limiter.policy;
         let tiers = match &ctx.key {
-            Some(key) => policy.key_tiers(key, route.index),
-            None => policy.anonymous_tiers(ip, route.index),
+            Some(key) => policy.key_tiers(key, route),
+            None => policy.anonymous_tiers(ip, route),
         };
         if tiers.is_empty() {
             return Ok(false);
         }
-        match self.limiter.check(&tiers).await {
+        match self.limiter.check(route, &tiers).await {
             Verdict::Admitted(d) => {
                 ctx.limits = Some(d);
                 Ok(false)
@@ -261,7 +261,9 @@ impl ProxyHttp for GatewayProxy {
                 )
                 .await;
         }
-        let Some(route) = self.routes.find(host.as_deref(), path).cloned() else {
+        // One load of the table; the request keeps its route (and so its
+        // upstream) even if a reload swaps the table meanwhile.
+        let Some(route) = self.routes.load().find(host.as_deref(), path).cloned() else {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         ctx.route = Some(route.clone());

@@ -1,0 +1,304 @@
+//! The route table: one immutable [`RouteTable`] built from `[[routes]]`
+//! and `[[upstreams]]`, each [`Route`] carrying everything about it (what
+//! it matches, its upstream, scopes, auth mode, metrics handles and its
+//! own rate limits), published behind one `ArcSwap` ([`Routes`]).
+//!
+//! The proxy, the limiter (and its Redis backend) and the admin API all
+//! read the same table, so a reload builds a new table and swaps one thing.
+//! A request holds its `Arc<Route>` for its whole life, so requests in
+//! flight finish on the route (and upstream) they started with.
+//!
+//! Matching: longest `path_prefix` wins, a host-specific route beats a
+//! host-less one of the same length, and prefixes match on segment
+//! boundaries (`/orders` matches `/orders` and `/orders/7`, not `/ordersx`;
+//! a prefix ending in `/` matches anything below it).
+//!
+//! Below `proxy`, `limits` and `admin`; uses only `config` and `keys`.
+
+pub mod metrics;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use http::Method;
+
+use self::metrics::RouteMetrics;
+use self::upstream::Upstream;
+use crate::config::{AuthMode, Config, Limits, RouteConfig};
+use crate::keys::scope::Scope;
+
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the configuration's `[[routes]]`: names the route's
+    /// counters in the local rate-limit store.
+    pub index: u16,
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: Arc<Upstream>,
+    pub scopes: Vec<Scope>,
+    pub method_scopes: Vec<(Method, Vec<Scope>)>,
+    pub auth: AuthMode,
+    pub metrics: RouteMetrics,
+    /// Per caller (key, or client IP on `auth = "none"` routes) on this
+    /// route (`rate_limit`); unset tiers do not apply.
+    pub rate_limit: Limits,
+    /// Across all callers of this route (`global_rate_limit`).
+    pub global_rate_limit: Limits,
+}
+
+impl Route {
+    fn matches_path(&self, path: &str) -> bool {
+        let p = &self.path_prefix;
+        path.starts_with(p.as_str())
+            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+    }
+
+    /// Scopes needed for `method`: the route's own, then the method's.
+    pub fn required_scopes<'a>(&'a self, method: &'a Method) -> impl Iterator<Item = &'a [Scope]> {
+        std::iter::once(self.scopes.as_slice()).chain(
+            self.method_scopes
+                .iter()
+                .filter(move |(m, _)| m == method)
+                .map(|(_, s)| s.as_slice()),
+        )
+    }
+}
+
+/// Every route of one configuration. Immutable: a new configuration makes
+/// a new table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// In match order: longest prefix first, host-specific first.
+    matching: Vec<Arc<Route>>,
+    /// In configuration order.
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table with new upstreams (and their passive health).
+    pub fn from_config(cfg: &Config) -> RouteTable {
+        RouteTable::new(cfg, &Upstream::from_config(cfg))
+    }
+
+    /// Builds the table; `upstreams` must hold every route's upstream, which
+    /// config validation guarantees.
+    pub fn new(cfg: &Config, upstreams: &[Arc<Upstream>]) -> RouteTable {
+        let routes: Vec<Arc<Route>> = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r): (usize, &RouteConfig)| {
+                let upstream = upstreams.iter().find(|u| u.name == r.upstream)?.clone();
+                Some(Arc::new(Route {
+                    metrics: RouteMetrics::new(r.name.clone()),
+                    index: u16::try_from(index).ok()?,
+                    name: r.name.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    host: r.host.clone(),
+                    upstream,
+                    scopes: r.scopes.clone(),
+                    method_scopes: r
+                        .method_scopes
+                        .iter()
+                        .filter_map(|(m, s)| {
+                            Some((Method::from_bytes(m.as_bytes()).ok()?, s.clone()))
+                        })
+                        .collect(),
+                    auth: r.auth,
+                    rate_limit: r.rate_limit.unwrap_or_default(),
+                    global_rate_limit: r.global_rate_limit.unwrap_or_default(),
+                }))
+            })
+            .collect();
+        let mut matching = routes.clone();
+        matching.sort_by(|a, b| {
+            b.path_prefix
+                .len()
+                .cmp(&a.path_prefix.len())
+                .then(b.host.is_some().cmp(&a.host.is_some()))
+        });
+        RouteTable { matching, routes }
+    }
+
+    /// The route for `host` (lower-case, no port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.matching
+            .iter()
+            .find(|r| r.matches_path(path) && r.host.as_deref().is_none_or(|h| Some(h) == host))
+    }
+
+    /// Every route, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+/// The published route table: one `ArcSwap` shared by everyone who reads
+/// routes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Routes(Arc<ArcSwap<RouteTable>>);
+
+impl Routes {
+    pub fn new(table: RouteTable) -> Routes {
+        Routes(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// The current table: one atomic load, no allocation. Hold the guard
+    /// only for a lookup; a request keeps its `Arc<Route>` instead.
+    pub fn load(&self) -> Guard<Arc<RouteTable>> {
+        self.0.load()
+    }
+
+    /// The current table as an `Arc`, for a holder that awaits while it
+    /// reads it (the admin API).
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// Publishes `table`; readers see it from their next [`Routes::load`].
+    /// Returns the table it replaced.
+    pub fn swap(&self, table: RouteTable) -> Arc<RouteTable> {
+        self.0.swap(Arc::new(table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Need};
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "[keys]\npepper = \"0123456789abcdef0123456789abcdef\"\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:1\"]\n{routes}"
+        );
+        let cfg = Config::from_toml(&text, Vec::new(), Need::Serve).expect("valid config");
+        RouteTable::from_config(&cfg)
+    }
+
+    fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
+        t.find(host, path).map(|r| r.name.to_string())
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries_wins() {
+        let t = table(
+            r#"
+[[routes]]
+name = "root"
+path_prefix = "/"
+upstream = "u"
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "u"
+[[routes]]
+name = "order-items"
+path_prefix = "/orders/items"
+upstream = "u"
+"#,
+        );
+        assert_eq!(name(&t, None, "/orders").as_deref(), Some("orders"));
+        assert_eq!(name(&t, None, "/orders/7").as_deref(), Some("orders"));
+        assert_eq!(
+            name(&t, None, "/orders/items/1").as_deref(),
+            Some("order-items")
+        );
+        assert_eq!(name(&t, None, "/ordersx").as_deref(), Some("root"));
+        assert_eq!(name(&t, None, "/other").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn host_specific_route_wins_and_others_do_not_match_it() {
+        let t = table(
+            r#"
+[[routes]]
+name = "any"
+path_prefix = "/api"
+upstream = "u"
+[[routes]]
+name = "tenant"
+path_prefix = "/api"
+host = "Tenant.example.com"
+upstream = "u"
+"#,
+        );
+        assert_eq!(
+            name(&t, Some("tenant.example.com"), "/api/x").as_deref(),
+            Some("tenant")
+        );
+        assert_eq!(
+            name(&t, Some("other.example.com"), "/api/x").as_deref(),
+            Some("any")
+        );
+        assert_eq!(name(&t, None, "/nope"), None);
+    }
+
+    #[test]
+    fn method_scopes_add_to_route_scopes() {
+        let t = table(
+            r#"
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "u"
+scopes = ["read:orders"]
+method_scopes = { post = ["write:orders"] }
+"#,
+        );
+        let r = t.find(None, "/orders").expect("route");
+        let get: Vec<&str> = r
+            .required_scopes(&Method::GET)
+            .flatten()
+            .map(Scope::as_str)
+            .collect();
+        let post: Vec<&str> = r
+            .required_scopes(&Method::POST)
+            .flatten()
+            .map(Scope::as_str)
+            .collect();
+        assert_eq!(get, ["read:orders"]);
+        assert_eq!(post, ["read:orders", "write:orders"]);
+    }
+
+    #[test]
+    fn routes_carry_their_limits_in_configuration_order() {
+        let t = table(
+            r#"
+[[routes]]
+name = "a"
+path_prefix = "/"
+upstream = "u"
+rate_limit = { per_minute = 5 }
+[[routes]]
+name = "b"
+path_prefix = "/b/long"
+upstream = "u"
+global_rate_limit = { per_hour = 7 }
+"#,
+        );
+        let names: Vec<(&str, u16)> = t.iter().map(|r| (&*r.name, r.index)).collect();
+        assert_eq!(names, [("a", 0), ("b", 1)]);
+        let b = t.find(None, "/b/long/x").expect("route");
+        assert_eq!(b.global_rate_limit.per_hour, Some(7));
+        assert_eq!(b.rate_limit, Limits::default());
+        let a = t.find(None, "/x").expect("route");
+        assert_eq!(a.rate_limit.per_minute, Some(5));
+    }
+
+    #[test]
+    fn a_swap_leaves_routes_in_use_intact() {
+        let routes = Routes::new(table(
+            "[[routes]]\nname = \"old\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        ));
+        let in_flight = routes.load().find(None, "/x").cloned().expect("route");
+        let old = routes.swap(table(
+            "[[routes]]\nname = \"new\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        ));
+        assert_eq!(&*in_flight.name, "old");
+        assert_eq!(old.iter().count(), 1);
+        let now = routes.load().find(None, "/x").map(|r| r.name.to_string());
+        assert_eq!(now.as_deref(), Some("new"));
+    }
+}
