@@ -307,7 +307,7 @@ impl ProxyHttp for GatewayProxy {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
         let up = &route.upstream;
-        let Some(idx) = up.select(ctx.tried, crate::now_ms()) else {
+        let Some(idx) = up.select(ctx.tried, Instant::now()) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "every upstream target failed",
@@ -332,7 +332,7 @@ impl ProxyHttp for GatewayProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(route), Some(idx)) = (ctx.route.as_ref(), ctx.target) {
-            route.upstream.mark_down(idx, crate::now_ms());
+            route.upstream.mark_down(idx, Instant::now());
             // Nothing reached the upstream, so any method may go elsewhere.
             let n = route.upstream.targets.len() as u32;
             e.set_retry(ctx.tried.count_ones() < n);
