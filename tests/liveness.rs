@@ -6,11 +6,15 @@
 //! A TCP relay in front of the real Postgres simulates the link: it can
 //! FREEZE (stop forwarding both ways, sockets kept open, so both kernels
 //! keep acknowledging and TCP keepalives see nothing wrong), THAW, or KILL
-//! (close every relayed connection).
+//! (close every relayed connection). It can also STRAND a new connection
+//! for good at a given query: the link dies mid-call and never recovers,
+//! while later connections work.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -24,12 +28,17 @@ struct RelayState {
     frozen: bool,
     /// Bumped by `kill`: connections of an older epoch close.
     epoch: u64,
+    /// A connection opened while this is set goes silent for good once the
+    /// client sends bytes containing it.
+    strand_on: Option<&'static [u8]>,
 }
 
 /// A TCP relay to `target`, driven by the test's runtime.
 struct Relay {
     addr: SocketAddr,
     state: watch::Sender<RelayState>,
+    /// Connections stranded so far.
+    stranded: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -39,12 +48,19 @@ impl Relay {
         let (state, rx) = watch::channel(RelayState {
             frozen: false,
             epoch: 0,
+            strand_on: None,
         });
+        let stranded = Arc::new(AtomicUsize::new(0));
+        let count = stranded.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let rx = rx.clone();
+                let count = count.clone();
                 tokio::spawn(async move {
-                    let epoch = rx.borrow().epoch;
+                    let (epoch, strand_on) = {
+                        let s = rx.borrow();
+                        (s.epoch, s.strand_on)
+                    };
                     // A frozen relay still accepts (the kernel would), but
                     // forwards nothing, the connect to Postgres included.
                     if !wait_flowing(&mut rx.clone(), epoch).await {
@@ -55,14 +71,23 @@ impl Relay {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
+                    let strand = Strand {
+                        on: strand_on,
+                        done: Arc::new(AtomicBool::new(false)),
+                        count,
+                    };
                     tokio::join!(
-                        pump(cr, sw, rx.clone(), epoch),
-                        pump(sr, cw, rx.clone(), epoch)
+                        pump(cr, sw, rx.clone(), epoch, strand.clone()),
+                        pump(sr, cw, rx.clone(), epoch, Strand { on: None, ..strand })
                     );
                 });
             }
         });
-        Relay { addr, state }
+        Relay {
+            addr,
+            state,
+            stranded,
+        }
     }
 
     fn freeze(&self) {
@@ -71,6 +96,15 @@ impl Relay {
 
     fn thaw(&self) {
         self.state.send_modify(|s| s.frozen = false);
+    }
+
+    /// New connections go silent for good once the client sends `pattern`.
+    fn strand_on(&self, pattern: Option<&'static [u8]>) {
+        self.state.send_modify(|s| s.strand_on = pattern);
+    }
+
+    fn stranded(&self) -> usize {
+        self.stranded.load(Ordering::SeqCst)
     }
 
     /// Closes every relayed connection; new ones flow.
@@ -98,6 +132,15 @@ async fn wait_flowing(rx: &mut watch::Receiver<RelayState>, epoch: u64) -> bool 
     }
 }
 
+/// One connection's strand: `on` is checked in the client's direction;
+/// `done` stops both directions.
+#[derive(Clone)]
+struct Strand {
+    on: Option<&'static [u8]>,
+    done: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+}
+
 /// Copies `from` to `to` while the relay flows; holds bytes read just
 /// before a freeze until the thaw.
 async fn pump(
@@ -105,6 +148,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut rx: watch::Receiver<RelayState>,
     epoch: u64,
+    strand: Strand,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -127,6 +171,22 @@ async fn pump(
                 continue;
             }
         };
+        if let Some(pattern) = strand.on {
+            if buf[..n].windows(pattern.len()).any(|w| w == pattern)
+                && !strand.done.swap(true, Ordering::SeqCst)
+            {
+                strand.count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if strand.done.load(Ordering::SeqCst) {
+            // Silent for good, sockets open, until killed.
+            while wait_flowing(&mut rx, epoch).await {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
         if !wait_flowing(&mut rx, epoch).await {
             return;
         }
@@ -160,6 +220,23 @@ fn snapshot_check(body: &Value) -> &Value {
     &body["checks"]["key_snapshot"]
 }
 
+fn full_reloads(body: &Value) -> u64 {
+    snapshot_check(body)["full_reloads"]
+        .as_u64()
+        .expect("full_reloads")
+}
+
+/// Waits until the listener is connected again after more than `reloads`
+/// full reloads. Polling `/health` rather than the proxy with a key not
+/// loaded yet, which the brute-force guard would soon block.
+async fn reloaded_since(gw: &Gateway, reloads: u64) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        let (_, body) = health(gw).await;
+        snapshot_check(&body)["listener"] == "connected" && full_reloads(&body) > reloads
+    })
+    .await
+}
+
 /// A gateway on `db`, but talking to Postgres through `relay`.
 async fn gateway_behind(db: &mut TestDb, relay: &Relay, upstream: SocketAddr) -> Gateway {
     let (_, mut u) = pg_addr(&db.url);
@@ -182,9 +259,7 @@ async fn a_frozen_link_is_noticed_served_from_cache_and_healed_by_a_full_reload(
 
     let (_, body) = health(&gw).await;
     assert_eq!(snapshot_check(&body)["listener"], "connected", "{body}");
-    let reloads_before = snapshot_check(&body)["full_reloads"]
-        .as_u64()
-        .expect("full_reloads");
+    let reloads_before = full_reloads(&body);
 
     relay.freeze();
 
@@ -259,44 +334,85 @@ async fn a_frozen_link_is_noticed_served_from_cache_and_healed_by_a_full_reload(
 
     // ...works once the link is back: the listener reconnects and reloads.
     relay.thaw();
-    let usable = eventually(Duration::from_secs(30), || async {
-        get(&gw.url("/echo"), Some(&created.key)).await.0 == 200
-    })
-    .await;
     assert!(
-        usable,
-        "key made while frozen never became usable; log:\n{}",
+        reloaded_since(&gw, reloads_before).await,
+        "no reconnect and reload after the thaw: {}\nlog:\n{}",
+        health(&gw).await.1,
         gw.logs()
     );
-    let healed = eventually(Duration::from_secs(30), || async {
-        let (status, body) = health(&gw).await;
-        status == 200
-            && body["status"] == "ok"
-            && snapshot_check(&body)["listener"] == "connected"
-            && snapshot_check(&body)["full_reloads"]
-                .as_u64()
-                .is_some_and(|n| n > reloads_before)
-    })
-    .await;
-    assert!(healed, "/health never recovered: {}", health(&gw).await.1);
+    assert_eq!(get(&gw.url("/echo"), Some(&created.key)).await.0, 200);
+    let (status, body) = health(&gw).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &Value::from("ok")),
+        "{body}"
+    );
     assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200);
 
     // A link that is cut (connections closed) heals the same way.
-    let reloads = snapshot_check(&health(&gw).await.1)["full_reloads"]
-        .as_u64()
-        .expect("full_reloads");
+    let reloads = full_reloads(&health(&gw).await.1);
     relay.kill();
-    let reloaded = eventually(Duration::from_secs(30), || async {
-        let (_, body) = health(&gw).await;
-        snapshot_check(&body)["listener"] == "connected"
-            && snapshot_check(&body)["full_reloads"]
-                .as_u64()
-                .is_some_and(|n| n > reloads)
-    })
-    .await;
     assert!(
-        reloaded,
+        reloaded_since(&gw, reloads).await,
         "no reload after the link was cut: {}",
         health(&gw).await.1
     );
+}
+
+/// The link dies in the middle of a listener call and never comes back
+/// (a half-open connection: no FIN, no RST), while new connections work:
+/// first during `LISTEN`, then during the full load. Each call must give
+/// up, reconnect and reload, so keys made meanwhile become usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_dies_mid_call_is_abandoned_and_the_keys_reloaded() {
+    let mut db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let relay = Relay::start(pg_addr(&db.url).0).await;
+    let gw = gateway_behind(&mut db, &relay, upstream).await;
+    let direct = db.client().await;
+    let hasher = gateway::keys::format::KeyHasher::new(PEPPER);
+
+    // `LISTEN` is a simple query; the full load's statement is the only
+    // one ending in `FROM api_keys` (parse messages end the text with NUL).
+    for (call, pattern) in [
+        ("LISTEN", &b"LISTEN api_keys_changed"[..]),
+        ("the full load", &b"FROM api_keys\0"[..]),
+    ] {
+        let before = relay.stranded();
+        let reloads = full_reloads(&health(&gw).await.1);
+        relay.strand_on(Some(pattern));
+        relay.kill();
+        let stuck = eventually(Duration::from_secs(20), || async {
+            relay.stranded() > before
+        })
+        .await;
+        assert!(
+            stuck,
+            "the listener never reached {call}; log:\n{}",
+            gw.logs()
+        );
+        let (_, body) = health(&gw).await;
+        assert_ne!(snapshot_check(&body)["listener"], "connected", "{body}");
+
+        let new = gateway::store::keys::NewKey {
+            name: format!("made while {call} hung"),
+            description: String::new(),
+            scopes: vec![gateway::keys::scope::Scope::parse("read:echo").expect("scope")],
+            limits: Default::default(),
+            metadata: serde_json::json!({}),
+            expires_at: None,
+        };
+        let created = gateway::store::keys::create(&direct, &hasher, "gw_live_", &new)
+            .await
+            .expect("create directly");
+        // New connections work again; the stranded one never will.
+        relay.strand_on(None);
+        assert!(
+            reloaded_since(&gw, reloads).await,
+            "the listener stayed stuck in {call}: {}\nlog:\n{}",
+            health(&gw).await.1,
+            gw.logs()
+        );
+        assert_eq!(get(&gw.url("/echo"), Some(&created.key)).await.0, 200);
+    }
 }
