@@ -35,7 +35,7 @@ use crate::store::{self, DbError};
 pub const CHANNEL: &str = "api_keys_changed";
 /// A silent connection is probed this often, so a half-open TCP connection
 /// is noticed even when no notification arrives.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(4);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// Bound on each short call: `LISTEN`, the heartbeat, and loading the
 /// records a burst of notifications names. A burst too large to load in
 /// this time fails the session, and the reconnect's full reload covers it.
