@@ -419,3 +419,40 @@ async fn a_link_that_dies_mid_call_is_abandoned_and_the_keys_reloaded() {
         assert_eq!(get(&gw.url("/echo"), Some(&created.key)).await.0, 200);
     }
 }
+
+/// An admin write whose pooled connection dies in the middle of the
+/// statement (checked out fine, then silence for good) answers 503 once
+/// the admin call bound passes, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_whose_link_dies_mid_statement_answers_503() {
+    let mut db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let relay = Relay::start(pg_addr(&db.url).0).await;
+    let gw = gateway_behind(&mut db, &relay, upstream).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
+
+    relay.strand_on(Some(b"INSERT INTO api_keys"));
+    // Pooled connections opened before would not be stranded: close them.
+    relay.kill();
+    // Longer than the gateway's own bound, so the gateway answers first.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let resp = client
+        .post(gw.admin_url("/api/v1/keys"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "stranded", "scopes": ["read:echo"]}))
+        .send()
+        .await
+        .expect("the admin API answers though its statement never will");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("JSON error");
+    assert_eq!(
+        (status, code(&body)),
+        (503, "database_unavailable"),
+        "{body}"
+    );
+    assert!(relay.stranded() >= 1, "the INSERT never reached the relay");
+}
