@@ -716,6 +716,10 @@ fn check_url(s: &str, schemes: &[&str], path: &str, errs: &mut Errors) -> bool {
     }
 }
 
+/// Longest `proxy.upstream_down_seconds`: an hour; a target skipped for
+/// longer is better removed from the config.
+const MAX_UPSTREAM_DOWN_SECONDS: u64 = 3600;
+
 fn positive_ms(v: Option<u64>, default_ms: u64, path: &str, errs: &mut Errors) -> Duration {
     match v {
         Some(0) => {
@@ -779,6 +783,17 @@ fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
             "must be at most 1000000",
         );
     }
+    let down_seconds = match p.upstream_down_seconds {
+        Some(s) if s > MAX_UPSTREAM_DOWN_SECONDS => {
+            errs.push(
+                "proxy.upstream_down_seconds",
+                format!("must be at most {MAX_UPSTREAM_DOWN_SECONDS}"),
+            );
+            10
+        }
+        Some(s) => s,
+        None => 10,
+    };
     Some(ProxyConfig {
         listen: listen?,
         threads,
@@ -790,7 +805,7 @@ fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
         ),
         read_timeout: positive_ms(p.read_timeout_ms, 30_000, "proxy.read_timeout_ms", errs),
         write_timeout: positive_ms(p.write_timeout_ms, 30_000, "proxy.write_timeout_ms", errs),
-        upstream_down_for: Duration::from_secs(p.upstream_down_seconds.unwrap_or(10)),
+        upstream_down_for: Duration::from_secs(down_seconds),
         upstream_keepalive_pool_size: pool as usize,
         shutdown_grace: Duration::from_secs(grace),
         trusted_proxies: parse_cidrs(p.trusted_proxies, "proxy.trusted_proxies", errs),
@@ -1334,6 +1349,26 @@ upstream = "a"
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn a_huge_upstream_down_time_is_refused_by_name() {
+        let text = format!(
+            "{}\n[proxy]\nupstream_down_seconds = 9223372036854775807\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.path == "proxy.upstream_down_seconds");
+        assert!(
+            e.is_some_and(|e| e.to_string().contains("at most 3600")),
+            "{errs}"
+        );
+        let text = format!("{}\n[proxy]\nupstream_down_seconds = 3600\n", minimal());
+        let cfg = Config::from_toml(&text, no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.proxy.upstream_down_for, Duration::from_secs(3600));
     }
 
     #[test]
