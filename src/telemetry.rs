@@ -119,8 +119,13 @@ fn describe() {
         "Seconds since the snapshot last changed."
     );
     describe_gauge!(
+        "gateway_key_snapshot_seconds_since_confirmed",
+        Unit::Seconds,
+        "Seconds since the snapshot was last confirmed current (heartbeat, change or reload)."
+    );
+    describe_gauge!(
         "gateway_key_listener_connected",
-        "1 while the key listener holds its Postgres connection."
+        "1 while the key listener holds its Postgres connection and its heartbeat answers."
     );
     describe_counter!(
         "gateway_key_listener_errors_total",

@@ -71,7 +71,8 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
     let key_snapshot = json!({
         "status": if s.keys.is_loaded() { "up" } else { "loading" },
         "keys": snap.len(),
-        "listener": if s.keys.listener_connected() { "connected" } else { "reconnecting" },
+        "listener": s.keys.listener_state().as_str(),
+        "seconds_since_confirmed": s.keys.seconds_since_confirmed(Instant::now()),
         "seconds_since_full_reload": age_seconds(s.keys.last_full_reload_ms()),
         "full_reloads": s.keys.full_reloads(),
     });
@@ -101,8 +102,11 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
     };
     // Redis is required only when its failure refuses requests.
     let healthy = db_up && s.keys.is_loaded() && !(redis_down && limiter.fails_closed());
+    // A lost listener degrades but does not fail: the proxy serves the
+    // cached snapshot, which only goes stale.
+    let listening = s.keys.listener_connected();
     let body = json!({
-        "status": if healthy && !redis_down { "ok" } else { "degraded" },
+        "status": if healthy && !redis_down && listening { "ok" } else { "degraded" },
         "uptime_seconds": s.started.elapsed().as_secs(),
         "checks": {
             "database": database,
@@ -126,6 +130,9 @@ pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
     }
     if let Some(age) = age_seconds(s.keys.last_change_ms()) {
         metrics::gauge!("gateway_key_snapshot_seconds_since_change").set(age);
+    }
+    if let Some(age) = s.keys.seconds_since_confirmed(Instant::now()) {
+        metrics::gauge!("gateway_key_snapshot_seconds_since_confirmed").set(age);
     }
     metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() {
         1.0

@@ -16,7 +16,7 @@ pub mod rate_limits;
 pub mod routes;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -39,6 +39,12 @@ use crate::service::keys::{Authority, KeyService};
 use crate::service::last_used::LastUsedTracker;
 use crate::store::audit::{Actor, Origin};
 
+/// Bound on one admin call once authorised: a link to Postgres that dies
+/// mid-call never answers, so the caller gets 503 `database_unavailable`
+/// instead of waiting for ever. Above a pool checkout at the default
+/// `database.connect_timeout_ms` (wait, recycle and create, 3 s each) plus
+/// [`crate::store::STATEMENT_TIMEOUT`].
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest `User-Agent` kept in the audit log.
 const MAX_USER_AGENT: usize = 256;
 
@@ -365,7 +371,7 @@ impl AdminApp {
             _ => Vec::new(),
         };
         let authed = || caller.as_ref().ok_or(ApiError::Internal);
-        let result = async {
+        let result = tokio::time::timeout(CALL_TIMEOUT, async {
             Ok(match op {
                 Op::Health => health::health(s).await,
                 Op::HealthLive => health::live(),
@@ -390,8 +396,12 @@ impl AdminApp {
                 }
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
             })
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!(request_id, op = ?op, "admin call timed out waiting for the database");
+            Err(ApiError::DatabaseUnavailable)
+        });
         // An attempt to grant or take over more than the caller holds is a
         // denied call too.
         if let (Err(e @ (ApiError::Escalation(_) | ApiError::NeedsAdmin(_))), Some(c)) =

@@ -26,6 +26,10 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Longest `proxy.upstream_down_seconds`: an hour; a target skipped for
+/// longer is better removed from the config.
+const MAX_UPSTREAM_DOWN_SECONDS: u64 = 3600;
+
 pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
     let listen = parse_addr(
         p.listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
@@ -59,6 +63,17 @@ pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConf
             "must be at most 1000000",
         );
     }
+    let down_seconds = match p.upstream_down_seconds {
+        Some(s) if s > MAX_UPSTREAM_DOWN_SECONDS => {
+            errs.push(
+                "proxy.upstream_down_seconds",
+                format!("must be at most {MAX_UPSTREAM_DOWN_SECONDS}"),
+            );
+            10
+        }
+        Some(s) => s,
+        None => 10,
+    };
     Some(ProxyConfig {
         listen: listen?,
         threads,
@@ -70,9 +85,37 @@ pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConf
         ),
         read_timeout: positive_ms(p.read_timeout_ms, 30_000, "proxy.read_timeout_ms", errs),
         write_timeout: positive_ms(p.write_timeout_ms, 30_000, "proxy.write_timeout_ms", errs),
-        upstream_down_for: Duration::from_secs(p.upstream_down_seconds.unwrap_or(10)),
+        upstream_down_for: Duration::from_secs(down_seconds),
         upstream_keepalive_pool_size: pool as usize,
         shutdown_grace: Duration::from_secs(grace),
         trusted_proxies: parse_cidrs(p.trusted_proxies, "proxy.trusted_proxies", errs),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_support::{minimal, no_env};
+    use crate::config::{Config, Need};
+
+    #[test]
+    fn a_huge_upstream_down_time_is_refused_by_name() {
+        let text = format!(
+            "{}\n[proxy]\nupstream_down_seconds = 9223372036854775807\n",
+            minimal()
+        );
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.path == "proxy.upstream_down_seconds");
+        assert!(
+            e.is_some_and(|e| e.to_string().contains("at most 3600")),
+            "{errs}"
+        );
+        let text = format!("{}\n[proxy]\nupstream_down_seconds = 3600\n", minimal());
+        let cfg = Config::from_toml(&text, no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.proxy.upstream_down_for, Duration::from_secs(3600));
+    }
 }

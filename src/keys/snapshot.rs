@@ -13,8 +13,9 @@
 //! `hashbrown::HashTable` of bare `Arc<KeyRecord>` pointers, 8 bytes per
 //! slot, whose keys are read from the records themselves.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
@@ -312,12 +313,49 @@ impl KeySnapshot {
     }
 }
 
+/// Where the key listener's link to Postgres stands, as `/health` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerState {
+    /// Not connected yet since the process started.
+    Starting = 0,
+    /// Listening, loaded, and the heartbeat answers.
+    Connected = 1,
+    /// The link was just lost; the first reconnect is pending.
+    Reconnecting = 2,
+    /// Reconnecting keeps failing; the snapshot may be out of date.
+    Down = 3,
+}
+
+impl ListenerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerState::Starting => "starting",
+            ListenerState::Connected => "connected",
+            ListenerState::Reconnecting => "reconnecting",
+            ListenerState::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> ListenerState {
+        match v {
+            1 => ListenerState::Connected,
+            2 => ListenerState::Reconnecting,
+            3 => ListenerState::Down,
+            _ => ListenerState::Starting,
+        }
+    }
+}
+
 /// The published snapshot plus the state `/health` and `/metrics` report.
 #[derive(Default)]
 pub struct KeyStore {
     current: ArcSwap<KeySnapshot>,
     loaded: AtomicBool,
-    listener_connected: AtomicBool,
+    listener_state: AtomicU8,
+    /// When the snapshot was last known to match Postgres: the start of the
+    /// last reload, applied change or heartbeat that found nothing pending.
+    /// A monotonic instant, so a wall-clock step cannot fake freshness.
+    confirmed_at: std::sync::Mutex<Option<Instant>>,
     /// Unix ms of the last full reload.
     last_full_reload_ms: AtomicI64,
     /// Unix ms of the last applied change or reload.
@@ -363,12 +401,32 @@ impl KeyStore {
         self.loaded.load(Ordering::Acquire)
     }
 
-    pub fn set_listener_connected(&self, up: bool) {
-        self.listener_connected.store(up, Ordering::Relaxed);
+    pub fn set_listener_state(&self, state: ListenerState) {
+        self.listener_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn listener_state(&self) -> ListenerState {
+        ListenerState::from_u8(self.listener_state.load(Ordering::Relaxed))
     }
 
     pub fn listener_connected(&self) -> bool {
-        self.listener_connected.load(Ordering::Relaxed)
+        self.listener_state() == ListenerState::Connected
+    }
+
+    /// Records that the snapshot matched Postgres as of `at`; an older
+    /// instant than the one held is ignored.
+    pub fn confirm_current(&self, at: Instant) {
+        // Never held across an await; a poisoned lock still holds a valid instant.
+        let mut held = self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none_or(|t| t < at) {
+            *held = Some(at);
+        }
+    }
+
+    /// Seconds from the last confirmation to `now`; `None` before the first.
+    pub fn seconds_since_confirmed(&self, now: Instant) -> Option<f64> {
+        let held = *self.confirmed_at.lock().unwrap_or_else(|e| e.into_inner());
+        held.map(|t| now.saturating_duration_since(t).as_secs_f64())
     }
 
     /// Unix ms of the last full reload, if any.

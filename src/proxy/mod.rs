@@ -9,6 +9,7 @@
 //! makes one bounded call per request.
 
 pub mod errors;
+pub mod log_limit;
 pub mod routing;
 
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use self::errors::{write_error, ProxyError};
+use self::log_limit::WarnLimiter;
 use self::routing::normalize_host;
 use crate::config::{AuthMode, Config};
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
@@ -70,6 +72,8 @@ pub struct GatewayProxy {
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
     limiter: Arc<RateLimiter>,
+    /// Rate limit for the "request failed" warning.
+    failure_log: WarnLimiter,
 }
 
 /// Per-request state shared across the filters.
@@ -117,6 +121,7 @@ impl GatewayProxy {
             last_used,
             inflight,
             limiter,
+            failure_log: WarnLimiter::new(log_limit::WARN_EVERY),
         }
     }
 
@@ -309,7 +314,7 @@ impl ProxyHttp for GatewayProxy {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
         let up = &route.upstream;
-        let Some(idx) = up.select(ctx.tried, crate::now_ms()) else {
+        let Some(idx) = up.select(ctx.tried, Instant::now()) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "every upstream target failed",
@@ -334,7 +339,7 @@ impl ProxyHttp for GatewayProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(route), Some(idx)) = (ctx.route.as_ref(), ctx.target) {
-            route.upstream.mark_down(idx, crate::now_ms());
+            route.upstream.mark_down(idx, Instant::now());
             // Nothing reached the upstream, so any method may go elsewhere.
             let n = route.upstream.targets.len() as u32;
             e.set_retry(ctx.tried.count_ones() < n);
@@ -491,15 +496,19 @@ impl ProxyHttp for GatewayProxy {
             ctx.request_id = identity::new_request_id();
         }
         // Once the upstream's header went out, the response cannot change.
+        let mut answered = false;
         if session.response_written().is_none() {
             let limits = ctx.limits.as_ref().map(headers::render).unwrap_or_default();
-            if let Err(write_err) = write_error(session, &err, ctx.request_id(), &limits).await {
-                tracing::debug!(request_id = ctx.request_id(), error = %write_err, "could not send error response");
+            match write_error(session, &err, ctx.request_id(), &limits).await {
+                Ok(()) => answered = true,
+                Err(write_err) => {
+                    tracing::debug!(request_id = ctx.request_id(), error = %write_err, "could not send error response")
+                }
             }
         }
         FailToProxy {
             error_code: err.status(),
-            can_reuse_downstream: err.status() < 500,
+            can_reuse_downstream: answered && reusable_after(e) && session.is_body_done(),
         }
     }
 
@@ -523,16 +532,68 @@ impl ProxyHttp for GatewayProxy {
                 );
             if client_gone {
                 tracing::debug!(request_id = ctx.request_id(), route, error = %e, "client went away");
+            } else if let Some(suppressed) = self.failure_log.admit(route, Instant::now()) {
+                tracing::warn!(request_id = ctx.request_id(), route, status, error = %e, suppressed, "request failed");
             } else {
-                tracing::warn!(request_id = ctx.request_id(), route, status, error = %e, "request failed");
+                tracing::debug!(request_id = ctx.request_id(), route, status, error = %e, "request failed");
             }
         }
+    }
+}
+
+/// Whether the client connection may serve another request after `e`,
+/// given that the error response went out whole and the request body was
+/// read to its end. (Pingora asks only for failures before proxying; once
+/// proxying started, it decides from the upstream exchange itself.)
+/// Pingora's default is never, and we keep it for anything the client's
+/// bytes may have caused (a malformed header or body, a protocol error, an
+/// error status a module raised): what follows on that connection cannot be
+/// trusted to start a new request. Only a failure to reach the upstream
+/// leaves the client's stream in a known state.
+fn reusable_after(e: &Error) -> bool {
+    let connecting = matches!(
+        e.etype(),
+        ErrorType::ConnectNoRoute
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectError
+    );
+    match e.esource() {
+        ErrorSource::Downstream => false,
+        _ if matches!(e.etype(), ErrorType::HTTPStatus(_)) => false,
+        ErrorSource::Upstream => true,
+        ErrorSource::Internal | ErrorSource::Unset => connecting,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_upstream_side_failures_leave_the_connection_reusable() {
+        let down = |t: ErrorType| *Error::new(t).into_down();
+        let up = |t: ErrorType| *Error::new(t).into_up();
+        let invalid_chunk = ErrorType::new("InvalidChunk");
+        for e in [
+            down(invalid_chunk.clone()),
+            down(ErrorType::InvalidHTTPHeader),
+            down(ErrorType::ReadError),
+            down(ErrorType::ReadTimedout),
+            up(ErrorType::HTTPStatus(400)),
+            *Error::new(ErrorType::HTTPStatus(413)),
+            *Error::new(ErrorType::InternalError),
+        ] {
+            assert!(!reusable_after(&e), "{e}");
+        }
+        for e in [
+            up(ErrorType::ConnectRefused),
+            up(ErrorType::ReadTimedout),
+            *Error::new(ErrorType::ConnectNoRoute),
+        ] {
+            assert!(reusable_after(&e), "{e}");
+        }
+    }
 
     /// Every helper that sees raw client input, fed random input: none may
     /// panic. Seeded (`GATEWAY_TEST_SEED` replays a run); a panic names

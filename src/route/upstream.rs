@@ -2,11 +2,13 @@
 //! that refuses or times out a connection is skipped for
 //! `proxy.upstream_down_seconds`; when every target is down the least
 //! recently failed one is still tried, since refusing outright helps no one.
+//! Down times run on a monotonic clock (the caller passes `now` as an
+//! [`Instant`]), so a wall-clock step neither revives nor prolongs them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 pub use crate::config::MAX_TARGETS;
@@ -14,7 +16,8 @@ pub use crate::config::MAX_TARGETS;
 #[derive(Debug)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// Unix ms until which the target is considered down; 0 when up.
+    /// Until when the target is considered down, in ms since the
+    /// upstream's `epoch`; 0 when up.
     down_until_ms: AtomicI64,
 }
 
@@ -27,6 +30,8 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     down_for: Duration,
+    /// Origin of the monotonic ms in `down_until_ms`.
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -50,6 +55,7 @@ impl Upstream {
                     read_timeout: u.read_timeout,
                     write_timeout: cfg.proxy.write_timeout,
                     down_for: cfg.proxy.upstream_down_for,
+                    epoch: Instant::now(),
                 })
             })
             .collect()
@@ -57,7 +63,8 @@ impl Upstream {
 
     /// Picks the next target not in `tried` (a bit set of indexes),
     /// preferring targets that are up. `None` once every target was tried.
-    pub fn select(&self, tried: u64, now_ms: i64) -> Option<usize> {
+    pub fn select(&self, tried: u64, now: Instant) -> Option<usize> {
+        let now_ms = self.ms_at(now);
         let n = self.targets.len();
         if n == 0 {
             return None;
@@ -80,9 +87,16 @@ impl Upstream {
         fallback.map(|(idx, _)| idx)
     }
 
-    pub fn mark_down(&self, idx: usize, now_ms: i64) {
+    /// Milliseconds from `epoch` to `now`; 0 for an instant before it.
+    fn ms_at(&self, now: Instant) -> i64 {
+        i64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    pub fn mark_down(&self, idx: usize, now: Instant) {
         if let Some(t) = self.targets.get(idx) {
-            let until = now_ms + self.down_for.as_millis() as i64;
+            let down_for = i64::try_from(self.down_for.as_millis()).unwrap_or(i64::MAX);
+            // At least 1: 0 means "up".
+            let until = self.ms_at(now).saturating_add(down_for).max(1);
             t.down_until_ms.store(until, Ordering::Relaxed);
             metrics::counter!("gateway_upstream_marked_down_total", "upstream" => self.name.to_string())
                 .increment(1);
@@ -102,7 +116,7 @@ impl Upstream {
 mod tests {
     use super::*;
 
-    fn up(n: usize) -> Upstream {
+    fn up_for(n: usize, down_for: Duration, epoch: Instant) -> Upstream {
         Upstream {
             name: "u".into(),
             targets: (0..n)
@@ -115,40 +129,92 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
-            down_for: Duration::from_secs(10),
+            down_for,
+            epoch,
         }
+    }
+
+    /// A clock for the tests: `at(ms)` is `ms` after a fixed start.
+    fn clock() -> (Instant, impl Fn(u64) -> Instant) {
+        let t0 = Instant::now();
+        (t0, move |ms| t0 + Duration::from_millis(ms))
+    }
+
+    fn up(n: usize) -> (Upstream, impl Fn(u64) -> Instant) {
+        let (t0, at) = clock();
+        (up_for(n, Duration::from_secs(10), t0), at)
     }
 
     #[test]
     fn round_robin_over_healthy_targets() {
-        let u = up(3);
-        let picks: Vec<usize> = (0..6).filter_map(|_| u.select(0, 0)).collect();
+        let (u, at) = up(3);
+        let picks: Vec<usize> = (0..6).filter_map(|_| u.select(0, at(0))).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn down_targets_are_skipped_until_their_time_is_up() {
-        let u = up(3);
-        u.mark_down(1, 0);
-        let picks: Vec<usize> = (0..4).filter_map(|_| u.select(0, 5_000)).collect();
+        let (u, at) = up(3);
+        u.mark_down(1, at(0));
+        let picks: Vec<usize> = (0..4).filter_map(|_| u.select(0, at(5_000))).collect();
         assert!(!picks.contains(&1), "{picks:?}");
-        assert!((0..3).filter_map(|_| u.select(0, 10_000)).any(|i| i == 1));
+        assert!((0..3)
+            .filter_map(|_| u.select(0, at(10_000)))
+            .any(|i| i == 1));
     }
 
     #[test]
     fn retries_avoid_tried_targets_and_end() {
-        let u = up(2);
-        let first = u.select(0, 0).expect("one");
-        let second = u.select(1 << first, 0).expect("two");
+        let (u, at) = up(2);
+        let first = u.select(0, at(0)).expect("one");
+        let second = u.select(1 << first, at(0)).expect("two");
         assert_ne!(first, second);
-        assert_eq!(u.select((1 << first) | (1 << second), 0), None);
+        assert_eq!(u.select((1 << first) | (1 << second), at(0)), None);
     }
 
     #[test]
     fn all_down_still_tries_the_earliest_to_recover() {
-        let u = up(2);
-        u.mark_down(0, 1_000);
-        u.mark_down(1, 0);
-        assert_eq!(u.select(0, 2_000), Some(1));
+        let (u, at) = up(2);
+        u.mark_down(0, at(1_000));
+        u.mark_down(1, at(0));
+        assert_eq!(u.select(0, at(2_000)), Some(1));
+    }
+
+    /// The down time is counted on the instants passed in, from the
+    /// moment of failure: a wall-clock step (which `Instant` never sees)
+    /// cannot end it early or make it last longer.
+    #[test]
+    fn down_time_runs_on_the_monotonic_clock() {
+        let (u, at) = up(2);
+        u.mark_down(0, at(60_000));
+        for ms in [60_000, 65_000, 69_999] {
+            assert!(
+                (0..4).filter_map(|_| u.select(0, at(ms))).all(|i| i == 1),
+                "target 0 picked at {ms} ms"
+            );
+        }
+        assert!((0..2)
+            .filter_map(|_| u.select(0, at(70_000)))
+            .any(|i| i == 0));
+    }
+
+    /// `now_ms + down_for` once wrapped for a huge down time, so the
+    /// target was never skipped.
+    #[test]
+    fn a_huge_down_time_saturates_instead_of_wrapping() {
+        let (t0, at) = clock();
+        let u = up_for(2, Duration::from_secs(u64::MAX), t0);
+        u.mark_down(0, at(1_000));
+        let picks: Vec<usize> = (0..4).filter_map(|_| u.select(0, at(2_000))).collect();
+        assert_eq!(picks, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn an_instant_before_the_epoch_counts_as_the_epoch() {
+        let (t0, at) = clock();
+        let u = up_for(1, Duration::from_secs(10), at(1_000));
+        u.mark_down(0, t0);
+        assert_eq!(u.select(0, at(1_000)), Some(0), "fallback still tries it");
+        assert_eq!(u.targets[0].down_until_ms.load(Ordering::Relaxed), 10_000);
     }
 }

@@ -7,6 +7,12 @@
 //! it twice is harmless. On any error it reconnects with capped exponential
 //! backoff and reloads everything, so changes made while it was away are
 //! picked up. The proxy keeps serving the last snapshot meanwhile.
+//!
+//! Every call on the connection is bounded, and a heartbeat probes a quiet
+//! link, so a half-open connection (no FIN, no RST: a dead peer, a dropped
+//! NAT entry, a stuck proxy) is noticed within [`DETECT_WITHIN`] rather
+//! than never. The listener publishes its state and the instant the
+//! snapshot was last confirmed current for `/health`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,15 +28,28 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-use crate::keys::snapshot::{KeyChange, KeySnapshot, KeyStore};
+use crate::keys::snapshot::{KeyChange, KeySnapshot, KeyStore, ListenerState};
 use crate::store::{self, DbError};
 
 /// Channel every key change is announced on (see `sql/0001_api_keys.up.sql`).
 pub const CHANNEL: &str = "api_keys_changed";
 /// A silent connection is probed this often, so a half-open TCP connection
 /// is noticed even when no notification arrives.
-const PING_EVERY: Duration = Duration::from_secs(5);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+/// Bound on each short call: `LISTEN`, the heartbeat, and loading the
+/// records a burst of notifications names. A burst too large to load in
+/// this time fails the session, and the reconnect's full reload covers it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The full load fails when no row arrives for this long...
+const LOAD_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...or when it takes longer than this in all: a million keys load in
+/// about 1.3 s, so this leaves room for a hundred times more, or a slow disk.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Worst case from a link going silent to the listener noticing: a
+/// heartbeat interval plus its timeout (a notification burst in progress
+/// is bounded by the same [`CALL_TIMEOUT`]).
+pub const DETECT_WITHIN: Duration =
+    Duration::from_secs(HEARTBEAT_EVERY.as_secs() + CALL_TIMEOUT.as_secs());
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -81,12 +100,21 @@ impl KeyListener {
         rx: &mut mpsc::UnboundedReceiver<String>,
         ready: &mut Option<ServiceReadyNotifier>,
     ) -> Result<(), DbError> {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        bounded(
+            CALL_TIMEOUT,
+            client.batch_execute(&format!("LISTEN {CHANNEL}")),
+        )
+        .await?;
         let started = Instant::now();
         let mut snapshot = KeySnapshot::default();
-        let count = store::keys::load_all(client, &mut snapshot).await?;
+        let count = bounded(
+            LOAD_TIMEOUT,
+            store::keys::load_all(client, &mut snapshot, LOAD_STALL_TIMEOUT),
+        )
+        .await?;
         self.store.replace(snapshot);
-        self.store.set_listener_connected(true);
+        self.store.confirm_current(started);
+        self.store.set_listener_state(ListenerState::Connected);
         metrics::histogram!("gateway_key_snapshot_load_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::info!(
@@ -98,8 +126,8 @@ impl KeyListener {
             r.notify_ready();
         }
 
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 first = rx.recv() => {
@@ -113,10 +141,15 @@ impl KeyListener {
                     }
                     self.apply(client, payloads).await?;
                 }
-                _ = ping.tick() => {
-                    tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1"))
-                        .await
-                        .map_err(|_| DbError::Timeout(PING_TIMEOUT))??;
+                _ = heartbeat.tick() => {
+                    let sent = Instant::now();
+                    bounded(CALL_TIMEOUT, client.simple_query("SELECT 1")).await?;
+                    // The connection task forwards a notification before
+                    // the reply that follows it, so an empty queue now means
+                    // nothing committed before `sent` is left to apply.
+                    if rx.is_empty() {
+                        self.store.confirm_current(sent);
+                    }
                 }
             }
         }
@@ -142,7 +175,7 @@ impl KeyListener {
             return Ok(());
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
-        let records = store::keys::load_by_ids(client, &ids).await?;
+        let records = bounded(CALL_TIMEOUT, store::keys::load_by_ids(client, &ids)).await?;
         let found: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
         let mut changes: Vec<KeyChange> = records.into_iter().map(KeyChange::Upsert).collect();
         changes.extend(
@@ -152,6 +185,7 @@ impl KeyListener {
         );
         let n = changes.len();
         self.store.apply(changes);
+        self.store.confirm_current(started);
         metrics::histogram!("gateway_key_snapshot_apply_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(changes = n, "key changes applied");
@@ -168,13 +202,20 @@ impl BackgroundService for KeyListener {
     ) {
         let mut ready = Some(ready);
         let mut backoff = BACKOFF_MIN;
+        let mut failures: u32 = 0;
         loop {
             let began = Instant::now();
             let result = tokio::select! {
                 r = self.session(&mut ready) => r,
                 _ = shutdown.changed() => return,
             };
-            self.store.set_listener_connected(false);
+            let was = self.store.listener_state();
+            // A session that connected and loaded resets the failure count.
+            if was == ListenerState::Connected {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            self.store.set_listener_state(next_state(was, failures));
             if let Err(e) = result {
                 metrics::counter!("gateway_key_listener_errors_total").increment(1);
                 tracing::warn!(error = %e.describe(), retry_in_ms = backoff.as_millis() as u64,
@@ -192,5 +233,53 @@ impl BackgroundService for KeyListener {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+/// Awaits `fut` for at most `limit`.
+async fn bounded<T, E>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DbError>
+where
+    DbError: From<E>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(DbError::Timeout(limit)),
+    }
+}
+
+/// The state after a session ended, `failures` sessions in a row having
+/// failed since the listener was last connected: the first loss is
+/// `reconnecting`; a failed reconnect, or no connection yet, is `down`.
+fn next_state(was: ListenerState, failures: u32) -> ListenerState {
+    match was {
+        ListenerState::Connected if failures <= 1 => ListenerState::Reconnecting,
+        _ => ListenerState::Down,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_link_is_reconnecting_then_down() {
+        assert_eq!(
+            next_state(ListenerState::Connected, 1),
+            ListenerState::Reconnecting
+        );
+        assert_eq!(
+            next_state(ListenerState::Reconnecting, 2),
+            ListenerState::Down
+        );
+        assert_eq!(next_state(ListenerState::Down, 3), ListenerState::Down);
+        assert_eq!(next_state(ListenerState::Starting, 1), ListenerState::Down);
+    }
+
+    #[test]
+    fn a_dead_link_is_noticed_within_ten_seconds() {
+        assert!(DETECT_WITHIN <= Duration::from_secs(10));
     }
 }

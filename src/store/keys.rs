@@ -1,5 +1,7 @@
 //! The `api_keys` repository: the only code that reads or writes key rows.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use serde::Serialize;
@@ -397,20 +399,31 @@ fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
 /// Streams every key into `into`, row by row: no full result set, and with
 /// the listener passing a fresh snapshot, no second copy of a million
 /// records on the way. Returns the number of records.
+///
+/// Fails with [`DbError::Timeout`] when the query or the next row takes
+/// longer than `stall`: a bound on progress rather than on the whole load,
+/// so a dead link is noticed within `stall` however many keys there are.
 pub async fn load_all(
     client: &impl GenericClient,
     into: &mut impl Extend<KeyRecord>,
+    stall: Duration,
 ) -> Result<usize, DbError> {
-    let stream = client
-        .query_raw(
+    let stream = tokio::time::timeout(
+        stall,
+        client.query_raw(
             &format!("SELECT {RECORD_COLUMNS} FROM api_keys"),
             std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
-        )
-        .await?;
+        ),
+    )
+    .await
+    .map_err(|_| DbError::Timeout(stall))??;
     pin_mut!(stream);
     let mut scope_sets = ScopeSets::default();
     let mut count = 0;
-    while let Some(row) = stream.try_next().await? {
+    while let Some(row) = tokio::time::timeout(stall, stream.try_next())
+        .await
+        .map_err(|_| DbError::Timeout(stall))??
+    {
         if let Some(record) = record_from_row(&row, &mut scope_sets) {
             into.extend([record]);
             count += 1;

@@ -52,8 +52,27 @@ pub(crate) fn json_column(r: &tokio_postgres::Row, idx: usize) -> Option<serde_j
     })
 }
 
+/// TCP keepalive: first probe after this much silence...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ...then one probe this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and the kernel drops the connection after this many go unanswered
+/// (so a silent dead peer is noticed after about 25 s).
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data the peer has not acknowledged for this long drops the connection
+/// (Linux `TCP_USER_TIMEOUT`; keepalives cannot fire while data is unacked).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(25);
+/// Server-side bound on each statement of a pooled connection, so a lock
+/// wait cannot hold a pool slot for ever. The admin API bounds its own
+/// wait on the client side too (a dead link never answers at all).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// tokio-postgres's default keepalive idle time, i.e. the URL did not set one.
+const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// tokio-postgres settings for `cfg`, with timeouts and TCP keepalives so a
-/// dead server is noticed instead of hanging.
+/// dead server is noticed instead of hanging. Settings given in the URL
+/// (`keepalives_idle`, `keepalives_interval`, `keepalives_retries`,
+/// `tcp_user_timeout`) win.
 pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
     let mut pg = tokio_postgres::Config::from_str(&cfg.url)?;
     if pg.get_application_name().is_none() {
@@ -61,7 +80,18 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     }
     pg.connect_timeout(cfg.connect_timeout);
     pg.keepalives(true);
-    pg.keepalives_idle(Duration::from_secs(10));
+    if pg.get_keepalives_idle() == DEFAULT_KEEPALIVE_IDLE {
+        pg.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
     Ok(pg)
 }
 
@@ -81,12 +111,22 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, DbE
 
 /// The shared pool. Creating it does not connect; connections open on use.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
-    let pg = pg_config(cfg)?;
+    let mut pg = pg_config(cfg)?;
+    let statement_timeout = format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis());
+    let options = match pg.get_options() {
+        Some(o) if o.contains("statement_timeout") => o.to_string(),
+        Some(o) => format!("{o} {statement_timeout}"),
+        None => statement_timeout,
+    };
+    pg.options(options);
     let mgr = Manager::from_config(
         pg,
         NoTls,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // One empty query per checkout, bounded by the recycle timeout:
+            // a connection whose link died is replaced rather than handed
+            // out to hang (the pool serves no hot path).
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(mgr)
@@ -99,4 +139,38 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
         })
         .build()
         .map_err(|e| DbError::Other(format!("cannot build database pool: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: url.into(),
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn links_get_full_keepalive_settings() {
+        let pg = pg_config(&cfg("postgres://u@127.0.0.1/d")).expect("config");
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+    }
+
+    #[test]
+    fn keepalive_settings_in_the_url_win() {
+        let url = "postgres://u@127.0.0.1/d?keepalives_idle=30&keepalives_interval=7\
+                   &keepalives_retries=9&tcp_user_timeout=40";
+        let pg = pg_config(&cfg(url)).expect("config");
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(pg.get_keepalives_retries(), Some(9));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(40)));
+    }
 }
