@@ -28,6 +28,8 @@ use self::upstream::Upstream;
 use crate::config::{AuthMode, Config, Limits, RouteConfig};
 use crate::keys::scope::Scope;
 
+/// One `[[routes]]` entry, resolved: everything the proxy, the limiter and
+/// the admin API need to know about it.
 #[derive(Debug)]
 pub struct Route {
     /// Position in the configuration's `[[routes]]`: names the route's
