@@ -31,6 +31,12 @@ name = "orders-admin"
 path_prefix = "/orders/admin"
 upstream = "echo"
 scopes = ["admin:orders"]
+
+[[routes]]
+name = "reports"
+path_prefix = "/reports"
+upstream = "echo"
+method_scopes = {{ get = ["read:reports"] }}
 "#,
         defaults = default_routes(upstream)
     )
@@ -288,6 +294,39 @@ async fn an_auth_none_route_is_not_a_way_around_a_protected_one() {
     }
     assert_eq!(ok.0, 200, "{}", ok.1);
     assert_eq!(ok.1["path"], "/public/x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_needs_the_method_scopes_of_get() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(routes(upstream))).await;
+    let (_, without) = gw.create_key("read:echo", &[]).await;
+    let (_, with) = gw.create_key("read:echo,read:reports", &[]).await;
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let resp = http()
+            .request(method.clone(), gw.url("/reports/q"))
+            .bearer_auth(&without)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 403, "{method} without read:reports");
+        let resp = http()
+            .request(method.clone(), gw.url("/reports/q"))
+            .bearer_auth(&with)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{method} with read:reports");
+    }
+    // Other methods do not need GET's scopes.
+    let resp = http()
+        .post(gw.url("/reports/q"))
+        .bearer_auth(&without)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -37,11 +37,14 @@ impl Route {
     }
 
     /// Scopes needed for `method`: the route's own, then the method's.
+    /// `HEAD` also needs `GET`'s: it is a `GET` without the body, and
+    /// upstreams answer it as one.
     pub fn required_scopes<'a>(&'a self, method: &'a Method) -> impl Iterator<Item = &'a [Scope]> {
+        let head = *method == Method::HEAD;
         std::iter::once(self.scopes.as_slice()).chain(
             self.method_scopes
                 .iter()
-                .filter(move |(m, _)| m == method)
+                .filter(move |(m, _)| m == method || (head && *m == Method::GET))
                 .map(|(_, s)| s.as_slice()),
         )
     }
@@ -239,6 +242,34 @@ method_scopes = { post = ["write:orders"] }
         }
         // Already normalised prefixes are fine, trailing `/` included.
         table("[[routes]]\npath_prefix = \"/orders/%C3%A9/\"\nupstream = \"u\"\n");
+    }
+
+    #[test]
+    fn head_needs_the_method_scopes_of_get() {
+        let t = table(
+            r#"
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "u"
+scopes = ["read:orders"]
+method_scopes = { get = ["export:orders"], head = ["peek:orders"], post = ["write:orders"] }
+"#,
+        );
+        let r = t.find(None, "/orders").expect("route");
+        let needed = |m: Method| -> Vec<String> {
+            r.required_scopes(&m)
+                .flatten()
+                .map(|s| s.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(needed(Method::GET), ["read:orders", "export:orders"]);
+        assert_eq!(
+            needed(Method::HEAD),
+            ["read:orders", "export:orders", "peek:orders"]
+        );
+        assert_eq!(needed(Method::POST), ["read:orders", "write:orders"]);
+        assert_eq!(needed(Method::OPTIONS), ["read:orders"]);
     }
 
     /// The routes of the attack in issue 12: a wide route and a stricter one
