@@ -4,13 +4,15 @@
 //! `config` (file schema and validation), `keys` (format, hashing, snapshot,
 //! listener), `proxy` (the Pingora service), `admin` (health, metrics and the
 //! admin API), `store` (Postgres), `telemetry`, `cli` (subcommands), `demo`
-//! (the demo upstream), `server` (wiring for `gateway serve`).
+//! (the demo upstream), `server` (wiring for `gateway serve`), `http_path`
+//! (request-path normalisation, shared by `proxy` and `admin`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http_path;
 pub mod keys;
 pub mod limits;
 pub mod proxy;
