@@ -279,5 +279,27 @@ fn bench_limits(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_auth, bench_scopes, bench_limits);
+/// Path normalisation runs on every request before routing: the common,
+/// already normalised path is one pass and no allocation.
+fn bench_paths(c: &mut Criterion) {
+    let mut g = c.benchmark_group("paths");
+    g.bench_function("normalised (borrowed)", |b| {
+        b.iter(|| gateway::http_path::normalize(black_box("/orders/v1/items/12345/detail")))
+    });
+    g.bench_function("to rewrite (//, %61)", |b| {
+        b.iter(|| gateway::http_path::normalize(black_box("/orders//v1/%61tems/12345/detail")))
+    });
+    g.bench_function("request header, normalised", |b| {
+        let req =
+            RequestHeader::build("GET", b"/orders/v1/items/12345?page=2", None).expect("request");
+        b.iter_batched_ref(
+            || req.clone(),
+            gateway::http_path::normalize_request,
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_auth, bench_scopes, bench_limits, bench_paths);
 criterion_main!(benches);

@@ -17,6 +17,8 @@
 //! - `store` (Postgres), `telemetry`
 //! - `keys` (format, hashing, scopes, the snapshot: no I/O)
 //! - `config` (file schema, env overrides, one builder per section)
+//! - `http_path` (request-path normalisation, shared by `proxy`, `admin`
+//!   and the route prefixes `config` accepts)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod http_path;
 pub mod identity;
 pub mod keys;
 pub mod limits;

@@ -657,9 +657,10 @@ async fn bad_input_gets_its_documented_status_and_code() {
             "not_found",
         ),
         (
+            // An encoded NUL is refused before routing (DESIGN §3 "Paths").
             raw(Method::DELETE, "/api/v1/keys/%00", None, vec![]),
-            404,
-            "not_found",
+            400,
+            "bad_request",
         ),
         (
             raw(Method::POST, "/api/v1/keys/not-a-uuid/rotate", None, vec![]),

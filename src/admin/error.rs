@@ -15,6 +15,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub enum ApiError {
     Validation(Vec<FieldError>),
     InvalidJson(String),
+    /// The request path is refused by [`crate::http_path`]: 400 `bad_request`.
+    BadRequest(&'static str),
     /// 401 and 403 from authentication and the scope check.
     Auth(ProxyError),
     /// The caller would need this scope to grant it or to act on the key.
@@ -42,7 +44,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -64,6 +68,7 @@ impl ApiError {
         match self {
             ApiError::Validation(_) => "validation_failed",
             ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::BadRequest(_) => "bad_request",
             ApiError::Auth(e) => e.code(),
             ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => "insufficient_scope",
             ApiError::NotFound(_) => "not_found",
@@ -87,6 +92,7 @@ impl ApiError {
                 _ => format!("{} fields are invalid; see details.", d.len()),
             },
             ApiError::InvalidJson(m) => m.clone(),
+            ApiError::BadRequest(why) => (*why).to_string(),
             ApiError::Auth(e) => e.message().into_owned(),
             ApiError::Escalation(s) => format!(
                 "A key can only grant scopes it holds and act on keys whose scopes it holds; \

@@ -424,20 +424,24 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let request_id = identity::request_id(session.req_header());
+        // As on the proxy (DESIGN §3 "Paths and routing"): routing and the
+        // audit log see the normalised path.
+        let normalized = crate::http_path::normalize_request(session.req_header_mut());
         let req = session.req_header();
-        let request_id = identity::request_id(req);
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
-        let mut resp = match routes::resolve(&method, &path) {
-            Resolved::Found { op, id } => self
+        let mut resp = match normalized.map(|()| routes::resolve(&method, &path)) {
+            Err(e) => ApiError::BadRequest(e.message()).response(&request_id),
+            Ok(Resolved::Found { op, id }) => self
                 .handle(session, op, id, query.as_deref(), &request_id)
                 .await
                 .unwrap_or_else(|e| e.response(&request_id)),
-            Resolved::MethodNotAllowed(allow) => {
+            Ok(Resolved::MethodNotAllowed(allow)) => {
                 ApiError::MethodNotAllowed(allow).response(&request_id)
             }
-            Resolved::NotFound => {
+            Ok(Resolved::NotFound) => {
                 ApiError::NotFound("No admin endpoint at this path.").response(&request_id)
             }
         };

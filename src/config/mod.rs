@@ -14,7 +14,7 @@
 //! (unique names, duplicate routes, overlapping listeners). Everything the
 //! rest of the gateway uses is re-exported here, so callers write
 //! `crate::config::Limits`, never a submodule path. `config` depends on no
-//! other module of the gateway but `keys::scope`.
+//! other module of the gateway but `keys::scope` and `http_path`.
 
 mod admin;
 mod database;

@@ -75,6 +75,20 @@ pub(super) fn build_route(
             format!("{path}.path_prefix"),
             "must be a path without query, fragment or control characters",
         );
+    } else {
+        // Requests are routed on their normalised path, so a prefix in any
+        // other spelling would never match.
+        match crate::http_path::normalize(&prefix) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(n) => errs.push(
+                format!("{path}.path_prefix"),
+                format!("{prefix:?} must be written normalised, as {n:?}"),
+            ),
+            Err(e) => errs.push(
+                format!("{path}.path_prefix"),
+                format!("{prefix:?} is a path the gateway refuses: {e}"),
+            ),
+        }
     }
     let host = r.host.map(|h| h.to_ascii_lowercase());
     if let Some(h) = &host {

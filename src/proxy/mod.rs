@@ -1,6 +1,7 @@
 //! The proxy service: one `ProxyHttp` impl and one typed request context.
 //!
-//! `request_filter` resolves route → key → scopes → rate limits and answers
+//! `request_filter` normalises the path ([`crate::http_path`]), then resolves
+//! route → key → scopes → rate limits and answers
 //! denials itself (complete JSON responses, keep-alive intact);
 //! `upstream_peer` only picks a target; `upstream_request_filter` strips the
 //! credential and adds identity headers; `response_filter` stamps the
@@ -28,6 +29,7 @@ use self::errors::{write_error, ProxyError};
 use self::log_limit::WarnLimiter;
 use self::routing::normalize_host;
 use crate::config::{AuthMode, Config};
+use crate::http_path;
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
 use crate::keys::scope::first_missing;
@@ -246,8 +248,16 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = identity::request_id_value(session.req_header());
+        // Rewritten in place, so routing, scopes, limits, metrics, logs and
+        // the request sent upstream (a copy of this header) all see the
+        // normalised path.
+        if let Err(e) = http_path::normalize_request(session.req_header_mut()) {
+            return self
+                .deny(session, ctx, ProxyError::BadRequest(e.message()))
+                .await;
+        }
         let req = session.req_header();
-        ctx.request_id = identity::request_id_value(req);
         let host = req
             .headers
             .get(http::header::HOST)
@@ -255,17 +265,6 @@ impl ProxyHttp for GatewayProxy {
             .or_else(|| req.uri.host())
             .map(normalize_host);
         let path = req.uri.path();
-        if !routing::is_canonical_path(path) {
-            return self
-                .deny(
-                    session,
-                    ctx,
-                    ProxyError::BadRequest(
-                        "The path must not contain dot segments or backslashes.",
-                    ),
-                )
-                .await;
-        }
         // One load of the table; the request keeps its route (and so its
         // upstream) even if a reload swaps the table meanwhile.
         let Some(route) = self.routes.load().find(host.as_deref(), path).cloned() else {
@@ -617,7 +616,7 @@ mod tests {
                 .collect();
             let _guard = PanicNote(format!("GATEWAY_TEST_SEED={seed}, input {s:?}"));
             let _ = routing::normalize_host(&s);
-            let _ = routing::is_canonical_path(&s);
+            let _ = http_path::normalize(&s);
             let _ = crate::keys::format::verify(&s, "gw_live_");
             let _ = identity::valid_request_id(s.as_bytes());
             let _ = crate::keys::format::display_prefix(&s, "gw_live_");
