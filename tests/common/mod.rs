@@ -225,6 +225,8 @@ pub struct Opts {
     pub proxy_extra: String,
     pub read_timeout_ms: u64,
     pub grace_seconds: u64,
+    /// Extra lines of the `[keys]` section.
+    pub keys_extra: String,
 }
 
 impl Opts {
@@ -234,6 +236,7 @@ impl Opts {
             proxy_extra: String::new(),
             read_timeout_ms: 2_000,
             grace_seconds: 5,
+            keys_extra: String::new(),
         }
     }
 }
@@ -288,6 +291,7 @@ connect_timeout_ms = 1000
 [keys]
 pepper = "{PEPPER}"
 last_used_flush_ms = 200
+{keys_extra}
 
 [log]
 level = "info"
@@ -298,6 +302,7 @@ format = "json"
         grace = opts.grace_seconds,
         routes = opts.routes,
         proxy_extra = opts.proxy_extra,
+        keys_extra = opts.keys_extra,
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
