@@ -11,6 +11,7 @@ use pingora::http::RequestHeader;
 
 use super::errors::ProxyError;
 use crate::keys::format::{self, KeyHasher};
+use crate::keys::miss::MissLookups;
 use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
 
 /// The answer to any key that is not one of ours, whatever the reason, so a
@@ -21,11 +22,14 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Credentials longer than this are rejected before any parsing.
 const MAX_CREDENTIAL_LEN: usize = 256;
 
-/// Resolves presented keys against the current snapshot.
+/// Resolves presented keys against the current snapshot, and, for a
+/// well-formed key it does not hold, against Postgres within the miss
+/// lookups' budget.
 pub struct Authenticator {
     keys: Arc<KeyStore>,
     hasher: KeyHasher,
     key_prefix: String,
+    misses: Option<Arc<MissLookups>>,
 }
 
 impl Authenticator {
@@ -34,7 +38,15 @@ impl Authenticator {
             keys,
             hasher,
             key_prefix,
+            misses: None,
         }
+    }
+
+    /// Looks keys missing from the snapshot up through `misses`, shared by
+    /// every authenticator of the instance (one budget, one flight per key).
+    pub fn with_miss_lookups(mut self, misses: Arc<MissLookups>) -> Self {
+        self.misses = Some(misses);
+        self
     }
 
     /// Whether `token` looks like one of our keys (carries our prefix).
@@ -44,7 +56,9 @@ impl Authenticator {
 
     /// The caller's key. The error carries the `gateway_auth_failures_total`
     /// reason label. A bad checksum is refused before any hashing or lookup.
-    pub fn authenticate(
+    /// A key in the snapshot never waits: only a well-formed one missing
+    /// from it is looked up (see [`crate::keys::miss`]).
+    pub async fn authenticate(
         &self,
         req: &RequestHeader,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
@@ -53,14 +67,18 @@ impl Authenticator {
             .ok_or(("missing", ProxyError::MissingApiKey))?;
         format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
         let hash = self.hasher.hash(presented);
-        self.keys
-            .load()
-            .authenticate(&hash, crate::now_ms())
-            .map_err(|r| match r {
-                Rejection::Unknown => ("unknown", INVALID_KEY),
-                Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-                Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
-            })
+        let now = crate::now_ms();
+        // A statement of its own: the snapshot guard is gone before any await.
+        let found = self.keys.load().authenticate(&hash, now);
+        let found = match (found, &self.misses) {
+            (Err(Rejection::Unknown), Some(misses)) => misses.lookup(&hash, now).await,
+            (found, _) => found,
+        };
+        found.map_err(|r| match r {
+            Rejection::Unknown => ("unknown", INVALID_KEY),
+            Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+            Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+        })
     }
 }
 
