@@ -370,15 +370,18 @@ mod tests {
                 .is_ok()
             }));
         }
-        // Let every caller join the flight before it may finish.
-        while m
-            .flights
-            .lock()
-            .unwrap()
-            .get(&[4; 32])
-            .map_or(0, Arc::strong_count)
-            < 21
-        {
+        // Let every caller join the flight before it may finish (bounded,
+        // so a broken single flight fails below instead of hanging).
+        for _ in 0..10_000 {
+            let joined = m
+                .flights
+                .lock()
+                .unwrap()
+                .get(&[4; 32])
+                .map_or(0, Arc::strong_count);
+            if joined == 21 {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         release.send_replace(true);

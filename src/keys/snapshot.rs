@@ -29,11 +29,11 @@ use crate::config::Limits;
 
 /// Shards per index: a change copies about 1/256 of an index per record.
 const SHARDS: usize = 256;
-/// Applied changes whose key ids are remembered, to tell a miss lookup
-/// whether its key changed while it queried. A lookup that began before
-/// the oldest of them is refused publication (and answered from the
-/// snapshot), which is always safe.
-const CHANGE_LOG_LEN: usize = 1024;
+/// Key ids of recent changes remembered (about 16 bytes each), to tell a
+/// miss lookup whether its key changed while it queried. A lookup that
+/// began before the oldest remembered change is refused publication (and
+/// answered from the snapshot), which is always safe.
+const CHANGE_LOG_IDS: usize = 16_384;
 
 /// The secret a key had before its last rotation, valid until `expires_at_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,8 +354,11 @@ fn accept(
 struct ChangeLog {
     /// Sequence number of the last full reload.
     last_reload: u64,
-    /// (sequence number, ids) of the changes applied since, oldest first.
+    /// (sequence number, ids) of the changes applied since, oldest first,
+    /// without gaps.
     recent: VecDeque<(u64, Vec<Uuid>)>,
+    /// Ids in `recent`, at most [`CHANGE_LOG_IDS`].
+    ids_held: usize,
 }
 
 impl ChangeLog {
@@ -376,6 +379,29 @@ impl ChangeLog {
         self.recent
             .iter()
             .any(|(seq, ids)| *seq > since && ids.contains(id))
+    }
+
+    fn record(&mut self, seq: u64, ids: Vec<Uuid>) {
+        if ids.len() > CHANGE_LOG_IDS {
+            // Forget everything: lookups begun before now are refused.
+            self.recent.clear();
+            self.ids_held = 0;
+            return;
+        }
+        while self.ids_held + ids.len() > CHANGE_LOG_IDS {
+            match self.recent.pop_front() {
+                Some((_, old)) => self.ids_held -= old.len(),
+                None => break,
+            }
+        }
+        self.ids_held += ids.len();
+        self.recent.push_back((seq, ids));
+    }
+
+    fn reloaded(&mut self, seq: u64) {
+        self.last_reload = seq;
+        self.recent.clear();
+        self.ids_held = 0;
     }
 }
 
@@ -414,8 +440,7 @@ impl KeyStore {
         {
             let mut log = self.lock_publishing();
             let seq = self.change_seq.fetch_add(1, Ordering::AcqRel) + 1;
-            log.last_reload = seq;
-            log.recent.clear();
+            log.reloaded(seq);
             self.publish(snap);
         }
         let now = crate::now_ms();
@@ -436,10 +461,7 @@ impl KeyStore {
         let mut log = self.lock_publishing();
         let next = self.current.load().with_changes(changes);
         let seq = self.change_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        if log.recent.len() >= CHANGE_LOG_LEN {
-            log.recent.pop_front();
-        }
-        log.recent.push_back((seq, ids));
+        log.record(seq, ids);
         self.publish(next);
     }
 
@@ -711,6 +733,23 @@ mod tests {
                 assert!(old.authenticate(current, 0).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn a_lookup_older_than_the_change_log_is_refused_publication() {
+        let store = KeyStore::new();
+        store.replace(KeySnapshot::default());
+        let since = store.change_seq();
+        // Changes to other keys, enough to push `since` out of the log.
+        for batch in 0..=(CHANGE_LOG_IDS / 1024) as u128 {
+            let other = |j: u128| KeyChange::Remove(Uuid::from_u128(1_000_000 + batch * 1024 + j));
+            store.apply((0..1024).map(other).collect());
+        }
+        assert!(!store.insert_looked_up(Arc::new(rec(1, 1)), since));
+        let since = store.change_seq();
+        store.apply(vec![KeyChange::Remove(Uuid::from_u128(2))]);
+        assert!(store.insert_looked_up(Arc::new(rec(1, 1)), since));
+        assert!(store.load().authenticate(&[1; 32], 0).is_ok());
     }
 
     #[test]
