@@ -752,6 +752,33 @@ mod tests {
         assert!(store.load().authenticate(&[1; 32], 0).is_ok());
     }
 
+    #[tokio::test]
+    async fn a_waiter_wakes_only_once_its_version_is_published() {
+        let store = KeyStore::new();
+        store.replace(KeySnapshot::default());
+        let id = Uuid::from_u128(1);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_for_version(id, 2).await }
+        });
+        let at = |version| {
+            let mut r = rec(1, 1);
+            r.version = version;
+            KeyChange::Upsert(r)
+        };
+        for change in [at(1), KeyChange::Remove(Uuid::from_u128(9))] {
+            store.apply(vec![change]);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!waiter.is_finished(), "version 2 is not published yet");
+        }
+        store.apply(vec![at(2)]);
+        waiter.await.expect("waiter");
+        // Already held: returns at once.
+        store.wait_for_version(id, 1).await;
+    }
+
     #[test]
     fn mark_used_fires_once_until_cleared() {
         let r = rec(1, 1);
