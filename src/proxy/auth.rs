@@ -71,7 +71,9 @@ impl Authenticator {
         // A statement of its own: the snapshot guard is gone before any await.
         let found = self.keys.load().authenticate(&hash, now);
         let found = match (found, &self.misses) {
-            (Err(Rejection::Unknown), Some(misses)) => misses.lookup(&hash, now).await,
+            // Boxed: the lookup's future is kilobytes (pool, query, timeout),
+            // and a key in the snapshot must not pay to build or move it.
+            (Err(Rejection::Unknown), Some(misses)) => Box::pin(misses.lookup(&hash, now)).await,
             (found, _) => found,
         };
         found.map_err(|r| match r {
