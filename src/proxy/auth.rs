@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
 use super::errors::ProxyError;
-use crate::keys::format::{self, KeyHasher};
+use crate::keys::format::{self, KeyHash, KeyHasher};
 use crate::keys::miss::MissLookups;
 use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
 
@@ -62,26 +62,51 @@ impl Authenticator {
         &self,
         req: &RequestHeader,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
-        let presented = credential(req)
-            .map_err(|e| ("malformed", e))?
-            .ok_or(("missing", ProxyError::MissingApiKey))?;
-        format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
-        let hash = self.hasher.hash(presented);
-        let now = crate::now_ms();
-        // A statement of its own: the snapshot guard is gone before any await.
-        let found = self.keys.load().authenticate(&hash, now);
-        let found = match (found, &self.misses) {
+        match self.check_snapshot(req) {
+            SnapshotAnswer::Answer(found) => found,
             // Boxed: the lookup's future is kilobytes (pool, query, timeout),
             // and a key in the snapshot must not pay to build or move it.
-            (Err(Rejection::Unknown), Some(misses)) => Box::pin(misses.lookup(&hash, now)).await,
-            (found, _) => found,
-        };
-        found.map_err(|r| match r {
-            Rejection::Unknown => ("unknown", INVALID_KEY),
-            Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-            Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
-        })
+            SnapshotAnswer::Missing(hash, now, misses) => {
+                rejection(Box::pin(misses.lookup(&hash, now)).await)
+            }
+        }
     }
+
+    /// What the snapshot alone says: the whole check of a key it holds,
+    /// with no await, as before miss lookups existed.
+    fn check_snapshot(&self, req: &RequestHeader) -> SnapshotAnswer<'_> {
+        let presented = match credential(req) {
+            Ok(Some(k)) => k,
+            Ok(None) => return SnapshotAnswer::Answer(Err(("missing", ProxyError::MissingApiKey))),
+            Err(e) => return SnapshotAnswer::Answer(Err(("malformed", e))),
+        };
+        if let Err(e) = format::verify(presented, &self.key_prefix) {
+            return SnapshotAnswer::Answer(Err((e.reason(), INVALID_KEY)));
+        }
+        let hash = self.hasher.hash(presented);
+        let now = crate::now_ms();
+        match (self.keys.load().authenticate(&hash, now), &self.misses) {
+            (Err(Rejection::Unknown), Some(misses)) => SnapshotAnswer::Missing(hash, now, misses),
+            (found, _) => SnapshotAnswer::Answer(rejection(found)),
+        }
+    }
+}
+
+/// The outcome of [`Authenticator::check_snapshot`].
+enum SnapshotAnswer<'a> {
+    Answer(Result<Authenticated, (&'static str, ProxyError)>),
+    /// Well-formed, unknown to the snapshot: look it up.
+    Missing(KeyHash, i64, &'a Arc<MissLookups>),
+}
+
+fn rejection(
+    found: Result<Authenticated, Rejection>,
+) -> Result<Authenticated, (&'static str, ProxyError)> {
+    found.map_err(|r| match r {
+        Rejection::Unknown => ("unknown", INVALID_KEY),
+        Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+        Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+    })
 }
 
 /// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) for a caller that used
