@@ -39,6 +39,11 @@ pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 1_000_000;
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
 pub const MIN_PEPPER_LEN: usize = 32;
+/// Default budget of Postgres lookups per second for keys missing from the
+/// snapshot (DESIGN §3 "API keys" → "Visibility").
+pub const DEFAULT_MISS_LOOKUPS_PER_SECOND: u32 = 200;
+/// Highest `keys.miss_lookups_per_second` accepted.
+pub const MAX_MISS_LOOKUPS_PER_SECOND: u64 = 100_000;
 
 /// One problem found in the configuration, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,7 @@ pub mod file {
         pub pepper: Option<String>,
         pub prefix: Option<String>,
         pub last_used_flush_ms: Option<u64>,
+        pub miss_lookups_per_second: Option<u64>,
     }
 
     #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -246,6 +252,9 @@ pub struct KeysConfig {
     pub pepper: Secret,
     pub prefix: String,
     pub last_used_flush: Duration,
+    /// Postgres lookups per second, at most, of well-formed keys missing
+    /// from the snapshot; 0 disables them (default 200).
+    pub miss_lookups_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -874,10 +883,24 @@ fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option<KeysConfig
         }
     };
     let flush = positive_ms(k.last_used_flush_ms, 5_000, "keys.last_used_flush_ms", errs);
+    let miss_lookups_per_second = match k.miss_lookups_per_second {
+        None => DEFAULT_MISS_LOOKUPS_PER_SECOND,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| u64::from(*n) <= MAX_MISS_LOOKUPS_PER_SECOND)
+            .unwrap_or_else(|| {
+                errs.push(
+                    "keys.miss_lookups_per_second",
+                    format!("must be 0 (off) to {MAX_MISS_LOOKUPS_PER_SECOND}"),
+                );
+                DEFAULT_MISS_LOOKUPS_PER_SECOND
+            }),
+    };
     Some(KeysConfig {
         pepper: pepper?,
         prefix,
         last_used_flush: flush,
+        miss_lookups_per_second,
     })
 }
 
@@ -1314,8 +1337,24 @@ scopes = ["read:echo"]
         assert_eq!(cfg.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(cfg.proxy.shutdown_grace, Duration::from_secs(5));
         assert_eq!(cfg.keys.prefix, "gw_live_");
+        assert_eq!(cfg.keys.miss_lookups_per_second, 200);
         assert_eq!(cfg.routes[0].auth, AuthMode::Required);
         assert_eq!(cfg.rate_limits.default.per_minute, Some(600));
+    }
+
+    #[test]
+    fn miss_lookups_per_second_is_bounded_and_zero_disables() {
+        let with = |v: &str| {
+            minimal().replace(
+                "[keys]\n",
+                &format!("[keys]\nmiss_lookups_per_second = {v}\n"),
+            )
+        };
+        let cfg = Config::from_toml(&with("0"), no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.keys.miss_lookups_per_second, 0);
+        let errs = Config::from_toml(&with("100001"), no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "keys.miss_lookups_per_second");
+        assert!(Config::from_toml(&with("-1"), no_env(), Need::Serve).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::last_used;
 use crate::keys::lifecycle::KeyService;
 use crate::keys::listener::KeyListener;
+use crate::keys::miss::{self, MissLookups};
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::auth::Authenticator;
@@ -57,6 +58,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let hasher = KeyHasher::new(cfg.keys.pepper.expose());
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
+    // A pool of its own, so misses and admin writes never wait on each other.
+    let lookup_pool = store::pool(&crate::config::DatabaseConfig {
+        pool_size: miss::LOOKUP_POOL_SIZE,
+        ..cfg.database.clone()
+    })?;
+    let misses = Arc::new(MissLookups::new(
+        keys.clone(),
+        cfg.keys.miss_lookups_per_second,
+        Some(lookup_pool),
+    ));
 
     let listener = server.add_service(background_service(
         "key listener",
@@ -84,7 +95,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracker.clone(),
             inflight.clone(),
             limiter.clone(),
-        ),
+        )
+        .with_miss_lookups(misses.clone()),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
@@ -102,7 +114,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         prometheus,
         cfg.redis.is_some(),
         limiter,
-        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
+        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
         KeyService::new(&cfg),
         tracker,
         denial_audit,
