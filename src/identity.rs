@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
 use crate::errors::ProxyError;
-use crate::keys::format::{self, KeyHasher};
+use crate::keys::format::{self, KeyHash, KeyHasher};
+use crate::keys::miss::MissLookups;
 use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
 
 /// The answer to any key that is not one of ours, whatever the reason, so a
@@ -25,11 +26,14 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Credentials longer than this are rejected before any parsing.
 const MAX_CREDENTIAL_LEN: usize = 256;
 
-/// Resolves presented keys against the current snapshot.
+/// Resolves presented keys against the current snapshot, and, for a
+/// well-formed key it does not hold, against Postgres within the miss
+/// lookups' budget.
 pub struct Authenticator {
     keys: Arc<KeyStore>,
     hasher: KeyHasher,
     key_prefix: String,
+    misses: Option<Arc<MissLookups>>,
 }
 
 impl Authenticator {
@@ -38,7 +42,15 @@ impl Authenticator {
             keys,
             hasher,
             key_prefix,
+            misses: None,
         }
+    }
+
+    /// Looks keys missing from the snapshot up through `misses`, shared by
+    /// every authenticator of the instance (one budget, one flight per key).
+    pub fn with_miss_lookups(mut self, misses: Arc<MissLookups>) -> Self {
+        self.misses = Some(misses);
+        self
     }
 
     /// Whether `token` looks like one of our keys (carries our prefix).
@@ -48,24 +60,57 @@ impl Authenticator {
 
     /// The caller's key. The error carries the `gateway_auth_failures_total`
     /// reason label. A bad checksum is refused before any hashing or lookup.
-    pub fn authenticate(
+    /// A key in the snapshot never waits: only a well-formed one missing
+    /// from it is looked up (see [`crate::keys::miss`]).
+    pub async fn authenticate(
         &self,
         req: &RequestHeader,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
-        let presented = credential(req)
-            .map_err(|e| ("malformed", e))?
-            .ok_or(("missing", ProxyError::MissingApiKey))?;
-        format::verify(presented, &self.key_prefix).map_err(|e| (e.reason(), INVALID_KEY))?;
-        let hash = self.hasher.hash(presented);
-        self.keys
-            .load()
-            .authenticate(&hash, crate::now_ms())
-            .map_err(|r| match r {
-                Rejection::Unknown => ("unknown", INVALID_KEY),
-                Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-                Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
-            })
+        match self.check_snapshot(req) {
+            SnapshotAnswer::Answer(found) => found,
+            // Boxed: the lookup's future is kilobytes (pool, query, timeout),
+            // and a key in the snapshot must not pay to build or move it.
+            SnapshotAnswer::Missing(hash, now, misses) => {
+                rejection(Box::pin(misses.lookup(&hash, now)).await)
+            }
+        }
     }
+
+    /// What the snapshot alone says: the whole check of a key it holds,
+    /// with no await, as before miss lookups existed.
+    fn check_snapshot(&self, req: &RequestHeader) -> SnapshotAnswer<'_> {
+        let presented = match credential(req) {
+            Ok(Some(k)) => k,
+            Ok(None) => return SnapshotAnswer::Answer(Err(("missing", ProxyError::MissingApiKey))),
+            Err(e) => return SnapshotAnswer::Answer(Err(("malformed", e))),
+        };
+        if let Err(e) = format::verify(presented, &self.key_prefix) {
+            return SnapshotAnswer::Answer(Err((e.reason(), INVALID_KEY)));
+        }
+        let hash = self.hasher.hash(presented);
+        let now = crate::now_ms();
+        match (self.keys.load().authenticate(&hash, now), &self.misses) {
+            (Err(Rejection::Unknown), Some(misses)) => SnapshotAnswer::Missing(hash, now, misses),
+            (found, _) => SnapshotAnswer::Answer(rejection(found)),
+        }
+    }
+}
+
+/// The outcome of [`Authenticator::check_snapshot`].
+enum SnapshotAnswer<'a> {
+    Answer(Result<Authenticated, (&'static str, ProxyError)>),
+    /// Well-formed, unknown to the snapshot: look it up.
+    Missing(KeyHash, i64, &'a Arc<MissLookups>),
+}
+
+fn rejection(
+    found: Result<Authenticated, Rejection>,
+) -> Result<Authenticated, (&'static str, ProxyError)> {
+    found.map_err(|r| match r {
+        Rejection::Unknown => ("unknown", INVALID_KEY),
+        Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
+        Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+    })
 }
 
 /// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) for a caller that used

@@ -17,6 +17,7 @@ use crate::admin::{denials, AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::keys::format::KeyHasher;
+use crate::keys::miss::{self, MissLookups};
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
@@ -59,6 +60,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
     let routes = Routes::new(RouteTable::from_config(&cfg));
+    // A pool of its own, so misses and admin writes never wait on each other.
+    let lookup_pool = store::pool(&crate::config::DatabaseConfig {
+        pool_size: miss::LOOKUP_POOL_SIZE,
+        ..cfg.database.clone()
+    })?;
+    let misses = Arc::new(MissLookups::new(
+        keys.clone(),
+        cfg.keys.miss_lookups_per_second,
+        Some(lookup_pool),
+    ));
 
     let listener = server.add_service(background_service(
         "key listener",
@@ -87,7 +98,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracker.clone(),
             inflight.clone(),
             limiter.clone(),
-        ),
+        )
+        .with_miss_lookups(misses.clone()),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
@@ -106,7 +118,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.redis.is_some(),
         limiter,
         routes,
-        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
+        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
         KeyService::new(&cfg),
         tracker,
         denial_audit,

@@ -2,7 +2,8 @@
 //!
 //! Handlers validate input and map results; the changes themselves and
 //! their audit entries live in [`crate::service::keys`], shared with the
-//! CLI.
+//! CLI. A write answers once this instance's snapshot holds it (DESIGN §3
+//! "API keys" → "Visibility"), see [`until_visible`].
 
 use std::time::Duration;
 
@@ -24,6 +25,25 @@ const MAX_NAME: usize = 200;
 const MAX_DESCRIPTION: usize = 1000;
 /// Longest `expires_in_seconds`: 100 years.
 const MAX_EXPIRES_IN: i64 = 100 * 365 * 86_400;
+/// Longest a write waits for this instance's snapshot to hold it.
+const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until this instance's snapshot holds `version` of key `id`, woken
+/// by each publish (NOTIFY applied, reload, or a miss lookup), for at most
+/// [`VISIBILITY_WAIT`]. The write has committed either way, so a timeout
+/// still answers success; it is counted and logged, as it means the key
+/// listener is behind or disconnected.
+pub(super) async fn until_visible(s: &AdminState, id: Uuid, version: i64) {
+    let wait = s.keys.wait_for_version(id, version);
+    if tokio::time::timeout(VISIBILITY_WAIT, wait).await.is_err() {
+        metrics::counter!("gateway_admin_visibility_timeouts_total").increment(1);
+        tracing::warn!(
+            key_id = %id,
+            waited_ms = VISIBILITY_WAIT.as_millis() as u64,
+            "key change not in this instance's snapshot yet; answering anyway"
+        );
+    }
+}
 
 /// A path id that is not a UUID names no key: 404, like an unknown one.
 pub(super) fn key_id(id: Option<&str>) -> Result<Uuid, ApiError> {
@@ -78,6 +98,8 @@ pub async fn create_key(
         .key_service
         .create(&mut client, &caller.origin, &caller.authority, &new)
         .await?;
+    drop(client);
+    until_visible(s, created.row.id, created.row.version).await;
     Ok(json(StatusCode::CREATED, &created))
 }
 
@@ -145,6 +167,8 @@ pub async fn update_key(
         .key_service
         .update(&mut client, &caller.origin, &caller.authority, id, change)
         .await?;
+    drop(client);
+    until_visible(s, row.id, row.version).await;
     Ok(json(StatusCode::OK, &row))
 }
 
@@ -159,6 +183,8 @@ pub async fn revoke_key(
         .key_service
         .revoke(&mut client, &caller.origin, &caller.authority, id)
         .await?;
+    drop(client);
+    until_visible(s, row.id, row.version).await;
     Ok(json(StatusCode::OK, &row))
 }
 
@@ -180,5 +206,7 @@ pub async fn rotate_key(
         .key_service
         .rotate(&mut client, &caller.origin, &caller.authority, id, grace)
         .await?;
+    drop(client);
+    until_visible(s, rotated.row.id, rotated.row.version).await;
     Ok(json(StatusCode::OK, &rotated))
 }

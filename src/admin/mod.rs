@@ -252,8 +252,8 @@ impl AdminApp {
     /// audited in the background, so they answer at once even when
     /// Postgres is slow. The brute-force guard of the proxy applies here
     /// too: an address that keeps presenting bad keys gets 429 before any
-    /// key work and before anything is audited.
-    fn authorize(
+    /// key work (miss lookups included) and before anything is audited.
+    async fn authorize(
         &self,
         session: &ServerSession,
         scope: Option<&'static str>,
@@ -296,7 +296,7 @@ impl AdminApp {
             .chars()
             .take(200)
             .collect();
-        let authenticated = match s.auth.authenticate(req) {
+        let authenticated = match s.auth.authenticate(req).await {
             Ok(a) => a,
             Err((reason, e)) => {
                 metrics::counter!("gateway_admin_auth_failures_total", "reason" => reason)
@@ -361,8 +361,8 @@ impl AdminApp {
         let s = &*self.state;
         let caller = match op.access() {
             Access::Public => None,
-            Access::AnyKey => Some(self.authorize(session, None, request_id)?),
-            Access::Scope(scope) => Some(self.authorize(session, Some(scope), request_id)?),
+            Access::AnyKey => Some(self.authorize(session, None, request_id).await?),
+            Access::Scope(scope) => Some(self.authorize(session, Some(scope), request_id).await?),
         };
         let body = match op {
             Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RotateKey | Op::SetKeyRateLimits => {

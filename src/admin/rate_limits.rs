@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::input::Body;
-use super::keys::key_id;
+use super::keys::{key_id, until_visible};
 use super::{db, json, AdminState, Caller};
 use crate::config::{AuthMode, Limits};
 use crate::limits::{Decision, Mode, Tier, TierState};
@@ -88,7 +88,7 @@ pub async fn get_rate_limit_status(
 /// `PUT /api/v1/rate-limits/keys/{id}`: replaces the key's overrides with
 /// the body's `per_minute`, `per_hour` and `per_day` (absent or null: the
 /// configured default). Audited as a key update; every instance applies it
-/// through the key snapshot.
+/// through the key snapshot, this one before it answers.
 pub async fn set_key_rate_limits(
     s: &AdminState,
     caller: &Caller,
@@ -108,6 +108,8 @@ pub async fn set_key_rate_limits(
         .key_service
         .update(&mut client, &caller.origin, &caller.authority, id, change)
         .await?;
+    drop(client);
+    until_visible(s, row.id, row.version).await;
     Ok(json(
         StatusCode::OK,
         &limits_view(s, row.id, row.rate_limits),

@@ -46,6 +46,7 @@ pub struct Keys {
     pub pepper: Option<String>,
     pub prefix: Option<String>,
     pub last_used_flush_ms: Option<u64>,
+    pub miss_lookups_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

@@ -9,6 +9,11 @@ use super::{file, Errors, Need, Secret};
 pub const DEFAULT_KEY_PREFIX: &str = "gw_live_";
 /// Shortest pepper accepted: 32 bytes, the size of the BLAKE3 key it derives.
 pub const MIN_PEPPER_LEN: usize = 32;
+/// Default budget of Postgres lookups per second for keys missing from the
+/// snapshot (DESIGN §3 "API keys" → "Visibility").
+pub const DEFAULT_MISS_LOOKUPS_PER_SECOND: u32 = 200;
+/// Highest `keys.miss_lookups_per_second` accepted.
+pub const MAX_MISS_LOOKUPS_PER_SECOND: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct KeysConfig {
@@ -16,6 +21,9 @@ pub struct KeysConfig {
     pub pepper: Secret,
     pub prefix: String,
     pub last_used_flush: Duration,
+    /// Postgres lookups per second, at most, of well-formed keys missing
+    /// from the snapshot; 0 disables them (default 200).
+    pub miss_lookups_per_second: u32,
 }
 
 pub(super) fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option<KeysConfig> {
@@ -50,10 +58,24 @@ pub(super) fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option
         }
     };
     let flush = positive_ms(k.last_used_flush_ms, 5_000, "keys.last_used_flush_ms", errs);
+    let miss_lookups_per_second = match k.miss_lookups_per_second {
+        None => DEFAULT_MISS_LOOKUPS_PER_SECOND,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| u64::from(*n) <= MAX_MISS_LOOKUPS_PER_SECOND)
+            .unwrap_or_else(|| {
+                errs.push(
+                    "keys.miss_lookups_per_second",
+                    format!("must be 0 (off) to {MAX_MISS_LOOKUPS_PER_SECOND}"),
+                );
+                DEFAULT_MISS_LOOKUPS_PER_SECOND
+            }),
+    };
     Some(KeysConfig {
         pepper: pepper?,
         prefix,
         last_used_flush: flush,
+        miss_lookups_per_second,
     })
 }
 
@@ -68,6 +90,21 @@ mod tests {
         assert!(Config::from_toml(text, no_env(), Need::Database).is_ok());
         let errs = Config::from_toml(text, no_env(), Need::Keys).unwrap_err();
         assert_eq!(errs.0[0].path, "keys.pepper");
+    }
+
+    #[test]
+    fn miss_lookups_per_second_is_bounded_and_zero_disables() {
+        let with = |v: &str| {
+            minimal().replace(
+                "[keys]\n",
+                &format!("[keys]\nmiss_lookups_per_second = {v}\n"),
+            )
+        };
+        let cfg = Config::from_toml(&with("0"), no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.keys.miss_lookups_per_second, 0);
+        let errs = Config::from_toml(&with("100001"), no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "keys.miss_lookups_per_second");
+        assert!(Config::from_toml(&with("-1"), no_env(), Need::Serve).is_err());
     }
 
     #[test]

@@ -36,7 +36,10 @@ use std::path::Path;
 
 pub use self::admin::DEFAULT_ADMIN_LISTEN;
 pub use self::database::{DatabaseConfig, DEFAULT_DATABASE_URL};
-pub use self::keys::{KeysConfig, DEFAULT_KEY_PREFIX, MIN_PEPPER_LEN};
+pub use self::keys::{
+    KeysConfig, DEFAULT_KEY_PREFIX, DEFAULT_MISS_LOOKUPS_PER_SECOND, MAX_MISS_LOOKUPS_PER_SECOND,
+    MIN_PEPPER_LEN,
+};
 pub use self::log::LogFormat;
 pub use self::proxy::{ProxyConfig, DEFAULT_PROXY_LISTEN};
 pub use self::rate_limits::{
@@ -354,6 +357,7 @@ mod tests {
         assert_eq!(cfg.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(cfg.proxy.shutdown_grace, Duration::from_secs(5));
         assert_eq!(cfg.keys.prefix, "gw_live_");
+        assert_eq!(cfg.keys.miss_lookups_per_second, 200);
         assert_eq!(cfg.routes[0].auth, AuthMode::Required);
         assert_eq!(cfg.rate_limits.default.per_minute, Some(600));
     }

@@ -60,11 +60,17 @@ fn checksum(prefix_and_random: &[u8]) -> [u8; CHECKSUM_LEN] {
 pub fn generate(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let mut random = [0u8; RANDOM_LEN];
-    encode_base62(u128::from_le_bytes(bytes), &mut random);
+    mint(prefix, u128::from_le_bytes(bytes))
+}
+
+/// The well-formed key with `prefix` carrying `random`. Only [`generate`]
+/// makes real keys; tests and benches mint reproducible ones.
+pub fn mint(prefix: &str, random: u128) -> String {
+    let mut digits = [0u8; RANDOM_LEN];
+    encode_base62(random, &mut digits);
     let mut key = Vec::with_capacity(prefix.len() + RANDOM_LEN + CHECKSUM_LEN);
     key.extend_from_slice(prefix.as_bytes());
-    key.extend_from_slice(&random);
+    key.extend_from_slice(&digits);
     let sum = checksum(&key);
     key.extend_from_slice(&sum);
     // Only ASCII went in.

@@ -4,5 +4,6 @@
 //! lifecycle operations live in [`crate::service`], over [`crate::store`].
 
 pub mod format;
+pub mod miss;
 pub mod scope;
 pub mod snapshot;

@@ -2,7 +2,10 @@
 //! record, published through `ArcSwap` so the proxy hot path reads it
 //! without locks or I/O.
 //!
-//! Only the key listener (see [`crate::service::listener`]) publishes new snapshots.
+//! The key listener (see [`crate::service::listener`]) publishes changes
+//! and full reloads; a miss lookup (see [`super::miss`]) may add one record
+//! it found. Publishes are serialised, so none is lost to another's
+//! read-modify-write.
 //! A change builds a new snapshot from the current one and swaps it in;
 //! readers holding the old one finish with it undisturbed.
 //!
@@ -13,8 +16,9 @@
 //! `hashbrown::HashTable` of bare `Arc<KeyRecord>` pointers, 8 bytes per
 //! slot, whose keys are read from the records themselves.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -27,6 +31,11 @@ use crate::config::Limits;
 
 /// Shards per index: a change copies about 1/256 of an index per record.
 const SHARDS: usize = 256;
+/// Key ids of recent changes remembered (about 16 bytes each), to tell a
+/// miss lookup whether its key changed while it queried. A lookup that
+/// began before the oldest remembered change is refused publication (and
+/// answered from the snapshot), which is always safe.
+const CHANGE_LOG_IDS: usize = 16_384;
 
 /// The secret a key had before its last rotation, valid until `expires_at_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,9 @@ pub struct KeyRecord {
     pub revoked_at_ms: Option<i64>,
     /// Boxed: few keys are in a rotation's grace period at any time.
     pub previous: Option<Box<PreviousSecret>>,
+    /// The row's `version`, raised by every change: tells whether the
+    /// snapshot holds a given write (0 when not read from a row).
+    pub version: i64,
     /// Set on first use since the last `last_used_at` flush.
     used: AtomicBool,
 }
@@ -75,6 +87,7 @@ impl KeyRecord {
             expires_at_ms,
             revoked_at_ms,
             previous: previous.map(Box::new),
+            version: 0,
             used: AtomicBool::new(false),
         }
     }
@@ -297,19 +310,100 @@ impl KeySnapshot {
                 (r, r.previous.as_deref().copied())
             }
         };
-        if record.revoked_at_ms.is_some() {
-            return Err(Rejection::Revoked);
+        accept(record, previous_secret, now_ms)
+    }
+}
+
+/// [`KeySnapshot::authenticate`] for one record, e.g. found by a miss
+/// lookup: `hash` may be its current or its previous secret.
+pub fn authenticate_record(
+    record: &Arc<KeyRecord>,
+    hash: &KeyHash,
+    now_ms: i64,
+) -> Result<Authenticated, Rejection> {
+    if record.hash == *hash {
+        return accept(record, None, now_ms);
+    }
+    match record.previous.as_deref() {
+        Some(p) if p.hash == *hash => accept(record, Some(*p), now_ms),
+        _ => Err(Rejection::Unknown),
+    }
+}
+
+#[inline]
+fn accept(
+    record: &Arc<KeyRecord>,
+    previous_secret: Option<PreviousSecret>,
+    now_ms: i64,
+) -> Result<Authenticated, Rejection> {
+    if record.revoked_at_ms.is_some() {
+        return Err(Rejection::Revoked);
+    }
+    if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
+        return Err(Rejection::Expired);
+    }
+    if previous_secret.is_some_and(|p| p.expires_at_ms <= now_ms) {
+        return Err(Rejection::Expired);
+    }
+    Ok(Authenticated {
+        record: record.clone(),
+        previous_secret,
+    })
+}
+
+/// Which keys recent changes touched, by change sequence number.
+#[derive(Default)]
+struct ChangeLog {
+    /// Sequence number of the last full reload.
+    last_reload: u64,
+    /// (sequence number, ids) of the changes applied since, oldest first,
+    /// without gaps.
+    recent: VecDeque<(u64, Vec<Uuid>)>,
+    /// Ids in `recent`, at most [`CHANGE_LOG_IDS`].
+    ids_held: usize,
+}
+
+impl ChangeLog {
+    /// Whether a change published after `since` (up to `now`) may have
+    /// touched `id`.
+    fn touched_since(&self, since: u64, now: u64, id: &Uuid) -> bool {
+        if since == now {
+            return false;
         }
-        if record.expires_at_ms.is_some_and(|t| t <= now_ms) {
-            return Err(Rejection::Expired);
+        if self.last_reload > since {
+            return true;
         }
-        if previous_secret.is_some_and(|p| p.expires_at_ms <= now_ms) {
-            return Err(Rejection::Expired);
+        match self.recent.front() {
+            Some((first, _)) if *first <= since + 1 => {}
+            // The log no longer reaches back that far.
+            _ => return true,
         }
-        Ok(Authenticated {
-            record: record.clone(),
-            previous_secret,
-        })
+        self.recent
+            .iter()
+            .any(|(seq, ids)| *seq > since && ids.contains(id))
+    }
+
+    fn record(&mut self, seq: u64, ids: Vec<Uuid>) {
+        if ids.len() > CHANGE_LOG_IDS {
+            // Forget everything: lookups begun before now are refused.
+            self.recent.clear();
+            self.ids_held = 0;
+            return;
+        }
+        while self.ids_held + ids.len() > CHANGE_LOG_IDS {
+            match self.recent.pop_front() {
+                Some((_, old)) => self.ids_held -= old.len(),
+                None => break,
+            }
+        }
+        self.ids_held += ids.len();
+        self.recent.push_back((seq, ids));
+    }
+
+    fn reloaded(&mut self, seq: u64) {
+        self.last_reload = seq;
+        self.recent.clear();
+        self.ids_held = 0;
     }
 }
 
@@ -350,12 +444,19 @@ impl ListenerState {
 #[derive(Default)]
 pub struct KeyStore {
     current: ArcSwap<KeySnapshot>,
+    /// Held while a new snapshot is built and swapped in: publishes are
+    /// serialised. Never held across an await.
+    publishing: Mutex<ChangeLog>,
+    /// Applied changes and full reloads so far (lookup inserts excluded).
+    change_seq: AtomicU64,
+    /// Counts every publish; wakes [`KeyStore::wait_for_version`].
+    published: tokio::sync::watch::Sender<u64>,
     loaded: AtomicBool,
     listener_state: AtomicU8,
     /// When the snapshot was last known to match Postgres: the start of the
     /// last reload, applied change or heartbeat that found nothing pending.
     /// A monotonic instant, so a wall-clock step cannot fake freshness.
-    confirmed_at: std::sync::Mutex<Option<Instant>>,
+    confirmed_at: Mutex<Option<Instant>>,
     /// Unix ms of the last full reload.
     last_full_reload_ms: AtomicI64,
     /// Unix ms of the last applied change or reload.
@@ -375,7 +476,12 @@ impl KeyStore {
 
     /// Publishes a complete reload.
     pub fn replace(&self, snap: KeySnapshot) {
-        self.publish(snap);
+        {
+            let mut log = self.lock_publishing();
+            let seq = self.change_seq.fetch_add(1, Ordering::AcqRel) + 1;
+            log.reloaded(seq);
+            self.publish(snap);
+        }
         let now = crate::now_ms();
         self.last_full_reload_ms.store(now, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -384,15 +490,85 @@ impl KeyStore {
 
     /// Publishes an incremental change.
     pub fn apply(&self, changes: Vec<KeyChange>) {
+        let ids = changes
+            .iter()
+            .map(|c| match c {
+                KeyChange::Upsert(r) => r.id,
+                KeyChange::Remove(id) => *id,
+            })
+            .collect();
+        let mut log = self.lock_publishing();
         let next = self.current.load().with_changes(changes);
+        let seq = self.change_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        log.record(seq, ids);
         self.publish(next);
     }
 
+    /// Publishes a record a miss lookup found, unless the snapshot may
+    /// already know better: a change touching its key, or a full reload,
+    /// was published after `seq` (the [`KeyStore::change_seq`] taken before
+    /// the query), or the snapshot holds the same or a newer version. A
+    /// lookup thus never brings back a key a newer change revoked, changed
+    /// or removed. True when published.
+    pub fn insert_looked_up(&self, record: Arc<KeyRecord>, seq: u64) -> bool {
+        let log = self.lock_publishing();
+        let now = self.change_seq.load(Ordering::Acquire);
+        if log.touched_since(seq, now, &record.id) {
+            return false;
+        }
+        let current = self.current.load_full();
+        if current
+            .get_by_id(&record.id)
+            .is_some_and(|r| r.version >= record.version)
+        {
+            return false;
+        }
+        let mut next = (*current).clone();
+        next.insert(record);
+        self.publish(next);
+        drop(log);
+        true
+    }
+
+    /// Applied changes and full reloads so far. Lookup inserts do not
+    /// count: they add what the database already said.
+    pub fn change_seq(&self) -> u64 {
+        self.change_seq.load(Ordering::Acquire)
+    }
+
+    /// Returns once the snapshot holds key `id` at `version` or later.
+    /// Woken by publishes, not by polling; the caller bounds the wait.
+    pub async fn wait_for_version(&self, id: Uuid, version: i64) {
+        // Subscribe before checking, so a publish in between still wakes us.
+        let mut published = self.published.subscribe();
+        loop {
+            let holds = self
+                .current
+                .load()
+                .get_by_id(&id)
+                .is_some_and(|r| r.version >= version);
+            if holds {
+                return;
+            }
+            if published.changed().await.is_err() {
+                // The sender lives in `self`: cannot happen while borrowed.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    fn lock_publishing(&self) -> std::sync::MutexGuard<'_, ChangeLog> {
+        // Every step under this lock leaves the log consistent.
+        self.publishing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Swaps `snap` in; callers hold `publishing`.
     fn publish(&self, snap: KeySnapshot) {
         metrics::gauge!("gateway_key_snapshot_keys").set(snap.len() as f64);
         self.current.store(Arc::new(snap));
         self.last_change_ms
             .store(crate::now_ms(), Ordering::Relaxed);
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// True once the first full load has completed; stays true afterwards,
@@ -616,6 +792,50 @@ mod tests {
                 assert!(old.authenticate(current, 0).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn a_lookup_older_than_the_change_log_is_refused_publication() {
+        let store = KeyStore::new();
+        store.replace(KeySnapshot::default());
+        let since = store.change_seq();
+        // Changes to other keys, enough to push `since` out of the log.
+        for batch in 0..=(CHANGE_LOG_IDS / 1024) as u128 {
+            let other = |j: u128| KeyChange::Remove(Uuid::from_u128(1_000_000 + batch * 1024 + j));
+            store.apply((0..1024).map(other).collect());
+        }
+        assert!(!store.insert_looked_up(Arc::new(rec(1, 1)), since));
+        let since = store.change_seq();
+        store.apply(vec![KeyChange::Remove(Uuid::from_u128(2))]);
+        assert!(store.insert_looked_up(Arc::new(rec(1, 1)), since));
+        assert!(store.load().authenticate(&[1; 32], 0).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_only_once_its_version_is_published() {
+        let store = KeyStore::new();
+        store.replace(KeySnapshot::default());
+        let id = Uuid::from_u128(1);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_for_version(id, 2).await }
+        });
+        let at = |version| {
+            let mut r = rec(1, 1);
+            r.version = version;
+            KeyChange::Upsert(r)
+        };
+        for change in [at(1), KeyChange::Remove(Uuid::from_u128(9))] {
+            store.apply(vec![change]);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!waiter.is_finished(), "version 2 is not published yet");
+        }
+        store.apply(vec![at(2)]);
+        waiter.await.expect("waiter");
+        // Already held: returns at once.
+        store.wait_for_version(id, 1).await;
     }
 
     #[test]

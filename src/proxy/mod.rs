@@ -32,6 +32,7 @@ use crate::config::{AuthMode, Config};
 use crate::http_path;
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
+use crate::keys::miss::MissLookups;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
@@ -127,6 +128,13 @@ impl GatewayProxy {
         }
     }
 
+    /// Looks keys missing from the snapshot up in Postgres (DESIGN §3
+    /// "API keys" → "Visibility").
+    pub fn with_miss_lookups(mut self, misses: Arc<MissLookups>) -> Self {
+        self.auth = self.auth.with_miss_lookups(misses);
+        self
+    }
+
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
         let trusted = &self.limiter.policy.trusted_proxies;
         ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
@@ -134,12 +142,12 @@ impl GatewayProxy {
 
     /// Resolves the key and checks the route's scopes for this method. The
     /// error carries the `gateway_auth_failures_total` reason label.
-    fn authorize(
+    async fn authorize(
         &self,
         req: &RequestHeader,
         route: &Route,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
-        let auth = self.auth.authenticate(req)?;
+        let auth = self.auth.authenticate(req).await?;
         for required in route.required_scopes(&req.method) {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
                 return Err((
@@ -283,7 +291,7 @@ impl ProxyHttp for GatewayProxy {
             if let Some(d) = self.limiter.guard_blocked(&client) {
                 return self.deny_limited(session, ctx, &d).await;
             }
-            match self.authorize(req, &route) {
+            match self.authorize(req, &route).await {
                 Ok(auth) => {
                     self.last_used.record(&auth.record);
                     ctx.key = Some(auth.record);

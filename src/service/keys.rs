@@ -401,6 +401,7 @@ mod tests {
             revoked_at: None,
             last_used_at: None,
             rotation: None,
+            version: 1,
         }
     }
 

@@ -17,7 +17,7 @@ use crate::keys::snapshot::{KeyRecord, PreviousSecret};
 /// Columns the snapshot needs, in the order [`record_from_row`] reads them.
 const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_limit_per_hour, \
      rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
-     rotated_at";
+     rotated_at, version";
 
 /// A key's status, computed in one place for both what a row shows and
 /// what `?status=` filters on.
@@ -33,7 +33,8 @@ const ROW_COLUMNS: &str = concat!(
     "id, name, description, prefix, scopes, rate_limit_per_minute, \
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
      revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at, ",
-    status_sql!()
+    status_sql!(),
+    ", version"
 );
 
 /// A key as operators see it: never the secret, never its hash.
@@ -55,6 +56,10 @@ pub struct KeyRow {
     pub last_used_at: Option<DateTime<Utc>>,
     /// The last rotation, or `None` if the key was never rotated.
     pub rotation: Option<Rotation>,
+    /// Raised by every change of the row: the admin API answers a write
+    /// once the snapshot holds this version. Internal, never shown.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// The state left by the last rotation.
@@ -116,6 +121,7 @@ impl KeyRow {
                     previous_prefix: r.get(15),
                     previous_key_expires_at: r.get(16),
                 }),
+            version: r.get(18),
         }
     }
 }
@@ -385,7 +391,7 @@ fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
         }),
         _ => None,
     };
-    Some(KeyRecord::new(
+    let mut record = KeyRecord::new(
         id,
         hash,
         scope_sets.intern(scopes),
@@ -393,7 +399,9 @@ fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
         ms(r.get(6)),
         ms(r.get(7)),
         previous,
-    ))
+    );
+    record.version = r.get(11);
+    Some(record)
 }
 
 /// Streams every key into `into`, row by row: no full result set, and with
@@ -448,4 +456,23 @@ pub async fn load_by_ids(
         .iter()
         .filter_map(|r| record_from_row(r, &mut scope_sets))
         .collect())
+}
+
+/// The record whose current or previous secret hashes to `hash`, if any:
+/// the miss lookup of [`crate::keys::miss`]. Both columns are unique, so
+/// this is two index probes.
+pub async fn find_by_hash(
+    client: &impl GenericClient,
+    hash: &KeyHash,
+) -> Result<Option<KeyRecord>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM api_keys \
+                 WHERE key_hash = $1 OR previous_key_hash = $1 LIMIT 1"
+            ),
+            &[&hash.as_slice()],
+        )
+        .await?;
+    Ok(row.and_then(|r| record_from_row(&r, &mut ScopeSets::default())))
 }

@@ -39,6 +39,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "api_keys"),
     migration!(2, "0002", "audit_log"),
+    migration!(3, "0003", "key_version"),
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

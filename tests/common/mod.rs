@@ -228,6 +228,8 @@ pub struct Opts {
     /// Extra environment of the gateway process, e.g. `LD_PRELOAD` of
     /// libfaketime and `FAKETIME` for a skewed clock (see [`faketime`]).
     pub env: Vec<(String, String)>,
+    /// Extra lines of the `[keys]` section.
+    pub keys_extra: String,
 }
 
 impl Opts {
@@ -238,6 +240,7 @@ impl Opts {
             read_timeout_ms: 2_000,
             grace_seconds: 5,
             env: Vec::new(),
+            keys_extra: String::new(),
         }
     }
 }
@@ -292,6 +295,7 @@ connect_timeout_ms = 1000
 [keys]
 pepper = "{PEPPER}"
 last_used_flush_ms = 200
+{keys_extra}
 
 [log]
 level = "info"
@@ -302,6 +306,7 @@ format = "json"
         grace = opts.grace_seconds,
         routes = opts.routes,
         proxy_extra = opts.proxy_extra,
+        keys_extra = opts.keys_extra,
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
