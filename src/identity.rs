@@ -15,8 +15,8 @@ use pingora::http::RequestHeader;
 
 use crate::errors::ProxyError;
 use crate::keys::format::{self, KeyHash, KeyHasher};
-use crate::keys::miss::MissLookups;
 use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
+use crate::service::miss::MissLookups;
 
 /// The answer to any key that is not one of ours, whatever the reason, so a
 /// caller learns nothing about why.
@@ -61,7 +61,7 @@ impl Authenticator {
     /// The caller's key. The error carries the `gateway_auth_failures_total`
     /// reason label. A bad checksum is refused before any hashing or lookup.
     /// A key in the snapshot never waits: only a well-formed one missing
-    /// from it is looked up (see [`crate::keys::miss`]).
+    /// from it is looked up (see [`crate::service::miss`]).
     pub async fn authenticate(
         &self,
         req: &RequestHeader,

@@ -10,10 +10,10 @@
 //! - `limits` (rate limits: policy, backends, headers)
 //! - `route` (the one immutable route table, with upstreams and each
 //!   route's limits, behind one `ArcSwap`)
-//! - `service` (key lifecycle, the snapshot listener, the `last_used`
-//!   flush: I/O over `store`)
 //! - `identity` (credentials, the authenticator, client IP, request ids),
 //!   `errors` (the error catalogue and JSON body both listeners answer with)
+//! - `service` (key lifecycle, the snapshot listener, the `last_used`
+//!   flush, miss lookups: I/O over `store`)
 //! - `store` (Postgres), `telemetry`
 //! - `keys` (format, hashing, scopes, the snapshot: no I/O)
 //! - `config` (file schema, env overrides, one builder per section)

@@ -17,7 +17,6 @@ use crate::admin::{denials, AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::keys::format::KeyHasher;
-use crate::keys::miss::{self, MissLookups};
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
@@ -25,6 +24,7 @@ use crate::route::{RouteTable, Routes};
 use crate::service::keys::KeyService;
 use crate::service::last_used;
 use crate::service::listener::KeyListener;
+use crate::service::miss::{self, MissLookups};
 use crate::{store, telemetry};
 
 /// Fails early, with the address, when a listener cannot bind; Pingora would

@@ -3,7 +3,7 @@
 //! without locks or I/O.
 //!
 //! The key listener (see [`crate::service::listener`]) publishes changes
-//! and full reloads; a miss lookup (see [`super::miss`]) may add one record
+//! and full reloads; a miss lookup (see [`crate::service::miss`]) may add one record
 //! it found. Publishes are serialised, so none is lost to another's
 //! read-modify-write.
 //! A change builds a new snapshot from the current one and swaps it in;

@@ -32,13 +32,13 @@ use crate::config::{AuthMode, Config};
 use crate::http_path;
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
-use crate::keys::miss::MissLookups;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
 use crate::route::metrics::RouteMetrics;
 use crate::route::{Route, Routes};
 use crate::service::last_used::LastUsedTracker;
+use crate::service::miss::MissLookups;
 
 /// Counts requests in flight, for a graceful shutdown that ends as soon as
 /// the last one finishes.

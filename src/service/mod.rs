@@ -8,6 +8,9 @@
 //!   kept current by `LISTEN`/`NOTIFY` on a dedicated connection.
 //! - [`last_used`]: the batched `last_used_at` flush, fed from the hot path
 //!   without waiting.
+//! - [`miss`]: the bounded Postgres lookup of a well-formed key missing
+//!   from the snapshot (budget, single flight, negative cache), used by
+//!   [`crate::identity::Authenticator`].
 //!
 //! `keys` stays free of I/O (format, scopes, the snapshot); everything here
 //! talks to Postgres.
@@ -15,3 +18,4 @@
 pub mod keys;
 pub mod last_used;
 pub mod listener;
+pub mod miss;

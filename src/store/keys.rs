@@ -459,7 +459,7 @@ pub async fn load_by_ids(
 }
 
 /// The record whose current or previous secret hashes to `hash`, if any:
-/// the miss lookup of [`crate::keys::miss`]. Both columns are unique, so
+/// the miss lookup of [`crate::service::miss`]. Both columns are unique, so
 /// this is two index probes.
 pub async fn find_by_hash(
     client: &impl GenericClient,

@@ -27,8 +27,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::OnceCell;
 
-use super::format::KeyHash;
-use super::snapshot::{authenticate_record, Authenticated, KeyRecord, KeyStore, Rejection};
+use crate::keys::format::KeyHash;
+use crate::keys::snapshot::{authenticate_record, Authenticated, KeyRecord, KeyStore, Rejection};
 
 /// How long a miss is remembered (unless a change is applied first).
 pub const NEGATIVE_TTL_MS: i64 = 3_000;
