@@ -2,12 +2,12 @@
 //! validated [`Config`] the rest of the gateway runs on.
 //!
 //! Two layers, as in river's `config/internal.rs`: serde structs mirror the
-//! file ([`file`]), and [`Config::from_toml`] turns them into typed,
+//! file ([`mod@file`]), and [`Config::from_toml`] turns them into typed,
 //! validated values. Validation never stops at the first problem: every
 //! error is collected with its key path (`routes[2].upstream`) so an operator
 //! fixes a broken file in one pass. Nothing in here panics on any input.
 //!
-//! Layout: [`file`] (serde schema), `env` (`GATEWAY_*` overrides), `validate`
+//! Layout: [`mod@file`] (serde schema), `env` (`GATEWAY_*` overrides), `validate`
 //! (helpers every section uses), and one builder per section: `proxy`,
 //! `admin`, `database`, `keys`, `rate_limits`, `redis`, `log`, `upstreams`,
 //! `routes`. This module assembles them and checks what spans sections
