@@ -12,21 +12,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn api(
-    gw: &Gateway,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = http().request(method, gw.admin_url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let (s, _, v) = send(req).await;
-    (s, v)
-}
-
 fn in_secs(s: i64) -> String {
     (Utc::now() + chrono::Duration::seconds(s)).to_rfc3339()
 }

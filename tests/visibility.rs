@@ -10,23 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
-use serde_json::{json, Value};
-
-/// One admin API call with a JSON body (or none).
-async fn api(
-    gw: &Gateway,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = http().request(method, gw.admin_url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let (status, _, v) = send(req).await;
-    (status, v)
-}
+use serde_json::json;
 
 /// Creates a key through the admin API of `gw`; returns (id, plaintext).
 async fn create(gw: &Gateway, admin: &str, scopes: &[&str]) -> (String, String) {
@@ -115,9 +99,9 @@ async fn a_key_made_by_the_cli_works_at_once() {
         let (status, _, body) = get(&gw.url("/echo"), Some(&key)).await;
         assert_eq!(status, 200, "try {i}: CLI key {id}: {body}");
     }
-    // The lookups that made this work are counted.
-    let text = metrics(&b).await;
-    assert!(lookups(&text, "hit").is_some_and(|n| n >= 1.0), "{text}");
+    // Whether a given try was served by a lookup or by the NOTIFY that
+    // raced it is up to the scheduler, so the `hit` count is not asserted
+    // here (seen 0 once under load); `keys::miss` unit tests count hits.
 }
 
 #[tokio::test(flavor = "multi_thread")]

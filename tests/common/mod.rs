@@ -535,6 +535,22 @@ pub async fn get(url: &str, key: Option<&str>) -> (u16, reqwest::header::HeaderM
     send(req).await
 }
 
+/// One admin API call as `key`, with a JSON body or none: status and body.
+pub async fn api(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http().request(method, gw.admin_url(path)).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let (status, _, v) = send(req).await;
+    (status, v)
+}
+
 pub async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
