@@ -7,6 +7,8 @@
 //!   (the demo upstream)
 //! - `proxy` (the Pingora service), `admin` (health, metrics and the admin
 //!   API)
+//! - `reqlog` (request records: capture queue, writer, rollups, redaction,
+//!   retention), `webhooks` (outbox dispatcher, signing, SSRF guard)
 //! - `limits` (rate limits: policy, backends, headers)
 //! - `route` (the one immutable route table, with upstreams and each
 //!   route's limits, behind one `ArcSwap`)
@@ -31,11 +33,13 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod proxy;
+pub mod reqlog;
 pub mod route;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 /// Wall-clock time in Unix milliseconds.
 pub fn now_ms() -> i64 {

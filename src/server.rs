@@ -21,6 +21,7 @@ use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::route::{RouteTable, Routes};
+use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
 use crate::service::last_used;
 use crate::service::listener::KeyListener;
@@ -108,6 +109,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&listener);
     proxy.add_dependency(&limits);
+
+    // Jobs are added by the features that need them (retention, expiry
+    // events, purges).
+    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval);
+    server.add_service(background_service("housekeeping", housekeeping));
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));

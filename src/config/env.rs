@@ -82,6 +82,9 @@ fn takes_string(section: &str, key: &str, raw: &str) -> bool {
         "keys" => fits::<file::Keys>(t),
         "rate_limits" => fits::<file::RateLimits>(t),
         "log" => fits::<file::Log>(t),
+        "request_logs" => fits::<file::RequestLogs>(t),
+        "webhooks" => fits::<file::Webhooks>(t),
+        "housekeeping" => fits::<file::Housekeeping>(t),
         _ => false,
     }
 }

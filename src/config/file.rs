@@ -47,6 +47,7 @@ pub struct Keys {
     pub prefix: Option<String>,
     pub last_used_flush_ms: Option<u64>,
     pub miss_lookups_per_second: Option<u64>,
+    pub purge_expired_after_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -93,4 +94,35 @@ pub struct Route {
     pub auth: Option<String>,
     pub rate_limit: Option<Limits>,
     pub global_rate_limit: Option<Limits>,
+    pub log_bodies: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestLogs {
+    pub enabled: Option<bool>,
+    pub sample_rate: Option<f64>,
+    pub retention_days: Option<u64>,
+    pub rollup_retention_days: Option<u64>,
+    pub queue_capacity: Option<u64>,
+    pub flush_interval_ms: Option<u64>,
+    pub redact_query_params: Option<Vec<String>>,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Webhooks {
+    pub enabled: Option<bool>,
+    pub allow_private_targets: Option<bool>,
+    pub timeout_ms: Option<u64>,
+    pub retry_schedule_ms: Option<Vec<u64>>,
+    pub disable_after_consecutive_failures: Option<u64>,
+    pub expiring_notice_days: Option<u64>,
+    pub max_in_flight: Option<u64>,
+    pub max_in_flight_per_endpoint: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Housekeeping {
+    pub interval_ms: Option<u64>,
 }

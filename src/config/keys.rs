@@ -24,6 +24,9 @@ pub struct KeysConfig {
     /// Postgres lookups per second, at most, of well-formed keys missing
     /// from the snapshot; 0 disables them (default 200).
     pub miss_lookups_per_second: u32,
+    /// Keys expired for longer than this many days are deleted by
+    /// housekeeping, with an `api_key.purged` audit entry; 0 = never.
+    pub purge_expired_after_days: u32,
 }
 
 pub(super) fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option<KeysConfig> {
@@ -71,11 +74,23 @@ pub(super) fn build_keys(k: file::Keys, need: Need, errs: &mut Errors) -> Option
                 DEFAULT_MISS_LOOKUPS_PER_SECOND
             }),
     };
+    let purge_expired_after_days = match k.purge_expired_after_days {
+        None => 30,
+        Some(n @ 0..=36_500) => n as u32,
+        Some(_) => {
+            errs.push(
+                "keys.purge_expired_after_days",
+                "must be 0 (never) to 36500 days",
+            );
+            30
+        }
+    };
     Some(KeysConfig {
         pepper: pepper?,
         prefix,
         last_used_flush: flush,
         miss_lookups_per_second,
+        purge_expired_after_days,
     })
 }
 

@@ -25,9 +25,11 @@ mod log;
 mod proxy;
 mod rate_limits;
 mod redis;
+mod request_logs;
 mod routes;
 mod upstreams;
 mod validate;
+mod webhooks;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -47,8 +49,12 @@ pub use self::rate_limits::{
     DEFAULT_MAX_LOCAL_COUNTERS,
 };
 pub use self::redis::{RedisConfig, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS};
+pub use self::request_logs::{
+    RequestLogConfig, DEFAULT_REDACT_QUERY_PARAMS, MAX_LOGGED_BODY_BYTES, MAX_QUEUE_CAPACITY,
+};
 pub use self::routes::{AuthMode, RouteConfig};
 pub use self::upstreams::{UpstreamConfig, MAX_TARGETS};
+pub use self::webhooks::{HousekeepingConfig, WebhookConfig, DEFAULT_RETRY_SCHEDULE_MS};
 
 use self::admin::build_admin;
 use self::database::build_database;
@@ -58,9 +64,11 @@ use self::log::build_log;
 use self::proxy::build_proxy;
 use self::rate_limits::build_rate_limits;
 use self::redis::build_redis;
+use self::request_logs::build_request_logs;
 use self::routes::build_route;
 use self::upstreams::build_upstream;
 use self::validate::{array_of, check_unique, section};
+use self::webhooks::{build_housekeeping, build_webhooks};
 
 /// One problem found in the configuration, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +132,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub request_logs: RequestLogConfig,
+    pub webhooks: WebhookConfig,
+    pub housekeeping: HousekeepingConfig,
 }
 
 /// Which parts of the configuration a command needs. `gateway migrate` must
@@ -148,6 +159,9 @@ const SECTIONS: &[&str] = &[
     "log",
     "upstreams",
     "routes",
+    "request_logs",
+    "webhooks",
+    "housekeeping",
 ];
 
 impl Config {
@@ -226,6 +240,11 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let log: Option<file::Log> = section(doc.remove("log"), "log", errs);
     let upstreams = array_of::<file::Upstream>(doc.remove("upstreams"), "upstreams", errs);
     let routes = array_of::<file::Route>(doc.remove("routes"), "routes", errs);
+    let request_logs: Option<file::RequestLogs> =
+        section(doc.remove("request_logs"), "request_logs", errs);
+    let webhooks: Option<file::Webhooks> = section(doc.remove("webhooks"), "webhooks", errs);
+    let housekeeping: Option<file::Housekeeping> =
+        section(doc.remove("housekeeping"), "housekeeping", errs);
 
     let proxy = proxy.map(|p| build_proxy(p, errs));
     let admin_listen = admin.map(|a| build_admin(a, errs));
@@ -234,6 +253,9 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let keys = keys.map(|k| build_keys(k, need, errs));
     let rate_limits = rate_limits.map(|r| build_rate_limits(r, redis.is_some(), errs));
     let (log_level, log_format) = log.map(|l| build_log(l, errs)).unzip();
+    let request_logs = request_logs.map(|r| build_request_logs(r, errs));
+    let webhooks = webhooks.map(|w| build_webhooks(w, errs));
+    let housekeeping = housekeeping.map(|h| build_housekeeping(h, errs));
 
     // Routes are checked against every upstream the file declares, so an
     // upstream with a bad target does not also make its routes "dangling".
@@ -314,6 +336,9 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         log_format: log_format??,
         upstreams,
         routes,
+        request_logs: request_logs?,
+        webhooks: webhooks?,
+        housekeeping: housekeeping?,
     })
 }
 

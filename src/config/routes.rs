@@ -30,6 +30,9 @@ pub struct RouteConfig {
     pub rate_limit: Option<Limits>,
     /// Across all callers of this route.
     pub global_rate_limit: Option<Limits>,
+    /// Keep the first `request_logs.max_body_bytes` of request and response
+    /// bodies in the request log, secrets redacted.
+    pub log_bodies: bool,
 }
 
 pub(super) fn parse_scopes(list: &[String], path: &str, errs: &mut Errors) -> Vec<Scope> {
@@ -168,6 +171,7 @@ pub(super) fn build_route(
         auth,
         rate_limit,
         global_rate_limit,
+        log_bodies: r.log_bodies.unwrap_or(false),
     })
 }
 

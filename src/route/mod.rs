@@ -50,6 +50,8 @@ pub struct Route {
     pub rate_limit: Limits,
     /// Across all callers of this route (`global_rate_limit`).
     pub global_rate_limit: Limits,
+    /// Request and response bodies go into the request log (redacted).
+    pub log_bodies: bool,
 }
 
 impl Route {
@@ -116,6 +118,7 @@ impl RouteTable {
                     auth: r.auth,
                     rate_limit: r.rate_limit.unwrap_or_default(),
                     global_rate_limit: r.global_rate_limit.unwrap_or_default(),
+                    log_bodies: r.log_bodies,
                 }))
             })
             .collect();

@@ -8,6 +8,8 @@
 //!   kept current by `LISTEN`/`NOTIFY` on a dedicated connection.
 //! - [`last_used`]: the batched `last_used_at` flush, fed from the hot path
 //!   without waiting.
+//! - [`housekeeping`]: maintenance jobs (retention, expiry events, purges)
+//!   run by one instance at a time under an advisory lock.
 //! - [`miss`]: the bounded Postgres lookup of a well-formed key missing
 //!   from the snapshot (budget, single flight, negative cache), used by
 //!   [`crate::identity::Authenticator`].
@@ -15,6 +17,7 @@
 //! `keys` stays free of I/O (format, scopes, the snapshot); everything here
 //! talks to Postgres.
 
+pub mod housekeeping;
 pub mod keys;
 pub mod last_used;
 pub mod listener;

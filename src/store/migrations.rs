@@ -40,6 +40,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "api_keys"),
     migration!(2, "0002", "audit_log"),
     migration!(3, "0003", "key_version"),
+    migration!(4, "0004", "request_logs"),
+    migration!(5, "0005", "webhooks"),
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
