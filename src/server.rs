@@ -26,6 +26,7 @@ use crate::service::keys::KeyService;
 use crate::service::last_used;
 use crate::service::listener::KeyListener;
 use crate::service::miss::{self, MissLookups};
+use crate::webhooks::dispatch::Dispatch;
 use crate::{store, telemetry};
 
 /// Fails early, with the address, when a listener cannot bind; Pingora would
@@ -128,6 +129,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         KeyService::new(&cfg),
         tracker,
         denial_audit,
+        Dispatch::new(cfg.webhooks.clone(), cfg.keys.pepper.expose()),
     ));
     let mut admin = Service::new(
         "admin".to_string(),

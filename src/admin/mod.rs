@@ -63,6 +63,8 @@ pub struct AdminState {
     pub last_used: LastUsedTracker,
     /// `admin/openapi.yaml` as JSON, converted once at start.
     pub openapi_json: Result<Vec<u8>, String>,
+    /// Webhook secrets, settings and the dispatcher.
+    pub webhooks: crate::webhooks::dispatch::Dispatch,
     /// Refused calls go to the one denial writer ([`denials`]).
     denials: DenialAudit,
 }
@@ -80,6 +82,7 @@ impl AdminState {
         key_service: KeyService,
         last_used: LastUsedTracker,
         denials: DenialAudit,
+        webhooks: crate::webhooks::dispatch::Dispatch,
     ) -> Self {
         Self {
             keys,
@@ -93,6 +96,7 @@ impl AdminState {
             key_service,
             last_used,
             openapi_json: openapi_json(),
+            webhooks,
             denials,
         }
     }

@@ -1,12 +1,26 @@
-//! The admin API's handle on the dispatcher.
+//! The admin API's handle on webhooks: configuration it needs, the secret
+//! box, and the dispatcher.
 
 use uuid::Uuid;
 
-/// Shared with the admin API (`/test`, `/retry`).
-#[derive(Clone, Default)]
-pub struct Dispatch {}
+use super::secret::SecretBox;
+use crate::config::WebhookConfig;
+
+/// Shared with the admin API (`/test`, `/retry`, secrets, the SSRF guard).
+#[derive(Clone)]
+pub struct Dispatch {
+    pub config: WebhookConfig,
+    pub secrets: SecretBox,
+}
 
 impl Dispatch {
+    pub fn new(config: WebhookConfig, pepper: &str) -> Self {
+        Self {
+            config,
+            secrets: SecretBox::new(pepper),
+        }
+    }
+
     /// Makes one attempt of `delivery` now, on this instance, and returns
     /// when it is recorded (the delivery row then shows its outcome).
     pub async fn attempt_now(&self, delivery: Uuid) -> anyhow::Result<()> {
