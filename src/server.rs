@@ -20,6 +20,8 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reqlog::capture::RequestLog;
+use crate::reqlog::rollup::Rollups;
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
@@ -90,6 +92,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         LimitsService::new(limiter.clone()),
     ));
 
+    // Request logs: every request counts in the rollups; sampled-in
+    // records go to the writer's queue (nothing at all when disabled).
+    let rollups = Arc::new(Rollups::default());
+    let (request_log, request_log_rx) = RequestLog::new(&cfg.request_logs, rollups.clone());
+    let _ = request_log_rx;
+
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         GatewayProxy::new(
@@ -101,7 +109,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             inflight.clone(),
             limiter.clone(),
         )
-        .with_miss_lookups(misses.clone()),
+        .with_miss_lookups(misses.clone())
+        .with_request_log(request_log),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
