@@ -12,8 +12,10 @@
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
+//! - [`writer`]: the background service that `COPY`s batches to Postgres.
 
 pub mod capture;
 pub mod record;
 pub mod redact;
 pub mod rollup;
+pub mod writer;
