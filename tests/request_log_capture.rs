@@ -473,3 +473,88 @@ async fn a_missing_partition_is_created_on_demand() {
         Some(0.0)
     );
 }
+
+/// Bodies are kept, up to `max_body_bytes`, only on `log_bodies` routes.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_kept_only_on_log_bodies_routes() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let routes = format!(
+        r#"{}
+[[routes]]
+name = "bodies"
+path_prefix = "/bodies"
+upstream = "echo"
+auth = "none"
+log_bodies = true
+"#,
+        config(upstream, "max_body_bytes = 16")
+    );
+    let gw = Gateway::start(&db, Opts::new(routes)).await;
+    let sql = db.client().await;
+    let c = client();
+    let body = "abcdefghijklmnopqrstuvwxyz";
+    for (path, id) in [("/bodies/x", "body-on"), ("/public/x", "body-off")] {
+        assert_eq!(send_with(c.post(gw.url(path)).body(body), id).await, 200);
+    }
+    let found = wait_rows(&sql, &["body-on", "body-off"], Duration::from_secs(5)).await;
+    assert_eq!(found.len(), 2, "log:\n{}", gw.logs());
+    let bodies = |id: &str| {
+        let sql = &sql;
+        let id = id.to_string();
+        async move {
+            let r = sql
+                .query_one(
+                    "SELECT request_body, response_body, request_bytes FROM request_logs
+                     WHERE request_id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("row");
+            let (req, resp, n): (Option<String>, Option<String>, i64) =
+                (r.get(0), r.get(1), r.get(2));
+            (req, resp, n)
+        }
+    };
+    let (req, resp, n) = bodies("body-on").await;
+    assert_eq!(req.as_deref(), Some("abcdefghijklmnop"));
+    let resp = resp.expect("response body kept");
+    assert!(!resp.is_empty() && resp.len() <= 16, "{resp:?}");
+    assert_eq!(n, body.len() as i64);
+    let (req, resp, n) = bodies("body-off").await;
+    assert_eq!(
+        (req, resp),
+        (None, None),
+        "bodies kept on a route without log_bodies"
+    );
+    assert_eq!(n, body.len() as i64);
+}
+
+/// A graceful shutdown writes what is still queued before the process
+/// exits, well before the next periodic flush would have.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_writes_the_last_records() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let mut gw = Gateway::start(
+        &db,
+        Opts::new(format!(
+            "{}\n",
+            config(upstream, "").replace("flush_interval_ms = 100", "flush_interval_ms = 60000")
+        )),
+    )
+    .await;
+    let c = client();
+    let ids = ["shut-1", "shut-2", "shut-3"];
+    for id in ids {
+        assert_eq!(send_with(c.get(gw.url("/public/x")), id).await, 200);
+    }
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "gateway did not exit"
+    );
+    let sql = db.client().await;
+    let found = wait_rows(&sql, &ids, Duration::from_secs(1)).await;
+    assert_eq!(found.len(), 3, "log:\n{}", gw.logs());
+}

@@ -199,6 +199,76 @@ mod tests {
         assert_eq!(b.bytes(), b"hello wo");
     }
 
+    fn record(status: u16) -> RequestRecord {
+        RequestRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: chrono::Utc::now(),
+            request_id: http::HeaderValue::from_static("r"),
+            key_id: None,
+            route: Some("echo".into()),
+            method: http::Method::GET,
+            path: "/echo".into(),
+            query: None,
+            status,
+            error_code: None,
+            latency_ms: 1.0,
+            upstream_latency_ms: None,
+            upstream: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            client_ip: None,
+            user_agent: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    fn cfg(sample_rate: f64, queue_capacity: usize) -> RequestLogConfig {
+        RequestLogConfig {
+            sample_rate,
+            queue_capacity,
+            ..RequestLogConfig::default()
+        }
+    }
+
+    #[test]
+    fn errors_are_always_kept_and_the_rest_sampled() {
+        let (log, rx) = RequestLog::new(&cfg(0.0, 100), Arc::default());
+        let mut rx = rx.expect("enabled");
+        for status in [200, 204, 301, 399, 400, 404, 429, 502, 0] {
+            log.submit(record(status));
+        }
+        let kept: Vec<u16> = std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.status)).collect();
+        assert_eq!(kept, [400, 404, 429, 502]);
+
+        let (log, rx) = RequestLog::new(&cfg(1.0, 100), Arc::default());
+        for _ in 0..50 {
+            log.submit(record(200));
+        }
+        assert_eq!(rx.expect("enabled").len(), 50);
+    }
+
+    #[test]
+    fn a_full_queue_drops_instead_of_waiting() {
+        let (log, rx) = RequestLog::new(&cfg(1.0, 2), Arc::default());
+        for _ in 0..5 {
+            log.submit(record(500));
+        }
+        assert_eq!(rx.expect("enabled").len(), 2);
+    }
+
+    #[test]
+    fn disabled_captures_nothing() {
+        let off = RequestLogConfig {
+            enabled: false,
+            ..RequestLogConfig::default()
+        };
+        let (log, rx) = RequestLog::new(&off, Arc::default());
+        assert!(rx.is_none());
+        assert!(log.config().is_none());
+        log.submit(record(500));
+    }
+
     #[test]
     fn sampling_rng_is_roughly_uniform() {
         // Not a timing or statistical-power test: a broken RNG (stuck at a
