@@ -11,7 +11,9 @@
 # Contenders: direct (wrk straight to the upstream, for reference), bare
 # (examples/bare_pingora.rs), nginx (proxy_pass with upstream keepalive),
 # envoy (api_key_auth + local_ratelimit), gateway-local and gateway-redis
-# (key auth, scopes, 3 rate-limit tiers, metrics).
+# (key auth, scopes, 3 rate-limit tiers, metrics; request logs off), and
+# gateway-logs (gateway-local with request logs on, sample_rate 1.0: every
+# request is written to Postgres).
 #
 # By default the proxies run on CPU 1 with --proxy-threads workers each and
 # wrk plus the upstream on CPU 0, so on a 2-core machine a contender's
@@ -28,7 +30,7 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
-ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis"
+ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis,gateway-logs"
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -49,8 +51,8 @@ for n in "$ROUNDS" "$DURATION" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$
 done
 IFS=, read -r -a CONTENDERS <<< "$ONLY"
 for c in "${CONTENDERS[@]}"; do
-  case "$c" in direct|bare|nginx|envoy|gateway-local|gateway-redis) ;;
-    *) die "unknown contender '$c' (direct, bare, nginx, envoy, gateway-local, gateway-redis)" ;;
+  case "$c" in direct|bare|nginx|envoy|gateway-local|gateway-redis|gateway-logs) ;;
+    *) die "unknown contender '$c' (direct, bare, nginx, envoy, gateway-local, gateway-redis, gateway-logs)" ;;
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -58,7 +60,7 @@ wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 # Contender ports; admin ports are 100 above.
 UPSTREAM_PORT=$BASE
 declare -A PORT=([direct]=$BASE [bare]=$((BASE + 1)) [nginx]=$((BASE + 2)) [envoy]=$((BASE + 3))
-                 [gateway-local]=$((BASE + 4)) [gateway-redis]=$((BASE + 5)))
+                 [gateway-local]=$((BASE + 4)) [gateway-redis]=$((BASE + 5)) [gateway-logs]=$((BASE + 6)))
 bench_run_dir bench
 # taskset prefixes: proxies on CPU 1, load and upstream on CPU 0.
 CPU_PROXY=() CPU_LOAD=()
@@ -76,9 +78,12 @@ GW="$ROOT/target/release/gateway"
 start_upstream "$UPSTREAM_PORT" "${CPU_LOAD[@]}"
 
 fresh_bench_db gateway_bench
-gateway_conf() { bench_gateway_conf "$RUN/$1.toml" "$2" "$3" "$PROXY_THREADS" "read:bench"; }
-gateway_conf gateway-local "${PORT[gateway-local]}" local
-gateway_conf gateway-redis "${PORT[gateway-redis]}" redis
+gateway_conf() { bench_gateway_conf "$RUN/$1.toml" "$2" "$3" "$PROXY_THREADS" "read:bench" "$4"; }
+LOGS_OFF=$'\n[request_logs]\nenabled = false'
+LOGS_ON=$'\n[request_logs]\nenabled = true\nsample_rate = 1.0'
+gateway_conf gateway-local "${PORT[gateway-local]}" local "$LOGS_OFF"
+gateway_conf gateway-redis "${PORT[gateway-redis]}" redis "$LOGS_OFF"
+gateway_conf gateway-logs "${PORT[gateway-logs]}" local "$LOGS_ON"
 "$GW" migrate -c "$RUN/gateway-local.toml" >/dev/null
 KEY=$(create_key "$RUN/gateway-local.toml" bench read:bench)
 AUTH=(-H "Authorization: Bearer $KEY")
@@ -106,7 +111,7 @@ CONF
           "$ROOT/benches/load/envoy.yaml.in" > "$RUN/envoy.yaml"
       "${CPU_PROXY[@]}" "$ENVOY" -c "$RUN/envoy.yaml" --concurrency "$PROXY_THREADS" \
         --log-level warn --disable-hot-restart >"$RUN/envoy.log" 2>&1 & PIDS+=($!) ;;
-    gateway-local|gateway-redis)
+    gateway-local|gateway-redis|gateway-logs)
       "${CPU_PROXY[@]}" "$GW" serve -c "$RUN/$c.toml" >"$RUN/$c.log" 2>&1 & PIDS+=($!) ;;
   esac
   wait_ok "$c" "${AUTH[@]}" "http://127.0.0.1:$port/"
@@ -134,6 +139,13 @@ for r in $(seq "$ROUNDS"); do
       "$r" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errs" >&2
   done
 done
+
+# What the request-log writer did under the run: written, dropped, queue.
+if wants gateway-logs; then
+  echo >&2
+  curl -fsS "http://127.0.0.1:$(( ${PORT[gateway-logs]} + 100 ))/metrics" 2>/dev/null \
+    | grep -E '^gateway_request_log(s_written_total|s_dropped_total|_queue_depth|_batch_size_(sum|count))' >&2 || true
+fi
 
 # Medians per contender, in the order given. The ratio to bare Pingora is
 # the median of the per-round ratios (each round's contender against the
