@@ -20,6 +20,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
@@ -90,6 +91,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         LimitsService::new(limiter.clone()),
     ));
 
+    // Per-minute traffic rollups, fed by the proxy's `logging` and upserted
+    // by their flusher, which stops only once no request is in flight.
+    let rollups = Arc::new(Rollups::default());
+    let idle = inflight.clone();
+    let rollup_flusher = RollupFlusher::new(
+        rollups.clone(),
+        pool.clone(),
+        FLUSH_INTERVAL,
+        Box::new(move || idle.get() == 0),
+    );
+    let rollups_drained = rollup_flusher.drained.clone();
+    server.add_service(background_service("request rollups", rollup_flusher));
+
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         GatewayProxy::new(
@@ -138,7 +152,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     admin.add_tcp(&cfg.admin_listen.to_string());
     server.add_service(admin);
 
-    spawn_shutdown_watch(&server, grace, inflight, drained);
+    spawn_shutdown_watch(&server, grace, inflight, vec![drained, rollups_drained]);
     tracing::info!(
         proxy = %cfg.proxy.listen,
         admin = %cfg.admin_listen,
@@ -151,13 +165,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Pingora's graceful shutdown always sleeps the whole grace period. This
 /// watcher ends the process as soon as the last in-flight request finished
-/// and the final `last_used_at` flush ran, or when the grace period is up,
-/// whichever comes first.
+/// and the final flushes (`last_used_at`, rollups: every flag of `drained`)
+/// ran, or when the grace period is up, whichever comes first.
 fn spawn_shutdown_watch(
     server: &Server,
     grace: Duration,
     inflight: Arc<Inflight>,
-    drained: Arc<std::sync::atomic::AtomicBool>,
+    drained: Vec<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
@@ -178,7 +192,7 @@ fn spawn_shutdown_watch(
         // drained or the grace period cut them off.
         let mut ended = "grace_expired";
         while Instant::now() < deadline {
-            if inflight.get() == 0 && drained.load(Ordering::Acquire) {
+            if inflight.get() == 0 && drained.iter().all(|d| d.load(Ordering::Acquire)) {
                 ended = "drained";
                 break;
             }

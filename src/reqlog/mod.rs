@@ -11,7 +11,9 @@
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
+//! - [`histogram`]: the rollups' log-spaced latency histogram.
 
+pub mod histogram;
 pub mod record;
 pub mod redact;
 pub mod rollup;
