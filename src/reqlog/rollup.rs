@@ -303,9 +303,21 @@ impl RollupFlusher {
         }
     }
 
-    /// Flushes until `stop` says so, backing off while Postgres fails.
-    /// Returns when the shutdown watch fires.
-    async fn run(&self, pending: &mut Series, shutdown: &mut ShutdownWatch) {
+    /// Upserts everything observed so far (and anything a failed flush
+    /// left), now: for tests and tools; the service flushes on its own.
+    pub async fn flush_once(&self) -> Result<(), DbError> {
+        let mut pending = self.pending.lock().await;
+        self.flush(&mut pending).await
+    }
+
+    /// Series waiting for a successful flush (after failures).
+    pub async fn pending_series(&self) -> usize {
+        self.pending.lock().await.len()
+    }
+
+    /// Flushes every `every`, backing off while Postgres fails. Returns
+    /// when the shutdown watch fires.
+    async fn run(&self, shutdown: &mut ShutdownWatch) {
         let mut backoff = self.every;
         let mut wait = self.every;
         loop {
@@ -313,7 +325,8 @@ impl RollupFlusher {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            match self.flush(pending).await {
+            let mut pending = self.pending.lock().await;
+            match self.flush(&mut pending).await {
                 Ok(()) => {
                     backoff = self.every;
                     wait = self.every;
@@ -329,7 +342,7 @@ impl RollupFlusher {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     // Keep draining the shards meanwhile, so the proxy's maps
                     // stay small and the pending cap applies.
-                    self.collect(pending);
+                    self.collect(&mut pending);
                 }
             }
         }
@@ -339,21 +352,21 @@ impl RollupFlusher {
 #[async_trait]
 impl BackgroundService for RollupFlusher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut pending = self.pending.lock().await;
-        self.run(&mut pending, &mut shutdown).await;
+        self.run(&mut shutdown).await;
         // Requests still in flight count once they end: keep flushing until
         // none is left (the shutdown watcher ends the process after the
         // grace period anyway), then flush what they added.
         while !(self.idle)() {
-            if let Err(e) = self.flush(&mut pending).await {
+            if let Err(e) = self.flush_once().await {
                 tracing::warn!(error = %e.describe(), "request rollup flush failed during shutdown");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if let Err(e) = self.flush(&mut pending).await {
+        if let Err(e) = self.flush_once().await {
+            let series = self.pending_series().await;
             tracing::warn!(
                 error = %e.describe(),
-                series = pending.len(),
+                series,
                 "final request rollup flush failed; these counts are lost"
             );
         }
