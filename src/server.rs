@@ -20,6 +20,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reqlog::capture::RequestLog;
 use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
@@ -91,9 +92,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         LimitsService::new(limiter.clone()),
     ));
 
-    // Per-minute traffic rollups, fed by the proxy's `logging` and upserted
-    // by their flusher, which stops only once no request is in flight.
+    // Request logs: every request counts in the rollups; sampled-in
+    // records go to the writer's queue (nothing at all when disabled).
     let rollups = Arc::new(Rollups::default());
+    let (request_log, request_log_rx) = RequestLog::new(&cfg.request_logs, rollups.clone());
+    let _ = request_log_rx;
+    // The rollups' flusher stops only once no request is in flight.
     let idle = inflight.clone();
     let rollup_flusher = RollupFlusher::new(
         rollups.clone(),
@@ -115,7 +119,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             inflight.clone(),
             limiter.clone(),
         )
-        .with_miss_lookups(misses.clone()),
+        .with_miss_lookups(misses.clone())
+        .with_request_log(request_log),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());

@@ -8,11 +8,13 @@
 //! writer (binary `COPY` into daily partitions of `request_logs`). Values
 //! that may hold secrets pass through [`redact`] before they are stored.
 //!
+//! - [`capture`]: the proxy's handle (rollups, sampling, bounded queue).
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
 //! - [`histogram`]: the rollups' log-spaced latency histogram.
 
+pub mod capture;
 pub mod histogram;
 pub mod record;
 pub mod redact;
