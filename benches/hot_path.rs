@@ -344,7 +344,13 @@ fn bench_rollups(c: &mut Criterion) {
     });
     // 1,000 keys × 3 statuses: a map of 3,000 series, cache-cold entries.
     let many: Vec<RequestRecord> = (0..3_000u128)
-        .map(|i| record(i % 1_000, [200, 404, 503][(i / 1_000) as usize], (i % 97) as f64))
+        .map(|i| {
+            record(
+                i % 1_000,
+                [200, 404, 503][(i / 1_000) as usize],
+                (i % 97) as f64,
+            )
+        })
         .collect();
     for r in &many {
         rollups.observe(r);

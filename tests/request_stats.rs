@@ -550,3 +550,207 @@ fn the_histogram_layout_is_fixed() {
     assert_eq!(histogram::BUCKETS, 93);
     assert_eq!(histogram::bucket_of(1.0), 27);
 }
+
+/// The default routes plus `counted`, which the tests send their traffic
+/// to: `create_key` polls `/echo`, and those calls must not count.
+fn routes_with_counted(upstream: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"{}
+[[routes]]
+name = "counted"
+path_prefix = "/counted"
+upstream = "echo"
+scopes = ["read:echo"]
+{extra}"#,
+        default_routes(upstream)
+    )
+}
+
+/// `/requests/stats?…` as `key`, once its `total` is `want` (polled: the
+/// rollups are flushed every second); the last answer either way.
+async fn stats_when(gw: &Gateway, key: &str, query: &str, want: i64) -> Value {
+    let path = format!("/api/v1/requests/stats?{query}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = api(gw, Method::GET, &path, key, None).await;
+        if (status == 200 && v["total"] == want) || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hit(gw: &Gateway, path: &str, key: Option<&str>, n: usize) {
+    for _ in 0..n {
+        let mut req = http().get(gw.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.expect("proxy request");
+    }
+}
+
+/// `sample_rate = 0.1` on two instances of one database: stats count
+/// every request sent to either, errors included, while the raw table
+/// holds only a sample of the successes (and every error). An instance
+/// stopped right after its traffic flushes it on the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn sampled_traffic_of_two_instances_is_counted_in_full() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let routes = routes_with_counted(upstream, "[request_logs]\nsample_rate = 0.1\n");
+    let a = Gateway::start(&db, Opts::new(routes.clone())).await;
+    let mut b = Gateway::start(&db, Opts::new(routes)).await;
+    let (_, admin) = a.create_key("admin", &[]).await;
+    let (id, key) = a.create_key("read:echo", &[]).await;
+    // b learns of the key through NOTIFY; wait until it admits it.
+    let known = eventually(Duration::from_secs(5), || async {
+        get(&b.url("/echo"), Some(&key)).await.0 == 200
+    })
+    .await;
+    assert!(known, "instance b never learnt the key");
+
+    hit(&a, "/counted/x", Some(&key), 150).await;
+    hit(&a, "/counted/x", None, 10).await;
+    hit(&b, "/counted/x", Some(&key), 60).await;
+    // Stopped at once: the last requests are in only through the final flush.
+    b.signal("TERM");
+    assert!(
+        b.wait_exit(Duration::from_secs(15)).await.is_some(),
+        "instance b did not stop"
+    );
+
+    let v = stats_when(&a, &admin, "route=counted&group_by=status", 220).await;
+    assert_eq!(v["total"], 220, "{v}");
+    assert_eq!(v["client_errors"], 10);
+    assert_eq!(keys_of(&v), [200, 401].map(|s| serde_json::json!(s)));
+    assert_eq!(totals_of(&v), [210, 10]);
+    let (_, u) = api(
+        &a,
+        Method::GET,
+        &format!("/api/v1/keys/{id}/usage?group_by=hour"),
+        &admin,
+        None,
+    )
+    .await;
+    // Usage also counts create_key's and the visibility check's polls.
+    assert!(u["total"].as_i64().is_some_and(|t| t >= 210), "{u}");
+    let v = stats_when(&a, &admin, &format!("route=counted&key_id={id}"), 210).await;
+    assert_eq!(v["total"], 210, "{v}");
+
+    // Raw rows: every 401, and far fewer than the 210 successes.
+    let c = db.client().await;
+    let raw = |status: i16| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM request_logs WHERE route = 'counted' AND status = $1",
+                &[&status],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+        }
+    };
+    let errors_logged =
+        eventually(Duration::from_secs(10), || async { raw(401).await == 10 }).await;
+    assert!(errors_logged, "every 401 is stored: {}", raw(401).await);
+    let sampled = raw(200).await;
+    assert!(
+        sampled < 80,
+        "with sample_rate 0.1, {sampled} of 210 successes were stored"
+    );
+}
+
+/// Live traffic through the proxy: percentiles from a delayed upstream,
+/// groupings of real refusals and upstream failures, usage, and totals
+/// that survive the raw partitions being dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_traffic_percentiles_groups_and_dropped_partitions() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(routes_with_counted(upstream, ""))).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    let (id, key) = gw.create_key("read:echo", &[]).await;
+
+    hit(&gw, "/counted/slow?delay_ms=200", Some(&key), 10).await;
+    hit(&gw, "/counted/fast", Some(&key), 10).await;
+    hit(&gw, "/counted/fast", None, 5).await;
+    hit(&gw, "/dead/x", None, 3).await;
+
+    let v = stats_when(&gw, &admin, "route=counted", 25).await;
+    assert_eq!(v["total"], 25, "{v}");
+    // 10 of 25 took at least 200 ms (within the histogram's 10 %).
+    let p95 = v["latency_ms"]["p95"].as_f64().expect("p95");
+    let p50 = v["latency_ms"]["p50"].as_f64().expect("p50");
+    let avg = v["latency_ms"]["avg"].as_f64().expect("avg");
+    assert!(p95 >= 180.0, "p95 {p95}");
+    assert!(p50 <= p95, "p50 {p50} p95 {p95}");
+    assert!(avg >= 10.0 * 200.0 / 25.0, "avg {avg}");
+
+    let v = stats_when(&gw, &admin, "route=counted&group_by=key", 25).await;
+    assert_eq!(keys_of(&v), [serde_json::json!(id), Value::Null]);
+    assert_eq!(totals_of(&v), [20, 5]);
+    let v = stats_when(&gw, &admin, "route=counted&group_by=error_code", 25).await;
+    assert_eq!(keys_of(&v), [Value::Null, "missing_api_key".into()]);
+    let v = stats_when(&gw, &admin, "route=dead", 3).await;
+    assert_eq!(
+        (v["total"].clone(), v["server_errors"].clone()),
+        (3.into(), 3.into())
+    );
+    assert_eq!(v["error_rate"], 1.0);
+    let (_, v) = api(
+        &gw,
+        Method::GET,
+        "/api/v1/requests/stats?group_by=route",
+        &admin,
+        None,
+    )
+    .await;
+    let routes = keys_of(&v);
+    assert!(
+        routes.contains(&"counted".into()) && routes.contains(&"dead".into()),
+        "{v}"
+    );
+    let (_, u) = api(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/keys/{id}/usage?group_by=hour"),
+        &admin,
+        None,
+    )
+    .await;
+    // The key's traffic on `counted`, plus create_key's polls of `/echo`.
+    let usage_total = u["total"].as_i64().expect("usage total");
+    assert!(usage_total >= 20, "{u}");
+
+    // Raw partitions dropped (retention): stats come from the rollups only.
+    let c = db.client().await;
+    let parts: Vec<String> = c
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'request_logs'::regclass",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!parts.is_empty());
+    for p in &parts {
+        c.batch_execute(&format!("DROP TABLE {p}"))
+            .await
+            .expect("drop partition");
+    }
+    let (_, v) = api(
+        &gw,
+        Method::GET,
+        "/api/v1/requests/stats?route=counted",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 25, "after dropping {parts:?}: {v}");
+    assert!(v["latency_ms"]["p95"].as_f64().is_some_and(|p| p >= 180.0));
+}
