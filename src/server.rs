@@ -22,6 +22,7 @@ use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::reqlog::capture::RequestLog;
 use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
+use crate::reqlog::writer::RequestLogWriter;
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
@@ -96,7 +97,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // records go to the writer's queue (nothing at all when disabled).
     let rollups = Arc::new(Rollups::default());
     let (request_log, request_log_rx) = RequestLog::new(&cfg.request_logs, rollups.clone());
-    let _ = request_log_rx;
+    let mut drained = vec![drained];
+    if let Some(rx) = request_log_rx {
+        let writer = RequestLogWriter::new(
+            rx,
+            cfg.database.clone(),
+            cfg.request_logs.flush_interval,
+            inflight.clone(),
+        );
+        drained.push(writer.drained.clone());
+        server.add_service(background_service("request-log writer", writer));
+    }
     // The rollups' flusher stops only once no request is in flight.
     let idle = inflight.clone();
     let rollup_flusher = RollupFlusher::new(
@@ -105,7 +116,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         FLUSH_INTERVAL,
         Box::new(move || idle.get() == 0),
     );
-    let rollups_drained = rollup_flusher.drained.clone();
+    drained.push(rollup_flusher.drained.clone());
     server.add_service(background_service("request rollups", rollup_flusher));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -157,7 +168,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     admin.add_tcp(&cfg.admin_listen.to_string());
     server.add_service(admin);
 
-    spawn_shutdown_watch(&server, grace, inflight, vec![drained, rollups_drained]);
+    spawn_shutdown_watch(&server, grace, inflight, drained);
     tracing::info!(
         proxy = %cfg.proxy.listen,
         admin = %cfg.admin_listen,
@@ -170,8 +181,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Pingora's graceful shutdown always sleeps the whole grace period. This
 /// watcher ends the process as soon as the last in-flight request finished
-/// and the final flushes (`last_used_at`, rollups: every flag of `drained`)
-/// ran, or when the grace period is up, whichever comes first.
+/// and the final flushes (`last_used_at`, request logs, rollups) ran, or
+/// when the grace period is up, whichever comes first.
 fn spawn_shutdown_watch(
     server: &Server,
     grace: Duration,

@@ -162,15 +162,18 @@ impl GatewayProxy {
     }
 
     /// Resolves the key and checks the route's scopes for this method. The
-    /// error carries the `gateway_auth_failures_total` reason label.
+    /// error carries the `gateway_auth_failures_total` reason label. A key
+    /// refused for its scopes is kept in `ctx` for the request log.
     async fn authorize(
         &self,
         req: &RequestHeader,
         route: &Route,
+        ctx: &mut RequestCtx,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
         let auth = self.auth.authenticate(req).await?;
         for required in route.required_scopes(&req.method) {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
+                ctx.key = Some(auth.record.clone());
                 return Err((
                     "insufficient_scope",
                     ProxyError::InsufficientScope(missing.clone()),
@@ -319,7 +322,7 @@ impl ProxyHttp for GatewayProxy {
             if let Some(d) = self.limiter.guard_blocked(&client) {
                 return self.deny_limited(session, ctx, &d).await;
             }
-            match self.authorize(req, &route).await {
+            match self.authorize(req, &route, ctx).await {
                 Ok(auth) => {
                     self.last_used.record(&auth.record);
                     ctx.key = Some(auth.record);
