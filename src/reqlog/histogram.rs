@@ -46,8 +46,8 @@ impl Default for Histogram {
 
 /// The bucket of a latency in milliseconds.
 pub fn bucket_of(ms: f64) -> usize {
-    // Also catches NaN: every comparison with it is false.
-    if !(ms >= LOWEST_MS) {
+    // NaN lands here too.
+    if ms.is_nan() || ms < LOWEST_MS {
         return 0;
     }
     if ms >= HIGHEST_MS {
