@@ -307,5 +307,75 @@ fn bench_paths(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_auth, bench_scopes, bench_limits, bench_paths);
+/// `Rollups::observe` runs in the proxy's `logging` for every request: a
+/// series already seen this minute is a lock of the thread's own shard, a
+/// hash lookup and counter updates, with no allocation.
+fn bench_rollups(c: &mut Criterion) {
+    use gateway::reqlog::record::RequestRecord;
+    use gateway::reqlog::rollup::Rollups;
+    let route: Arc<str> = Arc::from("orders");
+    let record = |key: u128, status: u16, latency_ms: f64| RequestRecord {
+        id: Uuid::now_v7(),
+        ts: chrono::Utc::now(),
+        request_id: http::HeaderValue::from_static("5b0c1f7e-2a7d-4d0e-9a43-6f0f5f6a1b22"),
+        key_id: Some(Uuid::from_u128(key)),
+        route: Some(route.clone()),
+        method: http::Method::GET,
+        path: "/orders/v1/items/12345".into(),
+        query: None,
+        status,
+        error_code: None,
+        latency_ms,
+        upstream_latency_ms: Some(latency_ms * 0.9),
+        upstream: None,
+        request_bytes: 120,
+        response_bytes: 2048,
+        client_ip: None,
+        user_agent: None,
+        request_body: None,
+        response_body: None,
+    };
+    let mut g = c.benchmark_group("rollups");
+    let rollups = Rollups::default();
+    let one = record(7, 200, 3.2);
+    rollups.observe(&one);
+    g.bench_function("observe (series seen this minute)", |b| {
+        b.iter(|| rollups.observe(black_box(&one)))
+    });
+    // 1,000 keys × 3 statuses: a map of 3,000 series, cache-cold entries.
+    let many: Vec<RequestRecord> = (0..3_000u128)
+        .map(|i| {
+            record(
+                i % 1_000,
+                [200, 404, 503][(i / 1_000) as usize],
+                (i % 97) as f64,
+            )
+        })
+        .collect();
+    for r in &many {
+        rollups.observe(r);
+    }
+    let mut i = 0;
+    g.bench_function("observe (rotating over 3,000 series)", |b| {
+        b.iter(|| {
+            i = (i + 1) % many.len();
+            rollups.observe(black_box(&many[i]))
+        })
+    });
+    g.bench_function("histogram bucket_of", |b| {
+        b.iter(|| gateway::reqlog::histogram::bucket_of(black_box(12.3)))
+    });
+    g.finish();
+    let series = rollups.take().len();
+    assert_eq!(series, 3_000);
+}
+
+criterion_group!(
+    benches,
+    bench_auth,
+    bench_scopes,
+    bench_limits,
+    bench_paths,
+    bench_rollups
+);
 criterion_main!(benches);

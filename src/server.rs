@@ -21,7 +21,7 @@ use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::reqlog::capture::RequestLog;
-use crate::reqlog::rollup::Rollups;
+use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
 use crate::reqlog::writer::RequestLogWriter;
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
@@ -108,6 +108,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         drained.push(writer.drained.clone());
         server.add_service(background_service("request-log writer", writer));
     }
+    // The rollups' flusher stops only once no request is in flight.
+    let idle = inflight.clone();
+    let rollup_flusher = RollupFlusher::new(
+        rollups.clone(),
+        pool.clone(),
+        FLUSH_INTERVAL,
+        Box::new(move || idle.get() == 0),
+    );
+    drained.push(rollup_flusher.drained.clone());
+    server.add_service(background_service("request rollups", rollup_flusher));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -171,8 +181,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Pingora's graceful shutdown always sleeps the whole grace period. This
 /// watcher ends the process as soon as the last in-flight request finished
-/// and the final flushes (`last_used_at`, request logs) ran, or when the
-/// grace period is up, whichever comes first.
+/// and the final flushes (`last_used_at`, request logs, rollups) ran, or
+/// when the grace period is up, whichever comes first.
 fn spawn_shutdown_watch(
     server: &Server,
     grace: Duration,

@@ -14,6 +14,7 @@ pub mod input;
 pub mod keys;
 pub mod rate_limits;
 pub mod routes;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -399,6 +400,8 @@ impl AdminApp {
                     rate_limits::set_key_rate_limits(s, authed()?, id, &body).await?
                 }
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
+                Op::GetRequestStats => stats::request_stats(s, query).await?,
+                Op::GetKeyUsage => stats::key_usage(s, id, query).await?,
             })
         })
         .await

@@ -22,6 +22,8 @@ pub enum Op {
     GetRateLimitStatus,
     SetKeyRateLimits,
     ListAuditLogs,
+    GetRequestStats,
+    GetKeyUsage,
 }
 
 /// Who may call an operation.
@@ -53,6 +55,8 @@ impl Op {
             Op::GetRateLimitStatus => "get_rate_limit_status",
             Op::SetKeyRateLimits => "set_key_rate_limits",
             Op::ListAuditLogs => "list_audit_logs",
+            Op::GetRequestStats => "get_request_stats",
+            Op::GetKeyUsage => "get_key_usage",
         }
     }
 
@@ -63,7 +67,10 @@ impl Op {
                 Access::Public
             }
             Op::GetRateLimitStatus => Access::AnyKey,
-            Op::ListKeys | Op::GetKey => Access::Scope("read:keys"),
+            // Usage is aggregate counts of the key's own traffic, no request
+            // content: part of reading the key, not of reading request logs.
+            Op::ListKeys | Op::GetKey | Op::GetKeyUsage => Access::Scope("read:keys"),
+            Op::GetRequestStats => Access::Scope("read:requests"),
             Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RevokeKey | Op::RotateKey => {
                 Access::Scope("write:keys")
             }
@@ -96,6 +103,7 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/keys/{id}", Method::PATCH, Op::PatchKey),
     route("/api/v1/keys/{id}", Method::DELETE, Op::RevokeKey),
     route("/api/v1/keys/{id}/rotate", Method::POST, Op::RotateKey),
+    route("/api/v1/keys/{id}/usage", Method::GET, Op::GetKeyUsage),
     route(
         "/api/v1/rate-limits/status",
         Method::GET,
@@ -107,6 +115,8 @@ pub const ROUTES: &[Route] = &[
         Op::SetKeyRateLimits,
     ),
     route("/api/v1/audit-logs", Method::GET, Op::ListAuditLogs),
+    // Before any `/api/v1/requests/{id}`: the first matching row wins.
+    route("/api/v1/requests/stats", Method::GET, Op::GetRequestStats),
 ];
 
 /// How a request path and method resolved.

@@ -12,9 +12,11 @@
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
+//! - [`histogram`]: the rollups' log-spaced latency histogram.
 //! - [`writer`]: the background service that `COPY`s batches to Postgres.
 
 pub mod capture;
+pub mod histogram;
 pub mod record;
 pub mod redact;
 pub mod rollup;

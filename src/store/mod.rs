@@ -8,6 +8,7 @@ pub mod audit;
 pub mod keys;
 pub mod migrations;
 pub mod request_log_writer;
+pub mod request_stats;
 pub mod webhooks;
 
 use std::str::FromStr;
