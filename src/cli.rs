@@ -399,3 +399,21 @@ mod tests {
         assert!(parse_scopes("read:a,Bad").unwrap_err().contains("Bad"));
     }
 }
+
+/// `gateway logs tail`.
+pub struct TailArgs {
+    /// A key id: only that key's records.
+    pub key: Option<String>,
+    /// A route name: only that route's records.
+    pub route: Option<String>,
+    /// Start this far back instead of at the newest record.
+    pub since: Option<Duration>,
+    /// Stop after this many records.
+    pub limit: Option<u64>,
+    pub json: bool,
+}
+
+/// Follows new request records until Ctrl-C.
+pub async fn tail_logs(_cfg: &Config, _args: TailArgs) -> anyhow::Result<()> {
+    bail!("gateway logs tail is not implemented yet")
+}
