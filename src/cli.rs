@@ -370,36 +370,6 @@ pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in [
-            "",
-            "d",
-            "10",
-            "10x",
-            "0s",
-            "-1d",
-            "99999999999999999999d",
-            "1.5h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn scopes_list() {
-        assert_eq!(parse_scopes("read:a, write:b").map(|v| v.len()), Ok(2));
-        assert!(parse_scopes("read:a,Bad").unwrap_err().contains("Bad"));
-    }
-}
-
 /// `gateway logs tail`.
 pub struct TailArgs {
     /// A key id: only that key's records.
@@ -533,4 +503,34 @@ fn tail_line(r: &crate::store::request_logs::RequestLog) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "d",
+            "10",
+            "10x",
+            "0s",
+            "-1d",
+            "99999999999999999999d",
+            "1.5h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_list() {
+        assert_eq!(parse_scopes("read:a, write:b").map(|v| v.len()), Ok(2));
+        assert!(parse_scopes("read:a,Bad").unwrap_err().contains("Bad"));
+    }
 }

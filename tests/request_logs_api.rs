@@ -362,7 +362,7 @@ async fn pages_over_250_records_have_no_duplicates_and_no_gaps() {
             .iter()
             .filter(|r| filter.is_empty() || r.key_id == Some(key))
             .collect();
-        want.sort_by(|a, b| (b.ts, b.id).cmp(&(a.ts, a.id)));
+        want.sort_by_key(|r| std::cmp::Reverse((r.ts, r.id)));
         let mut got: Vec<Uuid> = Vec::new();
         let mut cursor: Option<String> = None;
         let mut pages = 0;
