@@ -146,17 +146,21 @@ fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
 /// Finds the operation for `method` on `path`. `HEAD` is served as `GET`
 /// on the unauthenticated endpoints, which load balancers probe with it.
 pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
+    resolve_in(ROUTES, method, path)
+}
+
+fn resolve_in<'p>(table: &[Route], method: &Method, path: &'p str) -> Resolved<'p> {
     let path = match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
     };
     // A literal segment wins over `{id}` whatever the table order, so
     // `/requests/stats` is never read as the record with id `stats`.
-    let literal = ROUTES
+    let literal = table
         .iter()
         .any(|r| matches(r.path, path).is_some_and(|id| id.is_none()));
     let mut allow: Vec<&str> = Vec::new();
-    for r in ROUTES {
+    for r in table {
         let Some(id) = matches(r.path, path) else {
             continue;
         };
@@ -268,6 +272,33 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn a_literal_segment_wins_over_an_id_in_any_order() {
+        let table = [
+            route("/api/v1/requests/{id}", Method::GET, Op::GetRequest),
+            route("/api/v1/requests/{id}", Method::DELETE, Op::RevokeKey),
+            route("/api/v1/requests/stats", Method::GET, Op::ListAuditLogs),
+        ];
+        assert_eq!(
+            resolve_in(&table, &Method::GET, "/api/v1/requests/stats"),
+            Resolved::Found {
+                op: Op::ListAuditLogs,
+                id: None
+            }
+        );
+        assert_eq!(
+            resolve_in(&table, &Method::DELETE, "/api/v1/requests/stats"),
+            Resolved::MethodNotAllowed("GET".into())
+        );
+        assert_eq!(
+            resolve_in(&table, &Method::GET, "/api/v1/requests/statsx"),
+            Resolved::Found {
+                op: Op::GetRequest,
+                id: Some("statsx")
+            }
+        );
     }
 
     #[test]
