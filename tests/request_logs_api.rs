@@ -696,3 +696,81 @@ async fn logs_tail_prints_each_new_record_once() {
     let bad = gw.cli(&["logs", "tail", "--key", "nope"]);
     assert!(!bad.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_requests_are_readable_through_the_api_within_two_seconds() {
+    let db = TestDb::new().await;
+    let gw = start(&db).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    let (key_id, key) = gw.create_key("read:echo", &[]).await;
+    let client = http();
+    let ok = client
+        .get(gw.url("/echo/e2e?page=2"))
+        .bearer_auth(&key)
+        .header("user-agent", "e2e-test")
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(ok.status(), 200);
+    let ok_request_id = ok.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let refused = client
+        .post(gw.url("/echo/e2e"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(refused.status(), 403);
+
+    let query = format!("key_id={key_id}&path_prefix=/echo/e2e");
+    // Polled with a deadline: the writer flushes every 500 ms by default.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let (page, found) = loop {
+        let (status, body) = list(&gw, &admin, &query).await;
+        let found = status == 200 && body["data"].as_array().is_some_and(|d| d.len() == 2);
+        if found || std::time::Instant::now() >= deadline {
+            break (body, found);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        found,
+        "records not readable within 2 s: {page}\n{}",
+        gw.logs()
+    );
+    let (forbidden, admitted) = (&page["data"][0], &page["data"][1]);
+    assert_eq!(admitted["request_id"], ok_request_id.as_str());
+    assert_eq!(admitted["method"], "GET");
+    assert_eq!(admitted["path"], "/echo/e2e");
+    assert_eq!(admitted["query"], "page=2");
+    assert_eq!(admitted["route"], "echo");
+    assert_eq!(admitted["status"], 200);
+    assert_eq!(admitted["error_code"], Value::Null);
+    assert_eq!(admitted["user_agent"], "e2e-test");
+    assert_eq!(admitted["client_ip"], "127.0.0.1");
+    assert!(admitted["upstream"].is_string(), "{admitted}");
+    assert!(admitted["upstream_latency_ms"].is_number(), "{admitted}");
+    assert_eq!(forbidden["method"], "POST");
+    assert_eq!(forbidden["status"], 403);
+    assert_eq!(forbidden["error_code"], "insufficient_scope");
+    assert_eq!(forbidden["upstream"], Value::Null);
+
+    // The same record by id, and by its request id.
+    let id = admitted["id"].as_str().expect("id");
+    let (status, one) = api(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/requests/{id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(&one, admitted);
+    assert_eq!(
+        ids(&gw, &admin, &format!("request_id={ok_request_id}")).await,
+        [id.parse::<Uuid>().expect("uuid")]
+    );
+}
