@@ -79,17 +79,15 @@ impl Cursor {
 
 /// `status`: `429` or a class such as `4xx`.
 fn parse_status(v: &str) -> Option<StatusFilter> {
-    let v = v.trim();
     match v.as_bytes() {
         [d @ b'1'..=b'5', x, y]
             if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') =>
         {
             Some(StatusFilter::Class(i16::from(d - b'0')))
         }
-        _ => match v.parse::<i16>() {
-            Ok(n) if (100..=599).contains(&n) => Some(StatusFilter::Exact(n)),
-            _ => None,
-        },
+        // Three digits exactly, as the spec's pattern says (no sign, no padding).
+        [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => v.parse().ok().map(StatusFilter::Exact),
+        _ => None,
     }
 }
 
@@ -284,7 +282,7 @@ mod tests {
         assert_eq!(parse_status("4xx"), Some(StatusFilter::Class(4)));
         assert_eq!(parse_status("5XX"), Some(StatusFilter::Class(5)));
         for bad in [
-            "6xx", "0xx", "4x", "4xxx", "99", "600", "", "x", "-1", "4x5",
+            "6xx", "0xx", "4x", "4xxx", "99", "600", "", "x", "-1", "4x5", " 429", "4xx ", "+429",
         ] {
             assert_eq!(parse_status(bad), None, "{bad}");
         }
