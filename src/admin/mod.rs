@@ -13,6 +13,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod rate_limits;
+pub mod requests;
 pub mod routes;
 pub mod stats;
 
@@ -402,6 +403,8 @@ impl AdminApp {
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
                 Op::GetRequestStats => stats::request_stats(s, query).await?,
                 Op::GetKeyUsage => stats::key_usage(s, id, query).await?,
+                Op::ListRequests => requests::list_requests(s, query).await?,
+                Op::GetRequest => requests::get_request(s, id).await?,
             })
         })
         .await

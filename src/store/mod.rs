@@ -9,6 +9,7 @@ pub mod keys;
 pub mod migrations;
 pub mod request_log_writer;
 pub mod request_stats;
+pub mod request_logs;
 pub mod webhooks;
 
 use std::str::FromStr;
