@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditCmd,
     },
+    /// Request logs: retention by hand.
+    Logs {
+        #[command(subcommand)]
+        action: LogsCmd,
+    },
     /// Run the demo upstream used by the walkthrough and tests.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:3001")]
@@ -96,6 +101,17 @@ enum KeysCmd {
     },
     /// Change a key's name, description, scopes, expiry, limits or metadata.
     Update(UpdateCmd),
+}
+
+#[derive(Subcommand)]
+enum LogsCmd {
+    /// Drop request-log partitions older than `retention_days` and rollups
+    /// older than `rollup_retention_days` now, as housekeeping does.
+    Prune {
+        /// Print what would be dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +260,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = cli::load_config(&cli.config, Need::Keys)?;
             runtime()?.block_on(cli::verify_audit(&cfg))
+        }
+        Command::Logs {
+            action: LogsCmd::Prune { dry_run },
+        } => {
+            let cfg = cli::load_config(&cli.config, Need::Database)?;
+            runtime()?.block_on(cli::prune_logs(&cfg, dry_run))
         }
         Command::DemoUpstream { listen } => {
             gateway::telemetry::init_logging("info", gateway::config::LogFormat::Text);

@@ -20,6 +20,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reqlog::retention::Retention;
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
@@ -113,7 +114,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Jobs are added by the features that need them (retention, expiry
     // events, purges).
-    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval);
+    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval)
+        .with_job(Retention::new(&cfg.request_logs));
     server.add_service(background_service("housekeeping", housekeeping));
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));

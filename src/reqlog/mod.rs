@@ -11,7 +11,10 @@
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
+//! - [`retention`]: the housekeeping job dropping old partitions and
+//!   rollups (also `gateway logs prune`).
 
 pub mod record;
 pub mod redact;
+pub mod retention;
 pub mod rollup;
