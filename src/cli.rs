@@ -370,6 +370,141 @@ pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// `gateway logs tail`.
+pub struct TailArgs {
+    /// A key id: only that key's records.
+    pub key: Option<String>,
+    /// A route name: only that route's records.
+    pub route: Option<String>,
+    /// Start this far back instead of at the newest record.
+    pub since: Option<Duration>,
+    /// Stop after this many records.
+    pub limit: Option<u64>,
+    pub json: bool,
+}
+
+/// How long after its request started a record may still reach the
+/// database and be shown by `gateway logs tail`: records are stamped with
+/// the request start, but written when the response ends and the writer
+/// flushes. Each poll re-reads this much of the recent past and skips the
+/// ids it has printed, so a late record is printed once, not missed.
+pub const TAIL_OVERLAP: Duration = Duration::from_secs(30);
+/// How often `gateway logs tail` polls.
+const TAIL_POLL: Duration = Duration::from_secs(1);
+/// Rows read per query while catching up.
+const TAIL_BATCH: i64 = 500;
+
+/// Follows new request records until Ctrl-C (or `--limit`).
+pub async fn tail_logs(cfg: &Config, args: TailArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        r = follow_logs(cfg, args) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn follow_logs(cfg: &Config, args: TailArgs) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use crate::store::request_logs::{self, RequestLogFilter};
+
+    let key_id = args.key.as_deref().map(parse_id).transpose()?;
+    let client = connect(cfg).await?;
+    let overlap = chrono::Duration::from_std(TAIL_OVERLAP)?;
+    let start = request_logs::now(&client).await.map_err(db_error)?;
+    let since = match args.since {
+        Some(d) => start - chrono::Duration::from_std(d)?,
+        None => start,
+    };
+    // Printed (or, without --since, already there at start) ids, with
+    // their times so they can be forgotten once out of the overlap.
+    let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    let mut printed = 0u64;
+    let mut first = true;
+    let stdout = std::io::stdout();
+    loop {
+        let now = request_logs::now(&client).await.map_err(db_error)?;
+        let from = if first {
+            since.min(now - overlap)
+        } else {
+            now - overlap
+        };
+        // Records stamped after `now` (a gateway clock ahead of the
+        // database's) are shown too.
+        let mut filter = RequestLogFilter::window(from, now + chrono::Duration::days(1));
+        filter.key_id = key_id;
+        filter.route = args.route.clone();
+        let mut after = None;
+        loop {
+            let rows = request_logs::list_forward(&client, &filter, after, TAIL_BATCH)
+                .await
+                .map_err(db_error)?;
+            let full = rows.len() as i64 == TAIL_BATCH;
+            for r in rows {
+                after = Some((r.timestamp, r.id));
+                if seen.insert(r.id, r.timestamp).is_some() {
+                    continue;
+                }
+                // Without --since, what was there at start is history.
+                if first && r.timestamp < since {
+                    continue;
+                }
+                let line = if args.json {
+                    serde_json::to_string(&r)?
+                } else {
+                    tail_line(&r)
+                };
+                let mut out = stdout.lock();
+                // A closed pipe (`| head`) ends the tail quietly.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
+                printed += 1;
+                if args.limit.is_some_and(|l| printed >= l) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        seen.retain(|_, ts| *ts >= now - overlap);
+        first = false;
+        tokio::time::sleep(TAIL_POLL).await;
+    }
+}
+
+/// One record as a line of `gateway logs tail`: time, status, method,
+/// path and query, latency, then the fields that are set.
+fn tail_line(r: &crate::store::request_logs::RequestLog) -> String {
+    let mut line = format!(
+        "{} {} {} {}",
+        r.timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        r.status,
+        r.method,
+        r.path
+    );
+    if let Some(q) = &r.query {
+        line.push('?');
+        line.push_str(q);
+    }
+    line.push_str(&format!(" {:.1}ms", r.latency_ms));
+    let fields = [
+        ("route", r.route.clone()),
+        ("key", r.key_id.map(|k| k.to_string())),
+        ("error", r.error_code.clone()),
+        ("ip", r.client_ip.map(|ip| ip.to_string())),
+        ("request_id", Some(r.request_id.clone())),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            line.push_str(&format!(" {name}={v}"));
+        }
+    }
+    line
+}
+
 /// How long `gateway logs prune` waits for a running housekeeping round.
 const PRUNE_LOCK_WAIT: Duration = Duration::from_secs(10);
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gateway::cli::{self, CreateArgs, MigrateAction, UpdateArgs};
+use gateway::cli::{self, CreateArgs, MigrateAction, TailArgs, UpdateArgs};
 use gateway::config::{Limits, Need};
 
 /// See Cargo.toml: the proxy makes many small allocations per request.
@@ -48,7 +48,7 @@ enum Command {
         #[command(subcommand)]
         action: AuditCmd,
     },
-    /// Request logs: retention by hand.
+    /// Read request logs straight from the database; retention by hand.
     Logs {
         #[command(subcommand)]
         action: LogsCmd,
@@ -104,7 +104,16 @@ enum KeysCmd {
 }
 
 #[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain and report the first entry that was altered,
+    /// removed or reordered.
+    Verify,
+}
+
+#[derive(Subcommand)]
 enum LogsCmd {
+    /// Follow new request records, one line each, until Ctrl-C.
+    Tail(TailCmd),
     /// Drop request-log partitions older than `retention_days` and rollups
     /// older than `rollup_retention_days` now, as housekeeping does.
     Prune {
@@ -114,11 +123,23 @@ enum LogsCmd {
     },
 }
 
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Walk the hash chain and report the first entry that was altered,
-    /// removed or reordered.
-    Verify,
+#[derive(Args)]
+struct TailCmd {
+    /// Only this key's requests (a key id).
+    #[arg(long)]
+    key: Option<String>,
+    /// Only this route's requests (its name).
+    #[arg(long)]
+    route: Option<String>,
+    /// Start this far back, e.g. 15m or 1h (default: only new records).
+    #[arg(long, value_parser = cli::parse_duration)]
+    since: Option<std::time::Duration>,
+    /// Stop after printing this many records.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Print each record as one JSON object (the admin API's shape).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -260,6 +281,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = cli::load_config(&cli.config, Need::Keys)?;
             runtime()?.block_on(cli::verify_audit(&cfg))
+        }
+        Command::Logs {
+            action: LogsCmd::Tail(t),
+        } => {
+            let cfg = cli::load_config(&cli.config, Need::Database)?;
+            runtime()?.block_on(cli::tail_logs(
+                &cfg,
+                TailArgs {
+                    key: t.key,
+                    route: t.route,
+                    since: t.since,
+                    limit: t.limit,
+                    json: t.json,
+                },
+            ))
         }
         Command::Logs {
             action: LogsCmd::Prune { dry_run },

@@ -349,6 +349,11 @@ impl Query {
         self.params.remove(name)
     }
 
+    /// Whether the parameter was given (and not yet taken).
+    pub fn has(&self, name: &str) -> bool {
+        self.params.contains_key(name)
+    }
+
     /// A string of 1 to `max` characters.
     pub fn text(&mut self, name: &str, max: usize) -> Option<String> {
         let v = self.take(name)?;

@@ -13,6 +13,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod rate_limits;
+pub mod requests;
 pub mod routes;
 
 use std::sync::Arc;
@@ -399,6 +400,8 @@ impl AdminApp {
                     rate_limits::set_key_rate_limits(s, authed()?, id, &body).await?
                 }
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
+                Op::ListRequests => requests::list_requests(s, query).await?,
+                Op::GetRequest => requests::get_request(s, id).await?,
             })
         })
         .await

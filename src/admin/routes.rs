@@ -22,6 +22,8 @@ pub enum Op {
     GetRateLimitStatus,
     SetKeyRateLimits,
     ListAuditLogs,
+    ListRequests,
+    GetRequest,
 }
 
 /// Who may call an operation.
@@ -53,6 +55,8 @@ impl Op {
             Op::GetRateLimitStatus => "get_rate_limit_status",
             Op::SetKeyRateLimits => "set_key_rate_limits",
             Op::ListAuditLogs => "list_audit_logs",
+            Op::ListRequests => "list_requests",
+            Op::GetRequest => "get_request",
         }
     }
 
@@ -68,6 +72,7 @@ impl Op {
                 Access::Scope("write:keys")
             }
             Op::SetKeyRateLimits | Op::ListAuditLogs => Access::Scope("admin"),
+            Op::ListRequests | Op::GetRequest => Access::Scope("read:requests"),
         }
     }
 }
@@ -107,6 +112,8 @@ pub const ROUTES: &[Route] = &[
         Op::SetKeyRateLimits,
     ),
     route("/api/v1/audit-logs", Method::GET, Op::ListAuditLogs),
+    route("/api/v1/requests", Method::GET, Op::ListRequests),
+    route("/api/v1/requests/{id}", Method::GET, Op::GetRequest),
 ];
 
 /// How a request path and method resolved.
@@ -139,15 +146,27 @@ fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
 /// Finds the operation for `method` on `path`. `HEAD` is served as `GET`
 /// on the unauthenticated endpoints, which load balancers probe with it.
 pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
+    resolve_in(ROUTES, method, path)
+}
+
+fn resolve_in<'p>(table: &[Route], method: &Method, path: &'p str) -> Resolved<'p> {
     let path = match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
     };
+    // A literal segment wins over `{id}` whatever the table order, so
+    // `/requests/stats` is never read as the record with id `stats`.
+    let literal = table
+        .iter()
+        .any(|r| matches(r.path, path).is_some_and(|id| id.is_none()));
     let mut allow: Vec<&str> = Vec::new();
-    for r in ROUTES {
+    for r in table {
         let Some(id) = matches(r.path, path) else {
             continue;
         };
+        if literal && id.is_some() {
+            continue;
+        }
         let public = r.op.access() == Access::Public;
         let head_as_get = *method == Method::HEAD && r.method == Method::GET && public;
         if r.method == *method || head_as_get {
@@ -256,6 +275,33 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_segment_wins_over_an_id_in_any_order() {
+        let table = [
+            route("/api/v1/requests/{id}", Method::GET, Op::GetRequest),
+            route("/api/v1/requests/{id}", Method::DELETE, Op::RevokeKey),
+            route("/api/v1/requests/stats", Method::GET, Op::ListAuditLogs),
+        ];
+        assert_eq!(
+            resolve_in(&table, &Method::GET, "/api/v1/requests/stats"),
+            Resolved::Found {
+                op: Op::ListAuditLogs,
+                id: None
+            }
+        );
+        assert_eq!(
+            resolve_in(&table, &Method::DELETE, "/api/v1/requests/stats"),
+            Resolved::MethodNotAllowed("GET".into())
+        );
+        assert_eq!(
+            resolve_in(&table, &Method::GET, "/api/v1/requests/statsx"),
+            Resolved::Found {
+                op: Op::GetRequest,
+                id: Some("statsx")
+            }
+        );
+    }
+
+    #[test]
     fn resolves_paths_ids_and_methods() {
         assert_eq!(
             resolve(&Method::GET, "/api/v1/keys/abc"),
@@ -292,6 +338,16 @@ mod tests {
         assert_eq!(
             resolve(&Method::POST, "/health"),
             Resolved::MethodNotAllowed("GET, HEAD".into())
+        );
+        assert_eq!(
+            resolve(
+                &Method::GET,
+                "/api/v1/requests/0190e0e0-0000-7000-8000-000000000001"
+            ),
+            Resolved::Found {
+                op: Op::GetRequest,
+                id: Some("0190e0e0-0000-7000-8000-000000000001")
+            }
         );
         for missing in [
             "/",
