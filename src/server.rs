@@ -20,7 +20,10 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reqlog::capture::RequestLog;
 use crate::reqlog::retention::Retention;
+use crate::reqlog::rollup::Rollups;
+use crate::reqlog::writer::RequestLogWriter;
 use crate::route::{RouteTable, Routes};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
@@ -91,6 +94,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         LimitsService::new(limiter.clone()),
     ));
 
+    // Request logs: every request counts in the rollups; sampled-in
+    // records go to the writer's queue (nothing at all when disabled).
+    let rollups = Arc::new(Rollups::default());
+    let (request_log, request_log_rx) = RequestLog::new(&cfg.request_logs, rollups.clone());
+    let mut drained = vec![drained];
+    if let Some(rx) = request_log_rx {
+        let writer = RequestLogWriter::new(
+            rx,
+            cfg.database.clone(),
+            cfg.request_logs.flush_interval,
+            inflight.clone(),
+        );
+        drained.push(writer.drained.clone());
+        server.add_service(background_service("request-log writer", writer));
+    }
+
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         GatewayProxy::new(
@@ -102,7 +121,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             inflight.clone(),
             limiter.clone(),
         )
-        .with_miss_lookups(misses.clone()),
+        .with_miss_lookups(misses.clone())
+        .with_request_log(request_log),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
@@ -153,13 +173,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Pingora's graceful shutdown always sleeps the whole grace period. This
 /// watcher ends the process as soon as the last in-flight request finished
-/// and the final `last_used_at` flush ran, or when the grace period is up,
-/// whichever comes first.
+/// and the final flushes (`last_used_at`, request logs) ran, or when the
+/// grace period is up, whichever comes first.
 fn spawn_shutdown_watch(
     server: &Server,
     grace: Duration,
     inflight: Arc<Inflight>,
-    drained: Arc<std::sync::atomic::AtomicBool>,
+    drained: Vec<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
@@ -180,7 +200,7 @@ fn spawn_shutdown_watch(
         // drained or the grace period cut them off.
         let mut ended = "grace_expired";
         while Instant::now() < deadline {
-            if inflight.get() == 0 && drained.load(Ordering::Acquire) {
+            if inflight.get() == 0 && drained.iter().all(|d| d.load(Ordering::Acquire)) {
                 ended = "drained";
                 break;
             }

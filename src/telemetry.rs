@@ -17,6 +17,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Records per request-log batch.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0];
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive.
 pub fn init_logging(level: &str, format: LogFormat) {
     let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -44,6 +47,10 @@ pub fn init_logging(level: &str, format: LogFormat) {
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("gateway_request_log_batch_size".into()),
+            BATCH_SIZE_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -177,6 +184,27 @@ fn describe() {
     describe_gauge!(
         "gateway_rate_limit_local_counters",
         "Counters held in memory by the local backend and the brute-force guard."
+    );
+    describe_counter!(
+        "gateway_request_logs_written_total",
+        "Request-log records written to Postgres."
+    );
+    describe_counter!(
+        "gateway_request_logs_dropped_total",
+        "Request-log records dropped, by reason (queue_full: the writer's queue was full; rejected: Postgres refused the batch for a data reason; shutdown: not written before exit)."
+    );
+    describe_gauge!(
+        "gateway_request_log_queue_depth",
+        "Request-log records waiting for the writer."
+    );
+    describe_histogram!(
+        "gateway_request_log_batch_size",
+        "Records per request-log COPY batch written."
+    );
+    describe_histogram!(
+        "gateway_request_log_batch_seconds",
+        Unit::Seconds,
+        "Duration of one request-log COPY batch."
     );
     describe_counter!(
         "gateway_rate_limit_evictions_total",

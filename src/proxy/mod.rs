@@ -16,7 +16,7 @@ pub mod routing;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::HeaderValue;
@@ -35,6 +35,8 @@ use crate::keys::format::KeyHasher;
 use crate::keys::scope::first_missing;
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
+use crate::reqlog::capture::{self, BodyCapture, RequestLog};
+use crate::reqlog::record::RequestRecord;
 use crate::route::metrics::RouteMetrics;
 use crate::route::{Route, Routes};
 use crate::service::last_used::LastUsedTracker;
@@ -77,6 +79,8 @@ pub struct GatewayProxy {
     limiter: Arc<RateLimiter>,
     /// Rate limit for the "request failed" warning.
     failure_log: WarnLimiter,
+    /// Request-log capture (rollups, sampling, the writer's queue).
+    request_log: RequestLog,
 }
 
 /// Per-request state shared across the filters.
@@ -96,8 +100,17 @@ pub struct RequestCtx {
     target: Option<usize>,
     upstream_started: Option<Instant>,
     upstream_header_time: Option<Duration>,
-    /// Set when `request_filter` answered the request itself.
+    /// Set when `request_filter` answered the request itself, or to the
+    /// code `fail_to_proxy` answered with.
     denied: Option<&'static str>,
+    /// Request start on the wall clock: the request log's `ts` and UUIDv7.
+    started_at: SystemTime,
+    /// The client IP as the limiter sees it (trusted proxies resolved).
+    client_ip: Option<IpAddr>,
+    /// The first bodies' bytes, only on `log_bodies` routes with request
+    /// logs on; `None` everywhere else, so nothing is copied.
+    request_body: Option<BodyCapture>,
+    response_body: Option<BodyCapture>,
     _inflight: InflightGuard,
 }
 
@@ -125,7 +138,15 @@ impl GatewayProxy {
             inflight,
             limiter,
             failure_log: WarnLimiter::new(log_limit::WARN_EVERY),
+            request_log: RequestLog::disabled(),
         }
+    }
+
+    /// Captures every request into the request log (DESIGN §3 "Request
+    /// logs and traffic statistics").
+    pub fn with_request_log(mut self, log: RequestLog) -> Self {
+        self.request_log = log;
+        self
     }
 
     /// Looks keys missing from the snapshot up in Postgres (DESIGN §3
@@ -141,15 +162,18 @@ impl GatewayProxy {
     }
 
     /// Resolves the key and checks the route's scopes for this method. The
-    /// error carries the `gateway_auth_failures_total` reason label.
+    /// error carries the `gateway_auth_failures_total` reason label. A key
+    /// refused for its scopes is kept in `ctx` for the request log.
     async fn authorize(
         &self,
         req: &RequestHeader,
         route: &Route,
+        ctx: &mut RequestCtx,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
         let auth = self.auth.authenticate(req).await?;
         for required in route.required_scopes(&req.method) {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
+                ctx.key = Some(auth.record.clone());
                 return Err((
                     "insufficient_scope",
                     ProxyError::InsufficientScope(missing.clone()),
@@ -251,6 +275,10 @@ impl ProxyHttp for GatewayProxy {
             upstream_started: None,
             upstream_header_time: None,
             denied: None,
+            started_at: SystemTime::now(),
+            client_ip: None,
+            request_body: None,
+            response_body: None,
             _inflight: InflightGuard::new(&self.inflight),
         }
     }
@@ -279,19 +307,22 @@ impl ProxyHttp for GatewayProxy {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         ctx.route = Some(route.clone());
+        if route.log_bodies && self.request_log.config().is_some() {
+            ctx.request_body = Some(BodyCapture::default());
+            ctx.response_body = Some(BodyCapture::default());
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        let client =
-            self.limiter
-                .client(client_ip(req, peer, &self.limiter.policy.trusted_proxies));
+        ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
+        let client = self.limiter.client(ctx.client_ip);
         if route.auth == AuthMode::Required {
             if let Some(d) = self.limiter.guard_blocked(&client) {
                 return self.deny_limited(session, ctx, &d).await;
             }
-            match self.authorize(req, &route).await {
+            match self.authorize(req, &route, ctx).await {
                 Ok(auth) => {
                     self.last_used.record(&auth.record);
                     ctx.key = Some(auth.record);
@@ -457,6 +488,40 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(cap), Some(chunk), Some(cfg)) = (
+            ctx.request_body.as_mut(),
+            body.as_ref(),
+            self.request_log.config(),
+        ) {
+            cap.push(chunk, cfg.max_body_bytes);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(cap), Some(chunk), Some(cfg)) = (
+            ctx.response_body.as_mut(),
+            body.as_ref(),
+            self.request_log.config(),
+        ) {
+            cap.push(chunk, cfg.max_body_bytes);
+        }
+        Ok(None)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         // `logging` reports failures with the request id instead.
         true
@@ -502,6 +567,7 @@ impl ProxyHttp for GatewayProxy {
         if ctx.request_id.is_empty() {
             ctx.request_id = identity::new_request_id();
         }
+        ctx.denied = Some(err.code());
         // Once the upstream's header went out, the response cannot change.
         let mut answered = false;
         if session.response_written().is_none() {
@@ -530,6 +596,10 @@ impl ProxyHttp for GatewayProxy {
         if let Some(t) = ctx.upstream_header_time {
             m.upstream_duration().record(t.as_secs_f64());
         }
+        if self.request_log.config().is_some() {
+            let record = self.record(session, status, ctx);
+            self.request_log.submit(record);
+        }
         let route = ctx.route.as_ref().map_or("none", |r| &*r.name);
         if let Some(e) = e {
             let client_gone = e.esource() == &ErrorSource::Downstream
@@ -544,6 +614,72 @@ impl ProxyHttp for GatewayProxy {
             } else {
                 tracing::debug!(request_id = ctx.request_id(), route, status, error = %e, "request failed");
             }
+        }
+    }
+}
+
+impl GatewayProxy {
+    /// The request-log record of a finished request, from its context.
+    /// Only the path, query and user agent are copied (bodies aside, and
+    /// only on `log_bodies` routes); the rest are clones of shared values.
+    fn record(&self, session: &Session, status: u16, ctx: &mut RequestCtx) -> RequestRecord {
+        let cfg = self.request_log.config();
+        let req = session.req_header();
+        let since_epoch = ctx
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            since_epoch.as_secs(),
+            since_epoch.subsec_nanos(),
+        ));
+        // The client IP is resolved in `request_filter`; a request refused
+        // before that (a malformed path) is resolved here, the same way.
+        let client_ip = ctx.client_ip.or_else(|| {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            client_ip(req, peer, &self.limiter.policy.trusted_proxies)
+        });
+        let upstream = match (ctx.route.as_ref(), ctx.target) {
+            (Some(r), Some(idx)) => r.upstream.targets.get(idx).map(|t| t.addr),
+            _ => None,
+        };
+        let query = req.uri.query().map(|q| {
+            let names = cfg.map_or(&[][..], |c| &c.redact_query_params[..]);
+            Box::<str>::from(crate::reqlog::redact::query(q, names))
+        });
+        let user_agent = req.headers.get(http::header::USER_AGENT).map(|v| {
+            let ua = String::from_utf8_lossy(v.as_bytes());
+            capture::truncate(&ua, capture::MAX_USER_AGENT_BYTES).into()
+        });
+        let max = cfg.map_or(0, |c| c.max_body_bytes);
+        let body = |b: Option<BodyCapture>| {
+            b.filter(|b| !b.bytes().is_empty())
+                .map(|b| capture::pg_safe(crate::reqlog::redact::body(b.bytes(), max)).into())
+        };
+        RequestRecord {
+            id,
+            ts: chrono::DateTime::<chrono::Utc>::from(ctx.started_at),
+            request_id: ctx.request_id.clone(),
+            key_id: ctx.key.as_ref().map(|k| k.id),
+            route: ctx.route.as_ref().map(|r| r.name.clone()),
+            method: req.method.clone(),
+            path: req.uri.path().into(),
+            query,
+            status,
+            error_code: ctx.denied,
+            latency_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            upstream_latency_ms: ctx.upstream_header_time.map(|t| t.as_secs_f64() * 1e3),
+            upstream,
+            request_bytes: session.body_bytes_read() as u64,
+            response_bytes: session.body_bytes_sent() as u64,
+            client_ip,
+            user_agent,
+            request_body: body(ctx.request_body.take()),
+            response_body: body(ctx.response_body.take()),
         }
     }
 }

@@ -8,13 +8,17 @@
 //! writer (binary `COPY` into daily partitions of `request_logs`). Values
 //! that may hold secrets pass through [`redact`] before they are stored.
 //!
+//! - [`capture`]: the proxy's handle (rollups, sampling, bounded queue).
 //! - [`record`]: the record, as the proxy fills it.
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
 //! - [`retention`]: the housekeeping job dropping old partitions and
 //!   rollups (also `gateway logs prune`).
+//! - [`writer`]: the background service that `COPY`s batches to Postgres.
 
+pub mod capture;
 pub mod record;
 pub mod redact;
 pub mod retention;
 pub mod rollup;
+pub mod writer;

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod keys;
 pub mod migrations;
+pub mod request_log_writer;
 pub mod request_logs;
 pub mod webhooks;
 
