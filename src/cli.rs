@@ -505,6 +505,73 @@ fn tail_line(r: &crate::store::request_logs::RequestLog) -> String {
     line
 }
 
+/// How long `gateway logs prune` waits for a running housekeeping round.
+const PRUNE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// `gateway logs prune [--dry-run]`: the retention job by hand, under the
+/// housekeeping lock so it never overlaps a gateway's round; prints what it
+/// drops (or, with `--dry-run`, would drop; a dry run changes nothing and
+/// takes no lock).
+pub async fn prune_logs(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
+    use crate::reqlog::retention::Retention;
+    use crate::service::housekeeping::LOCK_ID;
+
+    let mut client = connect(cfg).await?;
+    if !dry_run {
+        let deadline = std::time::Instant::now() + PRUNE_LOCK_WAIT;
+        loop {
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_ID])
+                .await
+                .map_err(|e| db_error(e.into()))?
+                .get(0);
+            if locked {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "a gateway is running housekeeping (advisory lock {LOCK_ID} is held); try again later"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let cfg_logs = &cfg.request_logs;
+    // The lock is the connection's: it ends with it, whatever happens here.
+    let outcome = Retention::new(cfg_logs)
+        .prune(&mut client, Utc::now(), dry_run)
+        .await
+        .map_err(db_error)?;
+    let (create, drop, delete) = if dry_run {
+        ("would create", "would drop", "would delete")
+    } else {
+        ("created", "dropped", "deleted")
+    };
+    for name in &outcome.created {
+        println!("{create} partition {name}");
+    }
+    for p in &outcome.dropped {
+        let rows = p
+            .rows_estimate
+            .map_or("rows unknown".to_string(), |n| format!("~{n} rows"));
+        println!("{drop} partition {} ({}, {rows})", p.name, p.day);
+    }
+    println!(
+        "{delete} {} rollup rows before {}",
+        outcome.rollups_deleted,
+        outcome
+            .rollups_before
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    if outcome.dropped.is_empty() {
+        println!(
+            "no partition older than retention_days = {}",
+            cfg_logs.retention_days
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,7 @@ enum Command {
         #[command(subcommand)]
         action: AuditCmd,
     },
-    /// Read request logs straight from the database.
+    /// Read request logs straight from the database; retention by hand.
     Logs {
         #[command(subcommand)]
         action: LogsCmd,
@@ -114,6 +114,13 @@ enum AuditCmd {
 enum LogsCmd {
     /// Follow new request records, one line each, until Ctrl-C.
     Tail(TailCmd),
+    /// Drop request-log partitions older than `retention_days` and rollups
+    /// older than `rollup_retention_days` now, as housekeeping does.
+    Prune {
+        /// Print what would be dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]
@@ -289,6 +296,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json: t.json,
                 },
             ))
+        }
+        Command::Logs {
+            action: LogsCmd::Prune { dry_run },
+        } => {
+            let cfg = cli::load_config(&cli.config, Need::Database)?;
+            runtime()?.block_on(cli::prune_logs(&cfg, dry_run))
         }
         Command::DemoUpstream { listen } => {
             gateway::telemetry::init_logging("info", gateway::config::LogFormat::Text);

@@ -21,6 +21,7 @@ use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::reqlog::capture::RequestLog;
+use crate::reqlog::retention::Retention;
 use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
 use crate::reqlog::writer::RequestLogWriter;
 use crate::route::{RouteTable, Routes};
@@ -143,7 +144,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Jobs are added by the features that need them (retention, expiry
     // events, purges).
-    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval);
+    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval)
+        .with_job(Retention::new(&cfg.request_logs));
     server.add_service(background_service("housekeeping", housekeeping));
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));

@@ -13,11 +13,14 @@
 //! - [`redact`]: query-parameter and body redaction (pure).
 //! - [`rollup`]: per-minute aggregation and its upsert.
 //! - [`histogram`]: the rollups' log-spaced latency histogram.
+//! - [`retention`]: the housekeeping job dropping old partitions and
+//!   rollups (also `gateway logs prune`).
 //! - [`writer`]: the background service that `COPY`s batches to Postgres.
 
 pub mod capture;
 pub mod histogram;
 pub mod record;
 pub mod redact;
+pub mod retention;
 pub mod rollup;
 pub mod writer;
