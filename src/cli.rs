@@ -493,7 +493,8 @@ pub async fn test_webhook(cfg: &Config, id: &str, json: bool) -> anyhow::Result<
     let id = webhook_id(id)?;
     let pepper = cfg.keys.pepper.expose();
     let chain = AuditChain::new(pepper);
-    let dispatch = Dispatch::new(cfg.webhooks.clone(), pepper); // TEMPORARY: with_pool after merging webhook-dispatch
+    let pool = store::pool(&cfg.database).map_err(db_error)?;
+    let dispatch = Dispatch::with_pool(cfg.webhooks.clone(), pepper, pool);
     let mut client = connect(cfg).await?;
     let delivery = webhook_ops(&dispatch.secrets, &chain)
         .create_test(&mut client, &Origin::cli(), id)

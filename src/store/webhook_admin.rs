@@ -272,19 +272,6 @@ pub struct DeliveryFilter {
     pub after_id: Option<Uuid>,
 }
 
-// TEMPORARY until the webhook-dispatch branch (store::webhooks::create_test_delivery) is merged.
-async fn create_test_delivery(
-    client: &impl GenericClient,
-    webhook_id: Uuid,
-) -> Result<Uuid, DbError> {
-    let id = format!("msg_{}", Uuid::now_v7().simple());
-    let payload = serde_json::json!({"type": "webhook.test", "timestamp": Utc::now(), "data": {"webhook_id": webhook_id}});
-    client.execute("INSERT INTO webhook_events (id, type, payload, dispatched_at) VALUES ($1, 'webhook.test', $2, now())", &[&id, &payload]).await?;
-    let delivery = Uuid::now_v7();
-    client.execute("INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, next_attempt_at) VALUES ($1, $2, $3, 'webhook.test', now())", &[&delivery, &webhook_id, &id]).await?;
-    Ok(delivery)
-}
-
 /// Endpoints newest first (ids are UUIDv7), at most `limit`, after the
 /// cursor `after_id`.
 pub async fn list(
@@ -590,7 +577,7 @@ impl WebhookOps<'_> {
         if get_for_update(&tx, id).await?.is_none() {
             return Ok(None);
         }
-        let delivery = create_test_delivery(&tx, id).await?;
+        let delivery = super::webhooks::create_test_delivery(&tx, id).await?;
         let event = Event {
             action: "webhook.tested",
             target_type: "webhook",
