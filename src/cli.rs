@@ -497,7 +497,7 @@ pub async fn test_webhook(cfg: &Config, id: &str, json: bool) -> anyhow::Result<
     let dispatch = Dispatch::with_pool(cfg.webhooks.clone(), pepper, pool);
     let mut client = connect(cfg).await?;
     let delivery = webhook_ops(&dispatch.secrets, &chain)
-        .create_test(&mut client, &Origin::cli(), id)
+        .create_test(&mut client, &Origin::cli(), id, dispatch.lease())
         .await
         .map_err(db_error)?
         .ok_or_else(|| anyhow!("no webhook with id {id}"))?;

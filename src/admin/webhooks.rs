@@ -334,13 +334,13 @@ pub async fn test_webhook(
     Body::parse(body, true)?.finish().finish(())?;
     let mut client = db(s).await?;
     let delivery = ops(s)
-        .create_test(&mut client, &caller.origin, id)
+        .create_test(&mut client, &caller.origin, id, s.webhooks.lease())
         .await?
         .ok_or(ApiError::NotFound(NO_WEBHOOK))?;
     drop(client);
     if let Err(e) = s.webhooks.attempt_now(delivery).await {
         // The delivery stays pending; the dispatcher attempts it later.
-        tracing::warn!(webhook_id = %id, delivery_id = %delivery, error = %e,
+        tracing::warn!(webhook_id = %id, delivery_id = %delivery, error = format!("{e:#}"),
             "webhook test: attempt not made now");
     }
     let client = db(s).await?;

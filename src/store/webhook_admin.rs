@@ -566,18 +566,27 @@ impl WebhookOps<'_> {
 
     /// Creates a `webhook.test` event for this endpoint only and its
     /// delivery, audited. Returns the delivery id (None: no such endpoint);
-    /// the caller attempts it now.
+    /// the caller attempts it now. The dispatcher would find it due only
+    /// after `fallback_after` (the caller's attempt failing to start), so
+    /// it does not race the caller to a second attempt.
     pub async fn create_test(
         &self,
         client: &mut Client,
         origin: &Origin,
         id: Uuid,
+        fallback_after: Duration,
     ) -> Result<Option<Uuid>, DbError> {
         let tx = client.transaction().await?;
         if get_for_update(&tx, id).await?.is_none() {
             return Ok(None);
         }
         let delivery = super::webhooks::create_test_delivery(&tx, id).await?;
+        tx.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE id = $1",
+            &[&delivery, &fallback_after.as_secs_f64()],
+        )
+        .await?;
         let event = Event {
             action: "webhook.tested",
             target_type: "webhook",
