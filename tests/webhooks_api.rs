@@ -65,7 +65,9 @@ impl Receiver {
             .expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         let got = Arc::new(Mutex::new(Vec::new()));
-        let plan = Arc::new(Mutex::new(statuses.iter().copied().collect::<VecDeque<_>>()));
+        let plan = Arc::new(Mutex::new(
+            statuses.iter().copied().collect::<VecDeque<_>>(),
+        ));
         let (got2, plan2) = (got.clone(), plan.clone());
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
@@ -167,7 +169,14 @@ async fn crud_shows_the_secret_once_seals_it_and_audits_every_change() {
     assert!(!String::from_utf8_lossy(&sealed).contains(&secret[6..]));
 
     // Never again in a read or a list.
-    let (status, one) = api(&gw, Method::GET, &format!("/api/v1/webhooks/{id}"), &admin, None).await;
+    let (status, one) = api(
+        &gw,
+        Method::GET,
+        &format!("/api/v1/webhooks/{id}"),
+        &admin,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(one["description"], json!("billing"));
     assert!(one.get("secret").is_none());
@@ -179,7 +188,14 @@ async fn crud_shows_the_secret_once_seals_it_and_audits_every_change() {
 
     // Disabling by PUT is `manual`; enabling resets the failure count.
     let path = format!("/api/v1/webhooks/{id}");
-    let (status, off) = api(&gw, Method::PUT, &path, &admin, Some(json!({"enabled": false}))).await;
+    let (status, off) = api(
+        &gw,
+        Method::PUT,
+        &path,
+        &admin,
+        Some(json!({"enabled": false})),
+    )
+    .await;
     assert_eq!(status, 200, "{off}");
     assert_eq!(off["disabled_reason"], json!("manual"));
     assert_eq!(off["description"], json!("billing"), "fields not sent stay");
@@ -255,11 +271,19 @@ async fn crud_shows_the_secret_once_seals_it_and_audits_every_change() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    for want in ["webhook.created", "webhook.updated", "webhook.secret_rotated"] {
+    for want in [
+        "webhook.created",
+        "webhook.updated",
+        "webhook.secret_rotated",
+    ] {
         assert!(actions.contains(&want), "{want} in {actions:?}");
     }
     let text = audit.to_string();
-    for s in [&secret, &new_secret, &again["secret"].as_str().unwrap_or("x").to_string()] {
+    for s in [
+        &secret,
+        &new_secret,
+        &again["secret"].as_str().unwrap_or("x").to_string(),
+    ] {
         assert!(!text.contains(&s[6..]), "audit log holds a secret");
     }
     assert!(!gw.logs().contains(&secret[6..]) && !gw.logs().contains(&new_secret[6..]));
@@ -285,7 +309,10 @@ async fn crud_shows_the_secret_once_seals_it_and_audits_every_change() {
         None,
     )
     .await;
-    assert_eq!((status, audit["data"].as_array().map(Vec::len)), (200, Some(1)));
+    assert_eq!(
+        (status, audit["data"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -340,7 +367,10 @@ async fn scopes_read_and_write_webhooks() {
     let id = w["id"].as_str().expect("id");
     let (status, denied) = create(&gw, &reader, body.clone()).await;
     assert_eq!((status, code(&denied)), (403, "insufficient_scope"));
-    assert!(denied["error"]["message"].as_str().unwrap_or("").contains("write:webhooks"));
+    assert!(denied["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("write:webhooks"));
     let (status, _) = create(&gw, &keys_only, body.clone()).await;
     assert_eq!(status, 403);
     let (status, _) = create(&gw, &wildcard, body.clone()).await;
@@ -386,14 +416,26 @@ async fn validation_names_the_field_and_unknown_ids_are_404() {
     let (_db, gw, admin) = start("").await;
     for (body, want) in [
         (json!({}), vec!["url", "events"]),
-        (json!({"url": "http://127.0.0.1:9/", "events": []}), vec!["events"]),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": []}),
+            vec!["events"],
+        ),
         (
             json!({"url": "http://127.0.0.1:9/", "events": ["api_key.created", "api_key.nope"]}),
             vec!["events[1]"],
         ),
-        (json!({"url": "http://127.0.0.1:9/", "events": ["webhook.test"]}), vec!["events[0]"]),
-        (json!({"url": "http://127.0.0.1:9/", "events": "*"}), vec!["events"]),
-        (json!({"url": "http://127.0.0.1:9/", "events": [3]}), vec!["events[0]"]),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": ["webhook.test"]}),
+            vec!["events[0]"],
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": "*"}),
+            vec!["events"],
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "events": [3]}),
+            vec!["events[0]"],
+        ),
         (json!({"url": 5, "events": ["*"]}), vec!["url"]),
         (json!({"url": "", "events": ["*"]}), vec!["url"]),
         (
@@ -414,20 +456,40 @@ async fn validation_names_the_field_and_unknown_ids_are_404() {
         ),
     ] {
         let (status, err) = create(&gw, &admin, body.clone()).await;
-        assert_eq!((status, code(&err)), (400, "validation_failed"), "{body}: {err}");
+        assert_eq!(
+            (status, code(&err)),
+            (400, "validation_failed"),
+            "{body}: {err}"
+        );
         assert_eq!(fields(&err), want, "{body}");
     }
     // A URL the guard refuses even with private targets allowed.
     for bad in ["ftp://127.0.0.1/", "http://u:p@127.0.0.1/", "not a url"] {
         let (status, err) = create(&gw, &admin, json!({"url": bad, "events": ["*"]})).await;
-        assert_eq!((status, code(&err)), (400, "invalid_webhook_url"), "{bad}: {err}");
+        assert_eq!(
+            (status, code(&err)),
+            (400, "invalid_webhook_url"),
+            "{bad}: {err}"
+        );
     }
-    let (_, w) = create(&gw, &admin, json!({"url": "http://127.0.0.1:9/", "events": ["*"]})).await;
+    let (_, w) = create(
+        &gw,
+        &admin,
+        json!({"url": "http://127.0.0.1:9/", "events": ["*"]}),
+    )
+    .await;
     let id = w["id"].as_str().expect("id");
     let path = format!("/api/v1/webhooks/{id}");
     let (status, err) = api(&gw, Method::PUT, &path, &admin, Some(json!({}))).await;
     assert_eq!((status, code(&err)), (400, "validation_failed"));
-    let (status, err) = api(&gw, Method::PUT, &path, &admin, Some(json!({"events": ["x"]}))).await;
+    let (status, err) = api(
+        &gw,
+        Method::PUT,
+        &path,
+        &admin,
+        Some(json!({"events": ["x"]})),
+    )
+    .await;
     assert_eq!((status, fields(&err)), (400, vec!["events[0]".to_string()]));
     let (status, err) = api(
         &gw,
@@ -437,8 +499,17 @@ async fn validation_names_the_field_and_unknown_ids_are_404() {
         Some(json!({"grace_seconds": 604801})),
     )
     .await;
-    assert_eq!((status, fields(&err)), (400, vec!["grace_seconds".to_string()]));
-    for q in ["status=bogus", "limit=0", "cursor=x", "event_type=", "other=1"] {
+    assert_eq!(
+        (status, fields(&err)),
+        (400, vec!["grace_seconds".to_string()])
+    );
+    for q in [
+        "status=bogus",
+        "limit=0",
+        "cursor=x",
+        "event_type=",
+        "other=1",
+    ] {
         let (status, err) = api(
             &gw,
             Method::GET,
@@ -460,7 +531,10 @@ async fn validation_names_the_field_and_unknown_ids_are_404() {
         (Method::GET, format!("{unknown}/deliveries")),
         (Method::GET, format!("{path}/deliveries/{}", uuid_like())),
         (Method::GET, format!("{path}/deliveries/nope")),
-        (Method::POST, format!("{path}/deliveries/{}/retry", uuid_like())),
+        (
+            Method::POST,
+            format!("{path}/deliveries/{}/retry", uuid_like()),
+        ),
     ] {
         let (status, err) = api(&gw, method.clone(), &p, &admin, None).await;
         assert_eq!((status, code(&err)), (404, "not_found"), "{method} {p}");
@@ -506,7 +580,9 @@ async fn test_returns_the_attempt_and_retry_delivers_an_exhausted_delivery() {
     assert_eq!(got.len(), 1);
     let event_id = tested["event_id"].as_str().expect("event id");
     assert_eq!(got[0].header("webhook-id").as_deref(), Some(event_id));
-    assert!(got[0].header("webhook-signature").is_some_and(|s| s.starts_with("v1,")));
+    assert!(got[0]
+        .header("webhook-signature")
+        .is_some_and(|s| s.starts_with("v1,")));
     let body: Value = serde_json::from_str(&got[0].body).expect("json body");
     assert_eq!(body["type"], json!("webhook.test"));
 
@@ -546,7 +622,11 @@ async fn test_returns_the_attempt_and_retry_delivers_an_exhausted_delivery() {
     assert_eq!(d["attempts"].as_array().map(Vec::len), Some(2), "{d}");
     let got = receiver.received();
     assert_eq!(got.len(), 2);
-    assert_eq!(got[1].header("webhook-id").as_deref(), Some(event_id), "same id on a retry");
+    assert_eq!(
+        got[1].header("webhook-id").as_deref(),
+        Some(event_id),
+        "same id on a retry"
+    );
     let (status, ok) = api(
         &gw,
         Method::GET,
@@ -555,7 +635,10 @@ async fn test_returns_the_attempt_and_retry_delivers_an_exhausted_delivery() {
         None,
     )
     .await;
-    assert_eq!((status, ok["data"].as_array().map(Vec::len)), (200, Some(1)));
+    assert_eq!(
+        (status, ok["data"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -564,9 +647,19 @@ async fn cli_creates_lists_tests_and_lists_deliveries() {
     let receiver = Receiver::start(&[]).await;
     let url = receiver.url();
     let out = gw.cli(&[
-        "webhooks", "create", "--url", &url, "--events", "api_key.created,api_key.revoked", "--json",
+        "webhooks",
+        "create",
+        "--url",
+        &url,
+        "--events",
+        "api_key.created,api_key.revoked",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).expect("json");
     let id = created["id"].as_str().expect("id").to_string();
     let secret = created["secret"].as_str().expect("secret").to_string();
@@ -580,19 +673,41 @@ async fn cli_creates_lists_tests_and_lists_deliveries() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
 
     let out = gw.cli(&["webhooks", "test", &id, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tested: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(tested["status"], json!("succeeded"), "{tested}");
     assert_eq!(receiver.received().len(), 1);
 
-    let out = gw.cli(&["webhooks", "deliveries", &id, "--status", "succeeded", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gw.cli(&[
+        "webhooks",
+        "deliveries",
+        &id,
+        "--status",
+        "succeeded",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(list[0]["id"], tested["id"]);
 
     for bad in [
         vec!["webhooks", "create", "--url", &url, "--events", "nope"],
-        vec!["webhooks", "create", "--url", "ftp://127.0.0.1/", "--events", "*"],
+        vec![
+            "webhooks",
+            "create",
+            "--url",
+            "ftp://127.0.0.1/",
+            "--events",
+            "*",
+        ],
         vec!["webhooks", "test", "0192f0c4-7d5e-7b1a-9c3e-1a2b3c4d5e6f"],
         vec!["webhooks", "deliveries", "not-an-id"],
     ] {
@@ -602,7 +717,13 @@ async fn cli_creates_lists_tests_and_lists_deliveries() {
     // The receiver rejecting the test makes `webhooks test` fail.
     let failing = Receiver::start(&[503]).await;
     let out = gw.cli(&[
-        "webhooks", "create", "--url", &failing.url(), "--events", "*", "--json",
+        "webhooks",
+        "create",
+        "--url",
+        &failing.url(),
+        "--events",
+        "*",
+        "--json",
     ]);
     let w: Value = serde_json::from_slice(&out.stdout).expect("json");
     let out = gw.cli(&["webhooks", "test", w["id"].as_str().expect("id")]);

@@ -82,7 +82,11 @@ async fn every_spelling_of_a_private_target_is_refused_at_create_with_its_reason
             wrong.push(format!("{url}: {status} {body}"));
         }
     }
-    assert!(wrong.is_empty(), "not refused as expected:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "not refused as expected:\n{}",
+        wrong.join("\n")
+    );
     let client = db.client().await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM webhooks", &[])
@@ -122,8 +126,18 @@ async fn a_put_to_a_blocked_url_is_refused_and_the_url_stays() {
         ("http://localhost:9090/", "loopback"),
     ] {
         let (status, body) = api(&gw, Method::PUT, &path, &admin, Some(json!({"url": url}))).await;
-        assert_eq!((status, code(&body)), (400, "invalid_webhook_url"), "{url}: {body}");
-        assert!(body["error"]["message"].as_str().unwrap_or("").contains(reason), "{body}");
+        assert_eq!(
+            (status, code(&body)),
+            (400, "invalid_webhook_url"),
+            "{url}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(reason),
+            "{body}"
+        );
     }
     let (_, now) = api(&gw, Method::GET, &path, &admin, None).await;
     assert_eq!(now["url"], Value::from("https://93.184.216.34/hook"));
@@ -142,11 +156,17 @@ async fn a_put_to_a_blocked_url_is_refused_and_the_url_stays() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_applies_the_same_guard() {
     let (_db, gw, _admin) = start().await;
-    for (url, reason) in [("http://2130706433/", "loopback"), ("http://localhost/", "loopback")] {
+    for (url, reason) in [
+        ("http://2130706433/", "loopback"),
+        ("http://localhost/", "loopback"),
+    ] {
         let out = gw.cli(&["webhooks", "create", "--url", url, "--events", "*"]);
         assert!(!out.status.success(), "{url}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("invalid webhook url") && err.contains(reason), "{url}: {err}");
+        assert!(
+            err.contains("invalid webhook url") && err.contains(reason),
+            "{url}: {err}"
+        );
     }
     let out = gw.cli(&["webhooks", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
