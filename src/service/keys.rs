@@ -229,6 +229,11 @@ impl KeyService {
         }
     }
 
+    /// The audit chain, for other audited changes (webhook endpoints).
+    pub fn audit_chain(&self) -> &AuditChain {
+        &self.chain
+    }
+
     pub async fn create(
         &self,
         client: &mut Client,

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod keys;
 pub mod migrations;
+pub mod webhook_admin;
 pub mod webhooks;
 
 use std::str::FromStr;
