@@ -26,6 +26,16 @@ pub enum Op {
     GetKeyUsage,
     ListRequests,
     GetRequest,
+    CreateWebhook,
+    ListWebhooks,
+    GetWebhook,
+    UpdateWebhook,
+    DeleteWebhook,
+    RotateWebhookSecret,
+    TestWebhook,
+    ListWebhookDeliveries,
+    GetWebhookDelivery,
+    RetryWebhookDelivery,
 }
 
 /// Who may call an operation.
@@ -61,6 +71,16 @@ impl Op {
             Op::GetKeyUsage => "get_key_usage",
             Op::ListRequests => "list_requests",
             Op::GetRequest => "get_request",
+            Op::CreateWebhook => "create_webhook",
+            Op::ListWebhooks => "list_webhooks",
+            Op::GetWebhook => "get_webhook",
+            Op::UpdateWebhook => "update_webhook",
+            Op::DeleteWebhook => "delete_webhook",
+            Op::RotateWebhookSecret => "rotate_webhook_secret",
+            Op::TestWebhook => "test_webhook",
+            Op::ListWebhookDeliveries => "list_webhook_deliveries",
+            Op::GetWebhookDelivery => "get_webhook_delivery",
+            Op::RetryWebhookDelivery => "retry_webhook_delivery",
         }
     }
 
@@ -80,6 +100,16 @@ impl Op {
             }
             Op::SetKeyRateLimits | Op::ListAuditLogs => Access::Scope("admin"),
             Op::ListRequests | Op::GetRequest => Access::Scope("read:requests"),
+            Op::ListWebhooks
+            | Op::GetWebhook
+            | Op::ListWebhookDeliveries
+            | Op::GetWebhookDelivery => Access::Scope("read:webhooks"),
+            Op::CreateWebhook
+            | Op::UpdateWebhook
+            | Op::DeleteWebhook
+            | Op::RotateWebhookSecret
+            | Op::TestWebhook
+            | Op::RetryWebhookDelivery => Access::Scope("write:webhooks"),
         }
     }
 }
@@ -124,6 +154,32 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/requests/stats", Method::GET, Op::GetRequestStats),
     route("/api/v1/requests", Method::GET, Op::ListRequests),
     route("/api/v1/requests/{id}", Method::GET, Op::GetRequest),
+    route("/api/v1/webhooks", Method::POST, Op::CreateWebhook),
+    route("/api/v1/webhooks", Method::GET, Op::ListWebhooks),
+    route("/api/v1/webhooks/{id}", Method::GET, Op::GetWebhook),
+    route("/api/v1/webhooks/{id}", Method::PUT, Op::UpdateWebhook),
+    route("/api/v1/webhooks/{id}", Method::DELETE, Op::DeleteWebhook),
+    route(
+        "/api/v1/webhooks/{id}/rotate-secret",
+        Method::POST,
+        Op::RotateWebhookSecret,
+    ),
+    route("/api/v1/webhooks/{id}/test", Method::POST, Op::TestWebhook),
+    route(
+        "/api/v1/webhooks/{id}/deliveries",
+        Method::GET,
+        Op::ListWebhookDeliveries,
+    ),
+    route(
+        "/api/v1/webhooks/{id}/deliveries/{delivery_id}",
+        Method::GET,
+        Op::GetWebhookDelivery,
+    ),
+    route(
+        "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+        Method::POST,
+        Op::RetryWebhookDelivery,
+    ),
 ];
 
 /// How a request path and method resolved.
@@ -132,21 +188,28 @@ pub enum Resolved<'p> {
     Found {
         op: Op,
         id: Option<&'p str>,
+        /// A second path parameter (`{delivery_id}`).
+        sub: Option<&'p str>,
     },
     /// The path exists, the method does not: the `Allow` header value.
     MethodNotAllowed(String),
     NotFound,
 }
 
-/// Matches `path` against a pattern; `Some(id)` carries the `{id}` segment.
-fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    let mut id = None;
+/// The path parameters of a match: `{id}` and a second one, if any.
+type Params<'p> = (Option<&'p str>, Option<&'p str>);
+
+/// Matches `path` against a pattern; carries the `{id}` segment and the
+/// segment of a second parameter such as `{delivery_id}`.
+fn matches<'p>(pattern: &str, path: &'p str) -> Option<Params<'p>> {
+    let (mut id, mut sub) = (None, None);
     let mut pat = pattern.split('/');
     let mut got = path.split('/');
     loop {
         match (pat.next(), got.next()) {
-            (None, None) => return Some(id),
+            (None, None) => return Some((id, sub)),
             (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg),
+            (Some(p), Some(seg)) if p.starts_with('{') && !seg.is_empty() => sub = Some(seg),
             (Some(p), Some(seg)) if p == seg => {}
             _ => return None,
         }
@@ -168,10 +231,10 @@ fn resolve_in<'p>(table: &[Route], method: &Method, path: &'p str) -> Resolved<'
     // `/requests/stats` is never read as the record with id `stats`.
     let literal = table
         .iter()
-        .any(|r| matches(r.path, path).is_some_and(|id| id.is_none()));
+        .any(|r| matches(r.path, path).is_some_and(|(id, sub)| id.is_none() && sub.is_none()));
     let mut allow: Vec<&str> = Vec::new();
     for r in table {
-        let Some(id) = matches(r.path, path) else {
+        let Some((id, sub)) = matches(r.path, path) else {
             continue;
         };
         if literal && id.is_some() {
@@ -180,7 +243,7 @@ fn resolve_in<'p>(table: &[Route], method: &Method, path: &'p str) -> Resolved<'
         let public = r.op.access() == Access::Public;
         let head_as_get = *method == Method::HEAD && r.method == Method::GET && public;
         if r.method == *method || head_as_get {
-            return Resolved::Found { op: r.op, id };
+            return Resolved::Found { op: r.op, id, sub };
         }
         allow.push(r.method.as_str());
         if r.method == Method::GET && public {
@@ -295,7 +358,8 @@ mod tests {
             resolve_in(&table, &Method::GET, "/api/v1/requests/stats"),
             Resolved::Found {
                 op: Op::ListAuditLogs,
-                id: None
+                id: None,
+                sub: None
             }
         );
         assert_eq!(
@@ -306,7 +370,8 @@ mod tests {
             resolve_in(&table, &Method::GET, "/api/v1/requests/statsx"),
             Resolved::Found {
                 op: Op::GetRequest,
-                id: Some("statsx")
+                id: Some("statsx"),
+                sub: None
             }
         );
     }
@@ -317,28 +382,32 @@ mod tests {
             resolve(&Method::GET, "/api/v1/keys/abc"),
             Resolved::Found {
                 op: Op::GetKey,
-                id: Some("abc")
+                id: Some("abc"),
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::POST, "/api/v1/keys/abc/rotate"),
             Resolved::Found {
                 op: Op::RotateKey,
-                id: Some("abc")
+                id: Some("abc"),
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::GET, "/api/v1/keys/"),
             Resolved::Found {
                 op: Op::ListKeys,
-                id: None
+                id: None,
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::HEAD, "/health"),
             Resolved::Found {
                 op: Op::Health,
-                id: None
+                id: None,
+                sub: None
             }
         );
         assert_eq!(
@@ -356,10 +425,28 @@ mod tests {
             ),
             Resolved::Found {
                 op: Op::GetRequest,
-                id: Some("0190e0e0-0000-7000-8000-000000000001")
+                id: Some("0190e0e0-0000-7000-8000-000000000001"),
+                sub: None
+            }
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/api/v1/webhooks/w1/deliveries/d1/retry"),
+            Resolved::Found {
+                op: Op::RetryWebhookDelivery,
+                id: Some("w1"),
+                sub: Some("d1")
+            }
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/api/v1/webhooks/w1/deliveries/d1"),
+            Resolved::Found {
+                op: Op::GetWebhookDelivery,
+                id: Some("w1"),
+                sub: Some("d1")
             }
         );
         for missing in [
+            "/api/v1/webhooks/w1/deliveries//retry",
             "/",
             "",
             "/api/v1",

@@ -10,6 +10,7 @@ pub mod migrations;
 pub mod request_log_writer;
 pub mod request_stats;
 pub mod request_logs;
+pub mod webhook_admin;
 pub mod webhooks;
 
 use std::str::FromStr;
