@@ -21,6 +21,7 @@ use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
 use crate::route::{RouteTable, Routes};
+use crate::service::expiry::{ExpiryEvents, PurgeExpired};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
 use crate::service::last_used;
@@ -113,7 +114,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Jobs are added by the features that need them (retention, expiry
     // events, purges).
-    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval);
+    let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval)
+        .with_job(ExpiryEvents::new(cfg.webhooks.expiring_notice))
+        .with_job(PurgeExpired::new(
+            cfg.keys.purge_expired_after_days,
+            cfg.keys.pepper.expose(),
+        ));
     server.add_service(background_service("housekeeping", housekeeping));
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));

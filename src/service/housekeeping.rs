@@ -113,7 +113,9 @@ impl BackgroundService for Housekeeping {
             match self.run_once().await {
                 Ok(Round::Ran { .. }) => {}
                 Ok(Round::Busy) => tracing::debug!("housekeeping: another instance holds the lock"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "housekeeping round failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "housekeeping round failed; will retry")
+                }
             }
         }
     }
