@@ -1,6 +1,7 @@
-//! The `gateway` subcommands other than `serve`: config checks, migrations
-//! and key management straight against the database (the bootstrap path for
-//! the first admin key, and the fallback when the admin API is unreachable).
+//! The `gateway` subcommands other than `serve`: config checks, migrations,
+//! key and webhook management straight against the database (the bootstrap
+//! path for the first admin key, and the fallback when the admin API is
+//! unreachable).
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,11 @@ use crate::keys::scope::Scope;
 use crate::service::keys::{Authority, KeyService, KeyUpdate, OpError, MAX_ROTATION_GRACE};
 use crate::store::audit::{self, AuditChain, Origin, Verdict};
 use crate::store::keys::{CreatedKey, KeyRow, NewKey};
+use crate::store::webhook_admin::{self, DeliveryFilter, NewWebhook, WebhookOps};
 use crate::store::{self, migrations};
+use crate::webhooks::dispatch::Dispatch;
+use crate::webhooks::secret::SecretBox;
+use crate::webhooks::ssrf;
 
 /// Loads the config at `path` with the process environment applied, or
 /// returns every error in one message.
@@ -365,6 +370,211 @@ pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()
             row.id,
             row.name,
             row.revoked_at.map_or(String::new(), |t| t.to_rfc3339())
+        );
+    }
+    Ok(())
+}
+
+/// `gateway webhooks create`.
+pub struct WebhookCreateArgs {
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: String,
+    pub disabled: bool,
+    pub json: bool,
+}
+
+/// Parses `a,b` into event names, `api_key.*` or `*`.
+pub fn parse_events(s: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect();
+    webhook_admin::check_events(&list).map_err(|(at, why)| match at {
+        Some(i) => format!("{:?}: {why}", list[i]),
+        None => why,
+    })
+}
+
+fn webhook_id(id: &str) -> anyhow::Result<Uuid> {
+    Uuid::parse_str(id.trim()).map_err(|_| anyhow!("{id:?} is not a webhook id (a UUID)"))
+}
+
+/// The CLI's webhook changes: audited with actor `cli`, like `gateway keys`.
+fn webhook_ops<'a>(secrets: &'a SecretBox, chain: &'a AuditChain) -> WebhookOps<'a> {
+    WebhookOps { secrets, chain }
+}
+
+/// Creates an endpoint straight in the database, after the same checks as
+/// the admin API (SSRF guard included, per `webhooks.allow_private_targets`),
+/// and prints its secret, shown only now.
+pub async fn create_webhook(cfg: &Config, args: WebhookCreateArgs) -> anyhow::Result<()> {
+    if args.url.chars().count() > webhook_admin::MAX_URL {
+        bail!(
+            "--url must be at most {} characters",
+            webhook_admin::MAX_URL
+        );
+    }
+    if args.description.chars().count() > webhook_admin::MAX_DESCRIPTION {
+        bail!(
+            "--description must be at most {} characters",
+            webhook_admin::MAX_DESCRIPTION
+        );
+    }
+    let url = ssrf::check_url(&args.url, cfg.webhooks.allow_private_targets)
+        .await
+        .map_err(|why| anyhow!("invalid webhook url: {why}"))?;
+    let new = NewWebhook {
+        url: url.to_string(),
+        description: args.description,
+        events: args.events,
+        enabled: !args.disabled,
+    };
+    let pepper = cfg.keys.pepper.expose();
+    let (secrets, chain) = (SecretBox::new(pepper), AuditChain::new(pepper));
+    let mut client = connect(cfg).await?;
+    let created = webhook_ops(&secrets, &chain)
+        .create(&mut client, &Origin::cli(), &new)
+        .await
+        .map_err(db_error)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&created)?);
+        return Ok(());
+    }
+    let w = &created.row;
+    println!("created webhook {} -> {}", w.id, w.url);
+    println!("events:  {}", w.events.join(","));
+    if !w.enabled {
+        println!("disabled: it receives nothing until enabled");
+    }
+    println!("secret:  {}", created.secret);
+    println!("The secret is shown only now; receivers verify signatures with it.");
+    Ok(())
+}
+
+pub async fn list_webhooks(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<()> {
+    let client = connect(cfg).await?;
+    let rows = webhook_admin::list(&client, None, limit)
+        .await
+        .map_err(db_error)?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<8}  {:>9}  {:>6}  {:<24}  URL",
+        "ID", "STATE", "SUCCEEDED", "FAILED", "EVENTS"
+    );
+    for w in rows {
+        let state = match (w.enabled, w.disabled_reason.as_deref()) {
+            (true, _) => "enabled".to_string(),
+            (false, Some(why)) => format!("disabled ({why})"),
+            (false, None) => "disabled".to_string(),
+        };
+        println!(
+            "{:<36}  {:<8}  {:>9}  {:>6}  {:<24}  {}",
+            w.id,
+            state,
+            w.stats.succeeded,
+            w.stats.failed,
+            truncate(&w.events.join(","), 24),
+            w.url
+        );
+    }
+    Ok(())
+}
+
+/// Sends one `webhook.test` event to the endpoint from this process (the
+/// same signed POST, client and SSRF guard as the dispatcher) and prints the
+/// delivery with its attempt. No serving instance is needed.
+pub async fn test_webhook(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let id = webhook_id(id)?;
+    let pepper = cfg.keys.pepper.expose();
+    let chain = AuditChain::new(pepper);
+    let pool = store::pool(&cfg.database).map_err(db_error)?;
+    let dispatch = Dispatch::with_pool(cfg.webhooks.clone(), pepper, pool);
+    let mut client = connect(cfg).await?;
+    let delivery = webhook_ops(&dispatch.secrets, &chain)
+        .create_test(&mut client, &Origin::cli(), id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| anyhow!("no webhook with id {id}"))?;
+    dispatch
+        .attempt_now(delivery)
+        .await
+        .context("the test delivery was created but not attempted; a serving instance will")?;
+    let detail = webhook_admin::get_delivery_detail(&client, id, delivery)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| anyhow!("the webhook {id} was deleted meanwhile"))?;
+    if json {
+        println!("{}", serde_json::to_string(&detail)?);
+        return Ok(());
+    }
+    let d = &detail.delivery;
+    println!("test delivery {} ({}): {}", d.id, d.event_id, d.status);
+    if let Some(status) = d.response_status {
+        println!("response: HTTP {status}");
+    }
+    if let Some(e) = &d.error {
+        println!("error:    {e}");
+    }
+    if let Some(ms) = d.duration_ms {
+        println!("took:     {ms:.1} ms");
+    }
+    if d.status != "succeeded" {
+        bail!("the test delivery did not succeed");
+    }
+    Ok(())
+}
+
+/// `gateway webhooks deliveries`.
+pub struct DeliveriesArgs {
+    pub id: String,
+    pub status: Option<String>,
+    pub event_type: Option<String>,
+    pub limit: i64,
+    pub json: bool,
+}
+
+pub async fn list_webhook_deliveries(cfg: &Config, args: DeliveriesArgs) -> anyhow::Result<()> {
+    let id = webhook_id(&args.id)?;
+    let client = connect(cfg).await?;
+    if webhook_admin::get(&client, id)
+        .await
+        .map_err(db_error)?
+        .is_none()
+    {
+        bail!("no webhook with id {id}");
+    }
+    let filter = DeliveryFilter {
+        status: args.status,
+        event_type: args.event_type,
+        after_id: None,
+    };
+    let rows = webhook_admin::list_deliveries(&client, id, &filter, args.limit)
+        .await
+        .map_err(db_error)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20}  {:<9}  {:>8}  {:<6}  {:<13}  CREATED",
+        "ID", "EVENT", "STATUS", "ATTEMPTS", "HTTP", "ERROR"
+    );
+    for d in rows {
+        println!(
+            "{:<36}  {:<20}  {:<9}  {:>8}  {:<6}  {:<13}  {}",
+            d.id,
+            truncate(&d.event_type, 20),
+            d.status,
+            d.attempts,
+            d.response_status.map_or("-".to_string(), |s| s.to_string()),
+            d.error.as_deref().unwrap_or("-"),
+            d.created_at.format("%Y-%m-%d %H:%M:%S")
         );
     }
     Ok(())

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gateway::cli::{self, CreateArgs, MigrateAction, UpdateArgs};
+use gateway::cli::{
+    self, CreateArgs, DeliveriesArgs, MigrateAction, UpdateArgs, WebhookCreateArgs,
+};
 use gateway::config::{Limits, Need};
 
 /// See Cargo.toml: the proxy makes many small allocations per request.
@@ -42,6 +44,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysCmd,
+    },
+    /// Manage webhook endpoints directly in the database.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCmd,
     },
     /// Check the audit log.
     Audit {
@@ -96,6 +103,54 @@ enum KeysCmd {
     },
     /// Change a key's name, description, scopes, expiry, limits or metadata.
     Update(UpdateCmd),
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// List endpoints, newest first (never their secrets).
+    List {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an endpoint and print its signing secret (shown only once).
+    Create {
+        /// http(s) URL; must pass the SSRF guard unless
+        /// `webhooks.allow_private_targets` is set.
+        #[arg(long)]
+        url: String,
+        /// Comma-separated event names, `api_key.*` or `*`.
+        #[arg(long, value_parser = cli::parse_events)]
+        events: std::vec::Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Create it disabled (`disabled_reason` = manual).
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one `webhook.test` event now, from this process, and print the
+    /// result; exits non-zero unless the endpoint answered 2xx.
+    Test {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an endpoint's deliveries, newest first (failed ones are the
+    /// dead letters; replay them with POST .../retry on the admin API).
+    Deliveries {
+        id: String,
+        #[arg(long, value_parser = ["pending", "succeeded", "failed"])]
+        status: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +292,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                     ))
                 }
+            }
+        }
+        Command::Webhooks { action } => {
+            let cfg = cli::load_config(&cli.config, Need::Keys)?;
+            let rt = runtime()?;
+            match action {
+                WebhooksCmd::List { limit, json } => {
+                    rt.block_on(cli::list_webhooks(&cfg, limit, json))
+                }
+                WebhooksCmd::Create {
+                    url,
+                    events,
+                    description,
+                    disabled,
+                    json,
+                } => rt.block_on(cli::create_webhook(
+                    &cfg,
+                    WebhookCreateArgs {
+                        url,
+                        events,
+                        description,
+                        disabled,
+                        json,
+                    },
+                )),
+                WebhooksCmd::Test { id, json } => rt.block_on(cli::test_webhook(&cfg, &id, json)),
+                WebhooksCmd::Deliveries {
+                    id,
+                    status,
+                    event_type,
+                    limit,
+                    json,
+                } => rt.block_on(cli::list_webhook_deliveries(
+                    &cfg,
+                    DeliveriesArgs {
+                        id,
+                        status,
+                        event_type,
+                        limit,
+                        json,
+                    },
+                )),
             }
         }
         Command::Audit {

@@ -28,6 +28,7 @@ use crate::service::last_used;
 use crate::service::listener::KeyListener;
 use crate::service::miss::{self, MissLookups};
 use crate::webhooks::dispatch::Dispatch;
+use crate::webhooks::dispatcher::Dispatcher;
 use crate::{store, telemetry};
 
 /// Fails early, with the address, when a listener cannot bind; Pingora would
@@ -122,6 +123,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ));
     server.add_service(background_service("housekeeping", housekeeping));
 
+    // The admin API's `/test` and `/retry` attempt through the same handle
+    // the dispatcher uses, so a wake-up from either reaches it. A pool of
+    // its own, so a delivery burst never makes admin calls wait.
+    let webhook_pool = store::pool(&crate::config::DatabaseConfig {
+        pool_size: crate::webhooks::dispatcher::POOL_SIZE,
+        ..cfg.database.clone()
+    })?;
+    let webhooks =
+        Dispatch::with_pool(cfg.webhooks.clone(), cfg.keys.pepper.expose(), webhook_pool);
+    crate::webhooks::dispatcher::export_metrics();
+    if cfg.webhooks.enabled {
+        server.add_service(background_service(
+            "webhook dispatcher",
+            Dispatcher::new(webhooks.clone(), cfg.database.clone()),
+        ));
+    }
+
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));
     let state = Arc::new(AdminState::new(
@@ -135,7 +153,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         KeyService::new(&cfg),
         tracker,
         denial_audit,
-        Dispatch::new(cfg.webhooks.clone(), cfg.keys.pepper.expose()),
+        webhooks,
     ));
     let mut admin = Service::new(
         "admin".to_string(),

@@ -179,6 +179,19 @@ fn describe() {
         "Counters held in memory by the local backend and the brute-force guard."
     );
     describe_counter!(
+        "gateway_webhook_deliveries_total",
+        "Webhook delivery attempts by outcome (success, http_status, timeout, connect, unsafe_target, redirect)."
+    );
+    describe_histogram!(
+        "gateway_webhook_delivery_seconds",
+        Unit::Seconds,
+        "Duration of webhook delivery attempts."
+    );
+    describe_gauge!(
+        "gateway_webhook_pending",
+        "Webhook deliveries pending (due, waiting for a retry, or for a disabled endpoint)."
+    );
+    describe_counter!(
         "gateway_rate_limit_evictions_total",
         "Live local counters dropped because their class's share of the counter bound was reached (class = ip | caller)."
     );

@@ -24,6 +24,8 @@ pub enum ApiError {
     /// The change needs `admin`; says what in it does.
     NeedsAdmin(&'static str),
     NotFound(&'static str),
+    /// The SSRF guard refused a webhook URL; the reason, safe to show.
+    InvalidWebhookUrl(String),
     MethodNotAllowed(String),
     KeyRevoked,
     PayloadTooLarge,
@@ -44,9 +46,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Validation(_)
+            | ApiError::InvalidJson(_)
+            | ApiError::BadRequest(_)
+            | ApiError::InvalidWebhookUrl(_) => StatusCode::BAD_REQUEST,
             ApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::Auth(e) => e.code(),
             ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => "insufficient_scope",
             ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::KeyRevoked => "key_revoked",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -103,6 +107,7 @@ impl ApiError {
                  shorten an expiry."
             ),
             ApiError::NotFound(what) => (*what).to_string(),
+            ApiError::InvalidWebhookUrl(why) => format!("`url`: {why}"),
             ApiError::MethodNotAllowed(allow) => format!("Use {allow}."),
             ApiError::KeyRevoked => "The key is revoked; a revoked key cannot change.".into(),
             ApiError::PayloadTooLarge => {

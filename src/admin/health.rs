@@ -59,6 +59,46 @@ fn age_seconds(unix_ms: Option<i64>) -> Option<f64> {
     unix_ms.map(|t| (crate::now_ms() - t).max(0) as f64 / 1000.0)
 }
 
+/// The webhook backlog: events not yet fanned out and the age of the
+/// oldest due delivery. Informational only: webhooks are not a dependency
+/// of the proxy, so this never turns `/health` into a 503.
+async fn webhook_check(s: &AdminState) -> serde_json::Value {
+    let probe = async {
+        let client = s.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "health: webhook backlog: no connection");
+            "unreachable"
+        })?;
+        crate::store::webhooks::backlog(&**client)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e.describe(), "health: webhook backlog query failed");
+                "query_failed"
+            })
+    };
+    let dispatcher = if s.webhooks.config.enabled {
+        "running"
+    } else {
+        "disabled"
+    };
+    match tokio::time::timeout(DB_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(b)) => json!({
+            "status": "up",
+            "required": false,
+            "dispatcher": dispatcher,
+            "outbox_backlog": b.outbox,
+            "pending_deliveries": b.pending,
+            "due_deliveries": b.due,
+            "oldest_due_seconds": b.oldest_due_seconds,
+        }),
+        Ok(Err(reason)) => {
+            json!({"status": "unknown", "required": false, "dispatcher": dispatcher, "reason": reason})
+        }
+        Err(_) => {
+            json!({"status": "unknown", "required": false, "dispatcher": dispatcher, "reason": "timeout"})
+        }
+    }
+}
+
 /// Per-dependency detail; 503 when a required dependency is down.
 pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
     let db = probe_database(s).await;
@@ -113,6 +153,7 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
             "key_snapshot": key_snapshot,
             "redis": redis,
             "rate_limiter": {"backend": limiter.backend_name()},
+            "webhooks": webhook_check(s).await,
         },
     });
     let status = if healthy {

@@ -14,6 +14,7 @@ pub mod input;
 pub mod keys;
 pub mod rate_limits;
 pub mod routes;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -358,7 +359,7 @@ impl AdminApp {
         &self,
         session: &mut ServerSession,
         op: Op,
-        id: Option<&str>,
+        (id, sub): (Option<&str>, Option<&str>),
         query: Option<&str>,
         request_id: &str,
     ) -> Result<Response<Vec<u8>>, ApiError> {
@@ -369,9 +370,16 @@ impl AdminApp {
             Access::Scope(scope) => Some(self.authorize(session, Some(scope), request_id).await?),
         };
         let body = match op {
-            Op::CreateKey | Op::UpdateKey | Op::PatchKey | Op::RotateKey | Op::SetKeyRateLimits => {
-                read_body(session).await?
-            }
+            Op::CreateKey
+            | Op::UpdateKey
+            | Op::PatchKey
+            | Op::RotateKey
+            | Op::SetKeyRateLimits
+            | Op::CreateWebhook
+            | Op::UpdateWebhook
+            | Op::RotateWebhookSecret
+            | Op::TestWebhook
+            | Op::RetryWebhookDelivery => read_body(session).await?,
             _ => Vec::new(),
         };
         let authed = || caller.as_ref().ok_or(ApiError::Internal);
@@ -399,6 +407,22 @@ impl AdminApp {
                     rate_limits::set_key_rate_limits(s, authed()?, id, &body).await?
                 }
                 Op::ListAuditLogs => audit::list_audit_logs(s, query).await?,
+                Op::CreateWebhook => webhooks::create_webhook(s, authed()?, &body).await?,
+                Op::ListWebhooks => webhooks::list_webhooks(s, query).await?,
+                Op::GetWebhook => webhooks::get_webhook(s, id).await?,
+                Op::UpdateWebhook => webhooks::update_webhook(s, authed()?, id, &body).await?,
+                Op::DeleteWebhook => webhooks::delete_webhook(s, authed()?, id).await?,
+                Op::RotateWebhookSecret => {
+                    webhooks::rotate_webhook_secret(s, authed()?, id, &body).await?
+                }
+                Op::TestWebhook => webhooks::test_webhook(s, authed()?, id, &body).await?,
+                Op::ListWebhookDeliveries => {
+                    webhooks::list_webhook_deliveries(s, id, query).await?
+                }
+                Op::GetWebhookDelivery => webhooks::get_webhook_delivery(s, id, sub).await?,
+                Op::RetryWebhookDelivery => {
+                    webhooks::retry_webhook_delivery(s, authed()?, id, sub, &body).await?
+                }
             })
         })
         .await
@@ -438,8 +462,8 @@ impl ServeHttp for AdminApp {
         let query = req.uri.query().map(str::to_string);
         let mut resp = match normalized.map(|()| routes::resolve(&method, &path)) {
             Err(e) => ApiError::BadRequest(e.message()).response(&request_id),
-            Ok(Resolved::Found { op, id }) => self
-                .handle(session, op, id, query.as_deref(), &request_id)
+            Ok(Resolved::Found { op, id, sub }) => self
+                .handle(session, op, (id, sub), query.as_deref(), &request_id)
                 .await
                 .unwrap_or_else(|e| e.response(&request_id)),
             Ok(Resolved::MethodNotAllowed(allow)) => {

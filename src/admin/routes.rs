@@ -22,6 +22,16 @@ pub enum Op {
     GetRateLimitStatus,
     SetKeyRateLimits,
     ListAuditLogs,
+    CreateWebhook,
+    ListWebhooks,
+    GetWebhook,
+    UpdateWebhook,
+    DeleteWebhook,
+    RotateWebhookSecret,
+    TestWebhook,
+    ListWebhookDeliveries,
+    GetWebhookDelivery,
+    RetryWebhookDelivery,
 }
 
 /// Who may call an operation.
@@ -53,6 +63,16 @@ impl Op {
             Op::GetRateLimitStatus => "get_rate_limit_status",
             Op::SetKeyRateLimits => "set_key_rate_limits",
             Op::ListAuditLogs => "list_audit_logs",
+            Op::CreateWebhook => "create_webhook",
+            Op::ListWebhooks => "list_webhooks",
+            Op::GetWebhook => "get_webhook",
+            Op::UpdateWebhook => "update_webhook",
+            Op::DeleteWebhook => "delete_webhook",
+            Op::RotateWebhookSecret => "rotate_webhook_secret",
+            Op::TestWebhook => "test_webhook",
+            Op::ListWebhookDeliveries => "list_webhook_deliveries",
+            Op::GetWebhookDelivery => "get_webhook_delivery",
+            Op::RetryWebhookDelivery => "retry_webhook_delivery",
         }
     }
 
@@ -68,6 +88,16 @@ impl Op {
                 Access::Scope("write:keys")
             }
             Op::SetKeyRateLimits | Op::ListAuditLogs => Access::Scope("admin"),
+            Op::ListWebhooks
+            | Op::GetWebhook
+            | Op::ListWebhookDeliveries
+            | Op::GetWebhookDelivery => Access::Scope("read:webhooks"),
+            Op::CreateWebhook
+            | Op::UpdateWebhook
+            | Op::DeleteWebhook
+            | Op::RotateWebhookSecret
+            | Op::TestWebhook
+            | Op::RetryWebhookDelivery => Access::Scope("write:webhooks"),
         }
     }
 }
@@ -107,6 +137,32 @@ pub const ROUTES: &[Route] = &[
         Op::SetKeyRateLimits,
     ),
     route("/api/v1/audit-logs", Method::GET, Op::ListAuditLogs),
+    route("/api/v1/webhooks", Method::POST, Op::CreateWebhook),
+    route("/api/v1/webhooks", Method::GET, Op::ListWebhooks),
+    route("/api/v1/webhooks/{id}", Method::GET, Op::GetWebhook),
+    route("/api/v1/webhooks/{id}", Method::PUT, Op::UpdateWebhook),
+    route("/api/v1/webhooks/{id}", Method::DELETE, Op::DeleteWebhook),
+    route(
+        "/api/v1/webhooks/{id}/rotate-secret",
+        Method::POST,
+        Op::RotateWebhookSecret,
+    ),
+    route("/api/v1/webhooks/{id}/test", Method::POST, Op::TestWebhook),
+    route(
+        "/api/v1/webhooks/{id}/deliveries",
+        Method::GET,
+        Op::ListWebhookDeliveries,
+    ),
+    route(
+        "/api/v1/webhooks/{id}/deliveries/{delivery_id}",
+        Method::GET,
+        Op::GetWebhookDelivery,
+    ),
+    route(
+        "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+        Method::POST,
+        Op::RetryWebhookDelivery,
+    ),
 ];
 
 /// How a request path and method resolved.
@@ -115,21 +171,28 @@ pub enum Resolved<'p> {
     Found {
         op: Op,
         id: Option<&'p str>,
+        /// A second path parameter (`{delivery_id}`).
+        sub: Option<&'p str>,
     },
     /// The path exists, the method does not: the `Allow` header value.
     MethodNotAllowed(String),
     NotFound,
 }
 
-/// Matches `path` against a pattern; `Some(id)` carries the `{id}` segment.
-fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    let mut id = None;
+/// The path parameters of a match: `{id}` and a second one, if any.
+type Params<'p> = (Option<&'p str>, Option<&'p str>);
+
+/// Matches `path` against a pattern; carries the `{id}` segment and the
+/// segment of a second parameter such as `{delivery_id}`.
+fn matches<'p>(pattern: &str, path: &'p str) -> Option<Params<'p>> {
+    let (mut id, mut sub) = (None, None);
     let mut pat = pattern.split('/');
     let mut got = path.split('/');
     loop {
         match (pat.next(), got.next()) {
-            (None, None) => return Some(id),
+            (None, None) => return Some((id, sub)),
             (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg),
+            (Some(p), Some(seg)) if p.starts_with('{') && !seg.is_empty() => sub = Some(seg),
             (Some(p), Some(seg)) if p == seg => {}
             _ => return None,
         }
@@ -145,13 +208,13 @@ pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
     };
     let mut allow: Vec<&str> = Vec::new();
     for r in ROUTES {
-        let Some(id) = matches(r.path, path) else {
+        let Some((id, sub)) = matches(r.path, path) else {
             continue;
         };
         let public = r.op.access() == Access::Public;
         let head_as_get = *method == Method::HEAD && r.method == Method::GET && public;
         if r.method == *method || head_as_get {
-            return Resolved::Found { op: r.op, id };
+            return Resolved::Found { op: r.op, id, sub };
         }
         allow.push(r.method.as_str());
         if r.method == Method::GET && public {
@@ -261,28 +324,32 @@ mod tests {
             resolve(&Method::GET, "/api/v1/keys/abc"),
             Resolved::Found {
                 op: Op::GetKey,
-                id: Some("abc")
+                id: Some("abc"),
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::POST, "/api/v1/keys/abc/rotate"),
             Resolved::Found {
                 op: Op::RotateKey,
-                id: Some("abc")
+                id: Some("abc"),
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::GET, "/api/v1/keys/"),
             Resolved::Found {
                 op: Op::ListKeys,
-                id: None
+                id: None,
+                sub: None
             }
         );
         assert_eq!(
             resolve(&Method::HEAD, "/health"),
             Resolved::Found {
                 op: Op::Health,
-                id: None
+                id: None,
+                sub: None
             }
         );
         assert_eq!(
@@ -293,7 +360,24 @@ mod tests {
             resolve(&Method::POST, "/health"),
             Resolved::MethodNotAllowed("GET, HEAD".into())
         );
+        assert_eq!(
+            resolve(&Method::POST, "/api/v1/webhooks/w1/deliveries/d1/retry"),
+            Resolved::Found {
+                op: Op::RetryWebhookDelivery,
+                id: Some("w1"),
+                sub: Some("d1")
+            }
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/api/v1/webhooks/w1/deliveries/d1"),
+            Resolved::Found {
+                op: Op::GetWebhookDelivery,
+                id: Some("w1"),
+                sub: Some("d1")
+            }
+        );
         for missing in [
+            "/api/v1/webhooks/w1/deliveries//retry",
             "/",
             "",
             "/api/v1",

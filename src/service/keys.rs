@@ -5,7 +5,7 @@
 //! record commit together; the `NOTIFY` trigger on `api_keys` fires in the
 //! same transaction, so every instance applies the change on commit. Every
 //! change is recorded through [`record`], the single place where the
-//! webhook outbox (DESIGN §5) will join the audit log.
+//! webhook outbox joins the audit log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::scope::Scope;
 use crate::store::audit::{self, AuditChain, Event, Origin, Outcome};
 use crate::store::keys::{self as repo, CreatedKey, KeyRow, NewKey};
-use crate::store::DbError;
+use crate::store::{webhooks, DbError};
 
 /// Default grace period of a rotation: the old secret keeps working a day.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(86_400);
@@ -161,14 +161,37 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
 }
 
-/// Records one change: the audit entry today, the webhook outbox later.
+/// Records one change in its transaction: the audit entry and, for a key
+/// change with a webhook event, the outbox row (so the admin API and the
+/// CLI both emit, and a change that rolls back emits nothing).
 pub async fn record(
     tx: &Transaction<'_>,
     chain: &AuditChain,
     origin: &Origin,
     event: &Event<'_>,
 ) -> Result<(), DbError> {
-    audit::append(tx, chain, origin, event).await
+    audit::append(tx, chain, origin, event).await?;
+    if let Some((event_type, data)) = webhook_event(event) {
+        webhooks::enqueue_event(tx, event_type, data, None).await?;
+    }
+    Ok(())
+}
+
+/// The webhook event a successful key change announces: its type and
+/// `data`, the key as `GET /keys/{id}` shows it (the audit entry's `after`,
+/// which never holds the secret or its hash).
+fn webhook_event(event: &Event<'_>) -> Option<(&'static str, Value)> {
+    if event.target_type != "api_key" || !matches!(event.outcome, Outcome::Success) {
+        return None;
+    }
+    let event_type = match event.action {
+        "api_key.created" => "api_key.created",
+        "api_key.updated" => "api_key.updated",
+        "api_key.rotated" => "api_key.rotated",
+        "api_key.revoked" => "api_key.revoked",
+        _ => return None,
+    };
+    Some((event_type, event.after.clone()?))
 }
 
 fn key_event<'a>(
@@ -204,6 +227,11 @@ impl KeyService {
             key_prefix: cfg.keys.prefix.clone(),
             chain: AuditChain::new(pepper),
         }
+    }
+
+    /// The audit chain, for other audited changes (webhook endpoints).
+    pub fn audit_chain(&self) -> &AuditChain {
+        &self.chain
     }
 
     pub async fn create(

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod expiry;
 pub mod keys;
 pub mod migrations;
+pub mod webhook_admin;
 pub mod webhooks;
 
 use std::str::FromStr;

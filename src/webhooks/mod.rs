@@ -11,8 +11,17 @@
 //!
 //! - [`secret`]: `whsec_` secrets and their encryption at rest.
 //! - [`ssrf`]: which URLs and addresses may be targets.
-//! - [`dispatch`]: the handle the admin API uses to attempt a delivery now.
+//! - [`dispatch`]: the handle the admin API uses to attempt a delivery now,
+//!   and the attempt itself (sign, POST, record).
+//! - [`dispatcher`]: the background service (fan-out, claims, concurrency).
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`client`]: the HTTP client (rustls, no redirects, guarded resolver).
+//! - [`retry`]: the retry schedule with jitter and `Retry-After`.
 
+pub mod client;
 pub mod dispatch;
+pub mod dispatcher;
+pub mod retry;
 pub mod secret;
+pub mod signing;
 pub mod ssrf;
