@@ -340,7 +340,7 @@ pub async fn record_attempt(
         "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1, last_attempt_at = $3,
              response_status = $4, response_body = $5, error = $6, duration_ms = $7,
              next_attempt_at = CASE WHEN $8::float8 IS NULL THEN NULL
-                                    ELSE $3 + make_interval(secs => $8::float8) END,
+                                    ELSE $3::timestamptz + make_interval(secs => $8::float8) END,
              lease_until = NULL
          WHERE id = $1",
         &[
@@ -368,16 +368,17 @@ pub async fn record_attempt(
         let limit = disable_after as i32;
         tx.query_opt(
             "WITH old AS (SELECT enabled FROM webhooks WHERE id = $1 FOR UPDATE)
-             UPDATE webhooks w SET failed = failed + 1,
-                 consecutive_failures = consecutive_failures + 1,
+             UPDATE webhooks w SET failed = w.failed + 1,
+                 consecutive_failures = w.consecutive_failures + 1,
                  last_failure_at = $2,
-                 enabled = CASE WHEN $3 OR consecutive_failures + 1 >= $4 THEN false ELSE enabled END,
-                 disabled_reason = CASE WHEN NOT w.enabled THEN disabled_reason
+                 enabled = CASE WHEN $3 OR w.consecutive_failures + 1 >= $4 THEN false
+                                ELSE w.enabled END,
+                 disabled_reason = CASE WHEN NOT w.enabled THEN w.disabled_reason
                                         WHEN $3 THEN 'gone'
-                                        WHEN consecutive_failures + 1 >= $4 THEN 'consecutive_failures'
-                                        ELSE disabled_reason END,
-                 updated_at = CASE WHEN w.enabled AND ($3 OR consecutive_failures + 1 >= $4)
-                                   THEN now() ELSE updated_at END
+                                        WHEN w.consecutive_failures + 1 >= $4 THEN 'consecutive_failures'
+                                        ELSE w.disabled_reason END,
+                 updated_at = CASE WHEN w.enabled AND ($3 OR w.consecutive_failures + 1 >= $4)
+                                   THEN now() ELSE w.updated_at END
              FROM old
              WHERE w.id = $1
              RETURNING w.enabled, w.disabled_reason, old.enabled AND NOT w.enabled",
