@@ -5,6 +5,7 @@
 //! instance's snapshot; housekeeping never holds up admin writes.
 
 mod common;
+mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use common::*;
 use gateway::service::expiry::{ExpiryEvents, PurgeExpired, BATCH};
 use reqwest::Method;
 use serde_json::{json, Value};
+use webhook_receiver::Receiver;
 
 /// Housekeeping every 200 ms, receivers on loopback allowed.
 fn opts(upstream: std::net::SocketAddr, purge_after_days: Option<u32>) -> Opts {
@@ -109,6 +111,17 @@ async fn expiry_notices_are_emitted_once_across_rounds_and_instances() {
     let upstream = start_upstream().await;
     let a = Gateway::start(&db, opts(upstream, None)).await;
     let b = Gateway::start(&db, opts(upstream, None)).await;
+    let receiver = Receiver::start().await;
+    let (_, admin_key) = a.create_key("admin", &[]).await;
+    let (status, body) = api(
+        &a,
+        Method::POST,
+        "/api/v1/webhooks",
+        &admin_key,
+        Some(json!({"url": receiver.url(), "events": ["api_key.expiring", "api_key.expired"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
     // Within the default 7-day notice; outside it; no expiry at all.
     let (soon, soon_key) = a.create_key("read:echo", &["--expires-in", "1h"]).await;
     let (later, _) = a.create_key("read:echo", &["--expires-in", "30d"]).await;
@@ -160,6 +173,20 @@ async fn expiry_notices_are_emitted_once_across_rounds_and_instances() {
     wait_rounds(&[&a, &b], "key_expiry_events", 5.0).await;
     assert_eq!(events(&db, "api_key.expiring", &soon).await.len(), 2);
     assert_eq!(events(&db, "api_key.expired", &soon).await.len(), 1);
+
+    // The subscribed receiver got each of them, signed with the event id.
+    let delivered = eventually(Duration::from_secs(15), || async {
+        receiver.hits_for("api_key.expiring", &soon).len() == 2
+            && receiver.hits_for("api_key.expired", &soon).len() == 1
+    })
+    .await;
+    assert!(delivered, "receiver got {:?}", receiver.hits());
+    for h in receiver.hits() {
+        assert!(h.webhook_id.starts_with("msg_"), "{h:?}");
+        assert_eq!(h.body["data"]["id"], soon.as_str(), "only the key in the window: {h:?}");
+        assert_no_secret(&h.body, &soon_key);
+    }
+    assert_eq!(receiver.count(), 3, "{:?}", receiver.hits());
 }
 
 #[tokio::test(flavor = "multi_thread")]
