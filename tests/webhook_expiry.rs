@@ -183,7 +183,11 @@ async fn expiry_notices_are_emitted_once_across_rounds_and_instances() {
     assert!(delivered, "receiver got {:?}", receiver.hits());
     for h in receiver.hits() {
         assert!(h.webhook_id.starts_with("msg_"), "{h:?}");
-        assert_eq!(h.body["data"]["id"], soon.as_str(), "only the key in the window: {h:?}");
+        assert_eq!(
+            h.body["data"]["id"],
+            soon.as_str(),
+            "only the key in the window: {h:?}"
+        );
         assert_no_secret(&h.body, &soon_key);
     }
     assert_eq!(receiver.count(), 3, "{:?}", receiver.hits());

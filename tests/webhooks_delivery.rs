@@ -322,8 +322,20 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     let api_id = created["id"].as_str().expect("id").to_string();
     let plaintext = created["key"].as_str().expect("key").to_string();
     // Through the CLI.
-    let out = gw.cli(&["keys", "create", "--name", "cli", "--scopes", "read:echo", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gw.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "cli",
+        "--scopes",
+        "read:echo",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: Value = serde_json::from_slice(&out.stdout).expect("cli json");
     let cli_id = cli["id"].as_str().expect("id").to_string();
     let cli_plaintext = cli["key"].as_str().expect("key").to_string();
@@ -352,15 +364,24 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
         let payload = verify(hit, &secret).expect("standardwebhooks verifies the signature");
         assert_eq!(payload["type"], "api_key.created");
         assert_eq!(payload["data"]["id"], id.as_str());
-        assert_eq!(payload["data"]["name"], if id == &api_id { "billing" } else { "cli" });
-        assert!(payload["timestamp"].as_str().is_some_and(|t| t.contains('T')));
+        assert_eq!(
+            payload["data"]["name"],
+            if id == &api_id { "billing" } else { "cli" }
+        );
+        assert!(payload["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.contains('T')));
         // Never the key, nor its hash in any encoding.
         assert!(!hit.body.contains(key.as_str()), "{}", hit.body);
         for h in &hashes {
             assert!(!hit.body.contains(&hex::encode(h)), "{}", hit.body);
         }
         for field in ["key", "key_hash", "hash", "secret"] {
-            assert!(payload["data"].get(field).is_none(), "{field} in {}", hit.body);
+            assert!(
+                payload["data"].get(field).is_none(),
+                "{field} in {}",
+                hit.body
+            );
         }
         // A wrong secret does not verify.
         assert!(verify(hit, &secret::generate()).is_err());
@@ -389,7 +410,10 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     )
     .await;
     assert_eq!(status, 200);
-    let got = eventually(WAIT, || async { !revoked_only.hits_for(&api_id).is_empty() }).await;
+    let got = eventually(WAIT, || async {
+        !revoked_only.hits_for(&api_id).is_empty()
+    })
+    .await;
     assert!(got, "revocation not delivered; log:\n{}", gw.logs());
     let hit = &revoked_only.hits_for(&api_id)[0];
     assert_eq!(hit.json()["type"], "api_key.revoked");
@@ -407,7 +431,10 @@ async fn a_failing_receiver_gets_retries_with_the_same_id() {
     // timestamp is later than the one before.
     let gw = Gateway::start(
         &db,
-        opts(upstream, &webhooks_config("retry_schedule_ms = [1500, 1500, 1500]")),
+        opts(
+            upstream,
+            &webhooks_config("retry_schedule_ms = [1500, 1500, 1500]"),
+        ),
     )
     .await;
     let rx = Receiver::start().await;
@@ -430,7 +457,10 @@ async fn a_failing_receiver_gets_retries_with_the_same_id() {
         .iter()
         .map(|h| h.header("webhook-timestamp").parse().expect("unix seconds"))
         .collect();
-    assert!(ts.windows(2).all(|w| w[0] < w[1]), "timestamps grow: {ts:?}");
+    assert!(
+        ts.windows(2).all(|w| w[0] < w[1]),
+        "timestamps grow: {ts:?}"
+    );
     for h in &hits {
         assert_eq!(h.body, hits[0].body, "the same body on every attempt");
         verify(h, &secret).expect("every attempt verifies");
@@ -479,9 +509,15 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
         (false, Some("consecutive_failures".into()), 3)
     );
     let d = delivery_of(&db, ep_gone, &id).await.expect("delivery");
-    assert_eq!((d["status"].clone(), d["attempts"].clone()), (json!("pending"), json!(1)));
+    assert_eq!(
+        (d["status"].clone(), d["attempts"].clone()),
+        (json!("pending"), json!(1))
+    );
     let d = delivery_of(&db, ep_failing, &id).await.expect("delivery");
-    assert_eq!((d["status"].clone(), d["attempts"].clone()), (json!("pending"), json!(3)));
+    assert_eq!(
+        (d["status"].clone(), d["attempts"].clone()),
+        (json!("pending"), json!(3))
+    );
     assert_eq!(d["error"], "http_status");
 
     // A disabled endpoint's deliveries wait: nothing more is attempted.
@@ -517,7 +553,11 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
 async fn a_redirect_is_a_failure_and_is_not_followed() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
-    let gw = Gateway::start(&db, opts(upstream, &webhooks_config("retry_schedule_ms = [60000]"))).await;
+    let gw = Gateway::start(
+        &db,
+        opts(upstream, &webhooks_config("retry_schedule_ms = [60000]")),
+    )
+    .await;
     let target = Receiver::start().await;
     let redirecting = Receiver::start().await;
     redirecting.set_default(Reply {
@@ -573,14 +613,18 @@ async fn both_secrets_verify_during_a_rotation_grace() {
     let hit = &rx.hits_for(&id2)[0];
     assert_eq!(hit.header("webhook-signature").split(' ').count(), 1);
     verify(hit, &new).expect("the new secret verifies");
-    assert!(verify(hit, &old).is_err(), "the old secret no longer verifies");
+    assert!(
+        verify(hit, &old).is_err(),
+        "the old secret no longer verifies"
+    );
 }
 
 #[tokio::test]
 async fn an_event_survives_a_down_receiver_and_a_gateway_restart() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
-    let cfg = webhooks_config("retry_schedule_ms = [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]");
+    let cfg =
+        webhooks_config("retry_schedule_ms = [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]");
     let gw = Gateway::start(&db, opts(upstream, &cfg)).await;
     let down = dead_addr();
     let secret = secret::generate();
@@ -623,9 +667,16 @@ async fn two_instances_deliver_every_event_exactly_once() {
     // Give a duplicate time to show up, then count.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for id in &ids {
-        assert_eq!(rx.hits_for(id).len(), 1, "key {id} delivered more than once");
+        assert_eq!(
+            rx.hits_for(id).len(),
+            1,
+            "key {id} delivered more than once"
+        );
         let d = delivery_of(&db, ep, id).await.expect("delivery");
-        assert_eq!((d["attempts"].clone(), d["attempt_rows"].clone()), (json!(1), json!(1)));
+        assert_eq!(
+            (d["attempts"].clone(), d["attempt_rows"].clone()),
+            (json!(1), json!(1))
+        );
     }
 }
 
@@ -637,7 +688,10 @@ async fn the_guard_refuses_private_targets_at_connect() {
     // because they were written straight into the table.
     let gw = Gateway::start(
         &db,
-        opts(upstream, "\n[webhooks]\npoll_interval_ms = 200\nretry_schedule_ms = [60000]\n"),
+        opts(
+            upstream,
+            "\n[webhooks]\npoll_interval_ms = 200\nretry_schedule_ms = [60000]\n",
+        ),
     )
     .await;
     let rx = Receiver::start().await;
@@ -672,7 +726,11 @@ async fn metrics_and_health_show_the_webhook_backlog() {
         "gateway_webhook_deliveries_total{outcome=\"success\"}",
         "gateway_webhook_deliveries_total{outcome=\"http_status\"}",
     ] {
-        assert_eq!(sample(&text, series), Some(0.0), "{series} from start-up:\n{text}");
+        assert_eq!(
+            sample(&text, series),
+            Some(0.0),
+            "{series} from start-up:\n{text}"
+        );
     }
     let (status, _, health) = get(&gw.admin_url("/health"), None).await;
     assert_eq!(status, 200);
@@ -688,7 +746,11 @@ async fn metrics_and_health_show_the_webhook_backlog() {
     wait_delivery(&db, ep, &id, |d| d["status"] == "succeeded").await;
     let after = metrics(&gw).await;
     assert_eq!(
-        counter_delta(&text, &after, "gateway_webhook_deliveries_total{outcome=\"success\"}"),
+        counter_delta(
+            &text,
+            &after,
+            "gateway_webhook_deliveries_total{outcome=\"success\"}"
+        ),
         Some(1.0)
     );
     db.client()
@@ -700,7 +762,12 @@ async fn metrics_and_health_show_the_webhook_backlog() {
         .await
         .expect("disable");
     let (id2, _) = gw.create_key_unseen("read:echo", &[]);
-    assert!(eventually(WAIT, || async { delivery_of(&db, ep, &id2).await.is_some() }).await);
+    assert!(
+        eventually(WAIT, || async {
+            delivery_of(&db, ep, &id2).await.is_some()
+        })
+        .await
+    );
     let (status, _, health) = get(&gw.admin_url("/health"), None).await;
     assert_eq!(status, 200);
     let w = &health["checks"]["webhooks"];
@@ -720,20 +787,27 @@ async fn the_outbox_row_commits_and_rolls_back_with_the_change() {
     let db = TestDb::new().await;
     let mut client = db.client().await;
     let tx = client.transaction().await.expect("tx");
-    let id = gateway::store::webhooks::enqueue_event(&tx, "api_key.created", json!({"id": "x"}), None)
-        .await
-        .expect("enqueue");
+    let id =
+        gateway::store::webhooks::enqueue_event(&tx, "api_key.created", json!({"id": "x"}), None)
+            .await
+            .expect("enqueue");
     assert!(id.is_some());
     tx.rollback().await.expect("rollback");
-    assert_eq!(count(&client).await, 0, "a rolled-back change emits nothing");
+    assert_eq!(
+        count(&client).await,
+        0,
+        "a rolled-back change emits nothing"
+    );
 
     let tx = client.transaction().await.expect("tx");
-    let first = gateway::store::webhooks::enqueue_event(&tx, "api_key.expiring", json!({}), Some("k:1"))
-        .await
-        .expect("enqueue");
-    let again = gateway::store::webhooks::enqueue_event(&tx, "api_key.expiring", json!({}), Some("k:1"))
-        .await
-        .expect("enqueue");
+    let first =
+        gateway::store::webhooks::enqueue_event(&tx, "api_key.expiring", json!({}), Some("k:1"))
+            .await
+            .expect("enqueue");
+    let again =
+        gateway::store::webhooks::enqueue_event(&tx, "api_key.expiring", json!({}), Some("k:1"))
+            .await
+            .expect("enqueue");
     tx.commit().await.expect("commit");
     assert!(first.is_some());
     assert_eq!(again, None, "a dedupe key emits once");
