@@ -159,8 +159,11 @@ async fn main() {
     let run = "throughput";
     enqueue(&mut client, "api_key.created", run, plan.events).await;
     let t0 = Instant::now();
+    // Polled on the raw counts (cheap: the bench shares the machine with
+    // the gateway), checked exactly once they are there.
     let all = eventually(Duration::from_secs(300), || async {
-        receivers.iter().all(|r| hits_of(r, run) >= plan.events)
+        receivers.iter().all(|r| r.count() >= plan.events)
+            && receivers.iter().all(|r| hits_of(r, run) >= plan.events)
     })
     .await;
     let took = t0.elapsed();
@@ -170,10 +173,30 @@ async fn main() {
     let delivered: usize = receivers.iter().map(|r| hits_of(r, run)).sum();
     let expected = plan.events * plan.endpoints;
 
+    // What the gateway says it did: outcomes, attempt durations, retries.
+    let text = metrics(&gw).await;
+    let outcomes: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("gateway_webhook_deliveries_total{")
+                || l.starts_with("gateway_webhook_delivery_seconds_sum")
+                || l.starts_with("gateway_webhook_delivery_seconds_count")
+        })
+        .collect();
+    let retried: i64 = client
+        .query_one(
+            "SELECT count(*) FROM webhook_deliveries WHERE attempts > 1",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+
     println!(
         "webhooks bench ({} mode)",
         if full { "full" } else { "smoke" }
     );
+    println!("gateway metrics: {outcomes:?}; deliveries with more than one attempt: {retried}");
     println!(
         "commit → first attempt, {} events one at a time: p50 {}, p99 {}, max {} (budget < 1 s: {})",
         plan.samples,

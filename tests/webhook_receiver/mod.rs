@@ -83,8 +83,14 @@ impl Receiver {
         self.hits.lock().clone()
     }
 
+    /// How many requests arrived, without copying them: cheap enough to poll.
     pub fn count(&self) -> usize {
         self.hits.lock().len()
+    }
+
+    /// How many hits satisfy `pred`, without copying them.
+    pub fn count_where(&self, pred: impl Fn(&Hit) -> bool) -> usize {
+        self.hits.lock().iter().filter(|h| pred(h)).count()
     }
 
     /// Hits of `event_type` about key `key_id`.
