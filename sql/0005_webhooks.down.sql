@@ -1,3 +1,4 @@
+DROP INDEX IF EXISTS api_keys_expires_at;
 DROP TABLE IF EXISTS webhook_attempts;
 DROP TABLE IF EXISTS webhook_deliveries;
 DROP TABLE IF EXISTS webhook_events;

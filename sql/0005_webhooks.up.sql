@@ -78,3 +78,7 @@ CREATE TABLE webhook_attempts (
 );
 
 CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+
+-- Housekeeping finds keys entering the expiring-notice window, expired
+-- keys, and keys expired long enough to purge, by ranges of expires_at.
+CREATE INDEX api_keys_expires_at ON api_keys (expires_at) WHERE expires_at IS NOT NULL;

@@ -25,6 +25,7 @@ use crate::reqlog::retention::Retention;
 use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
 use crate::reqlog::writer::RequestLogWriter;
 use crate::route::{RouteTable, Routes};
+use crate::service::expiry::{ExpiryEvents, PurgeExpired};
 use crate::service::housekeeping::Housekeeping;
 use crate::service::keys::KeyService;
 use crate::service::last_used;
@@ -146,7 +147,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Jobs are added by the features that need them (retention, expiry
     // events, purges).
     let housekeeping = Housekeeping::new(pool.clone(), cfg.housekeeping.interval)
-        .with_job(Retention::new(&cfg.request_logs));
+        .with_job(Retention::new(&cfg.request_logs))
+        .with_job(ExpiryEvents::new(cfg.webhooks.expiring_notice))
+        .with_job(PurgeExpired::new(
+            cfg.keys.purge_expired_after_days,
+            cfg.keys.pepper.expose(),
+        ));
     server.add_service(background_service("housekeeping", housekeeping));
 
     // The admin API's `/test` and `/retry` attempt through the same handle

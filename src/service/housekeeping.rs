@@ -15,8 +15,11 @@ use deadpool_postgres::{Object, Pool};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-/// Arbitrary constant naming the housekeeping advisory lock.
-pub const LOCK_ID: i64 = 0x6761_7465_7761_7902; // "gateway" + 2
+/// Arbitrary constant naming the housekeeping advisory lock. Advisory
+/// locks share one number space per database: it must differ from the
+/// migration lock (`…01`) and the audit log's append lock (`…02`), or a
+/// round would hold up every audited admin write on every instance.
+pub const LOCK_ID: i64 = 0x6761_7465_7761_7903; // "gateway" + 3
 
 /// One maintenance job. `run` gets the connection holding the lock; a job
 /// may open transactions on it but must leave none open.

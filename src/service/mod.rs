@@ -10,6 +10,8 @@
 //!   without waiting.
 //! - [`housekeeping`]: maintenance jobs (retention, expiry events, purges)
 //!   run by one instance at a time under an advisory lock.
+//! - [`expiry`]: the housekeeping jobs that send `api_key.expiring` /
+//!   `api_key.expired` once per key and purge long-expired keys.
 //! - [`miss`]: the bounded Postgres lookup of a well-formed key missing
 //!   from the snapshot (budget, single flight, negative cache), used by
 //!   [`crate::identity::Authenticator`].
@@ -17,6 +19,7 @@
 //! `keys` stays free of I/O (format, scopes, the snapshot); everything here
 //! talks to Postgres.
 
+pub mod expiry;
 pub mod housekeeping;
 pub mod keys;
 pub mod last_used;

@@ -29,7 +29,7 @@ macro_rules! status_sql {
 }
 
 /// Columns shown to operators, in the order [`KeyRow::from_row`] reads them.
-const ROW_COLUMNS: &str = concat!(
+pub(super) const ROW_COLUMNS: &str = concat!(
     "id, name, description, prefix, scopes, rate_limit_per_minute, \
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
      revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at, ",
@@ -98,7 +98,7 @@ fn limit_param(v: Option<u32>) -> Option<i32> {
 }
 
 impl KeyRow {
-    fn from_row(r: &Row) -> KeyRow {
+    pub(super) fn from_row(r: &Row) -> KeyRow {
         KeyRow {
             id: r.get(0),
             name: r.get(1),

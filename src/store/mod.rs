@@ -5,6 +5,7 @@
 //! admin API; the key listener has a dedicated connection of its own.
 
 pub mod audit;
+pub mod expiry;
 pub mod keys;
 pub mod migrations;
 pub mod request_log_writer;
