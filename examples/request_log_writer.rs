@@ -8,8 +8,13 @@
 //! from the first record queued to the writer's final flush. Then checks
 //! with SQL that every record is stored.
 //!
+//! With `--rate R --seconds S` it instead queues R records a second for S
+//! seconds (in 10 ms steps, like traffic) and reports the queue depth the
+//! writer let build up (sampled every 10 ms: max and p99) and drops.
+//!
 //! ```text
 //! cargo run --release --example request_log_writer -- <postgres url> [records]
+//! cargo run --release --example request_log_writer -- <postgres url> --rate 20000 --seconds 60
 //! ```
 //! `<postgres url>` names a database to connect to for `CREATE DATABASE`,
 //! e.g. `postgres://gateway@127.0.0.1:55432/postgres` (scripts/services.sh).
@@ -95,11 +100,22 @@ fn records(n: usize) -> Vec<RequestRecord> {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: request_log_writer <postgres url> [records]";
-    let admin_url = args.first().unwrap_or_else(|| fail(usage)).clone();
-    let n: usize = match args.get(1).map(|c| c.parse()) {
-        None => 200_000,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => fail(usage),
+    let usage = format!(
+        "{usage}\n       request_log_writer <postgres url> --rate <records/s> --seconds <s>"
+    );
+    let admin_url = args.first().unwrap_or_else(|| fail(&usage)).clone();
+    let num = |s: Option<&String>| -> usize {
+        match s.map(|c| c.parse()) {
+            Some(Ok(n)) if n > 0 => n,
+            _ => fail(&usage),
+        }
+    };
+    let mode = match args.get(1).map(String::as_str) {
+        None => Mode::Burst(200_000),
+        Some("--rate") if args.get(3).map(String::as_str) == Some("--seconds") => {
+            Mode::Paced(num(args.get(2)), num(args.get(4)))
+        }
+        Some(_) => Mode::Burst(num(args.get(1))),
     };
     let name = format!("gw_bench_reqlog_{}", uuid::Uuid::new_v4().simple());
     let admin = connect(&admin_url).await;
@@ -108,7 +124,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| fail(&format!("create database: {e}")));
     let url = with_db(&admin_url, &name);
-    let result = run(&url, n).await;
+    let result = run(&url, mode).await;
     drop(result.1);
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -118,14 +134,30 @@ async fn main() {
     }
 }
 
-async fn run(url: &str, n: usize) -> (Result<(), String>, Option<tokio_postgres::Client>) {
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Queue this many records at once.
+    Burst(usize),
+    /// Records a second, seconds.
+    Paced(usize, usize),
+}
+
+async fn run(url: &str, mode: Mode) -> (Result<(), String>, Option<tokio_postgres::Client>) {
+    let n = match mode {
+        Mode::Burst(n) => n,
+        Mode::Paced(rate, secs) => rate * secs,
+    };
     let mut client = connect(url).await;
     if let Err(e) = gateway::store::migrations::up(&mut client).await {
         return (Err(format!("migrate: {e}")), Some(client));
     }
-    let cfg = RequestLogConfig {
-        queue_capacity: n,
-        ..RequestLogConfig::default()
+    let cfg = match mode {
+        Mode::Burst(n) => RequestLogConfig {
+            queue_capacity: n,
+            ..RequestLogConfig::default()
+        },
+        // The default queue, as in production.
+        Mode::Paced(..) => RequestLogConfig::default(),
     };
     let db = DatabaseConfig {
         url: url.to_string(),
@@ -142,15 +174,36 @@ async fn run(url: &str, n: usize) -> (Result<(), String>, Option<tokio_postgres:
 
     let started = Instant::now();
     let task = tokio::spawn(async move { writer.start(shutdown).await });
-    for r in batch {
-        log.submit(r);
+    let mut depths = Vec::new();
+    match mode {
+        Mode::Burst(_) => {
+            for r in batch {
+                log.submit(r);
+            }
+        }
+        Mode::Paced(rate, _) => {
+            let step = Duration::from_millis(10);
+            let per_step = (rate / 100).max(1);
+            let mut tick = tokio::time::interval(step);
+            let mut it = batch.into_iter().peekable();
+            while it.peek().is_some() {
+                tick.tick().await;
+                depths.push(log.queue_depth());
+                for r in it.by_ref().take(per_step) {
+                    log.submit(r);
+                }
+            }
+        }
     }
     let queued = started.elapsed();
     let _ = stop.send(true);
     let _ = task.await;
     let elapsed = started.elapsed();
 
-    let stored: i64 = match client.query_one("SELECT count(*) FROM request_logs", &[]).await {
+    let stored: i64 = match client
+        .query_one("SELECT count(*) FROM request_logs", &[])
+        .await
+    {
         Ok(r) => r.get(0),
         Err(e) => return (Err(format!("count: {e}")), Some(client)),
     };
@@ -160,6 +213,17 @@ async fn run(url: &str, n: usize) -> (Result<(), String>, Option<tokio_postgres:
         elapsed.as_secs_f64() * 1e3,
         n as f64 / elapsed.as_secs_f64()
     );
+    if !depths.is_empty() {
+        depths.sort_unstable();
+        let p99 = depths[(depths.len() * 99 / 100).min(depths.len() - 1)];
+        let max = depths.last().copied().unwrap_or(0);
+        println!(
+            "queue depth over {} samples (10 ms apart): p99 {p99}, max {max}; capacity {}; dropped {}",
+            depths.len(),
+            cfg.queue_capacity,
+            n as i64 - stored
+        );
+    }
     if stored != n as i64 {
         return (Err(format!("stored {stored} of {n}")), Some(client));
     }

@@ -85,6 +85,13 @@ impl RequestLog {
         self.inner.as_deref().map(|i| &i.cfg)
     }
 
+    /// Records waiting for the writer (0 when disabled).
+    pub fn queue_depth(&self) -> usize {
+        self.inner
+            .as_deref()
+            .map_or(0, |i| i.tx.max_capacity() - i.tx.capacity())
+    }
+
     /// Counts `record` in the rollups and, if sampled in, queues it.
     pub fn submit(&self, record: RequestRecord) {
         let Some(inner) = self.inner.as_deref() else {
@@ -254,6 +261,7 @@ mod tests {
         for _ in 0..5 {
             log.submit(record(500));
         }
+        assert_eq!(log.queue_depth(), 2);
         assert_eq!(rx.expect("enabled").len(), 2);
     }
 
