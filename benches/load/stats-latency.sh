@@ -9,7 +9,9 @@
 # warm-up call), printing the median and the slowest.
 #
 #   benches/load/stats-latency.sh [--keys 1000] [--routes 20] [--hours 24]
-#                                 [--rounds 10] [--port-base 18300]
+#                                 [--rounds 10] [--port-base 18300] [--bin PATH]
+#
+# --bin runs that gateway binary instead of building the release one.
 #
 # The default fill is ~1.6 million rows (~1 GiB; ~3 min to insert). Installs
 # what is missing, starts the private Postgres, builds the release binary,
@@ -18,8 +20,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-KEYS=1000 ROUTES=20 HOURS=24 ROUNDS=10 BASE=18300
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+KEYS=1000 ROUTES=20 HOURS=24 ROUNDS=10 BASE=18300 BIN=
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --keys) KEYS=$2; shift 2 ;;
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --hours) HOURS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --port-base) BASE=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown option: $1" >&2; usage 2 ;;
   esac
@@ -38,12 +41,17 @@ UPSTREAM_PORT=$BASE PORT=$((BASE + 1))
 bench_run_dir bench-stats
 
 ensure_packages
-start_postgres
-build_release --bin gateway
+# A Postgres already answering on the port (another checkout's) is used as is.
+"$(pg_bin_dir)/psql" "$PG_URL_BASE/postgres" -Atqc 'SELECT 1' >/dev/null 2>&1 || start_postgres
+if [ -z "$BIN" ]; then
+  build_release --bin gateway
+  BIN="$ROOT/target/release/gateway"
+fi
+[ -x "$BIN" ] || die "--bin: not an executable: $BIN"
 
 fresh_bench_db gateway_stats
 bench_gateway_conf "$RUN/gateway.toml" "$PORT" local 1 read:bench
-"$ROOT/target/release/gateway" migrate -c "$RUN/gateway.toml" >/dev/null
+"$BIN" migrate -c "$RUN/gateway.toml" >/dev/null
 say "filling request_rollups: $HOURS h × $KEYS keys × $ROUTES routes"
 "$(pg_bin_dir)/psql" "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<SQL
 INSERT INTO request_rollups
@@ -68,12 +76,14 @@ say "request_rollups: $ROWS"
 
 # The admin key gets its id from the CLI; usage is asked of key 7 of the fill,
 # which exists only in the rollups, so its api_keys row is added by hand.
-ADMIN=$(create_key "$RUN/gateway.toml" stats-admin admin)
+ADMIN=$("$BIN" keys create -c "$RUN/gateway.toml" --name stats-admin --scopes admin --json \
+  | sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+[ -n "$ADMIN" ] || die "could not create the admin key"
 "$(pg_bin_dir)/psql" "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c \
   "INSERT INTO api_keys (id, name, prefix, key_hash, scopes)
    VALUES ('00000000-0000-4000-8000-000000000007', 'filler', 'gw_live_fill', sha256('filler-7'::bytea), '{read:bench}')" >/dev/null
 
-"$ROOT/target/release/gateway" serve -c "$RUN/gateway.toml" >"$RUN/gateway.log" 2>&1 & PIDS+=($!)
+"$BIN" serve -c "$RUN/gateway.toml" >"$RUN/gateway.log" 2>&1 & PIDS+=($!)
 ADMIN_URL="http://127.0.0.1:$((PORT + 100))"
 wait_ok gateway "$ADMIN_URL/health/ready"
 

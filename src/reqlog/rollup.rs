@@ -45,11 +45,12 @@ use crate::store::DbError;
 pub const SHARDS: usize = 16;
 /// Series one shard holds between flushes; a request of a new series past
 /// this is dropped and counted (a flood of distinct keys or routes within
-/// one flush interval).
-pub const MAX_SERIES_PER_SHARD: usize = 65_536;
-/// Series kept in memory while Postgres is unreachable; past this a new
-/// series is dropped and its requests counted.
-pub const MAX_PENDING_SERIES: usize = 200_000;
+/// one flush interval). A series is ~850 bytes (its histogram is 744), so
+/// a full shard is ~14 MB; only the proxy's worker threads fill shards.
+pub const MAX_SERIES_PER_SHARD: usize = 16_384;
+/// Series kept in memory while Postgres is unreachable (~85 MB at most);
+/// past this a new series is dropped and its requests counted.
+pub const MAX_PENDING_SERIES: usize = 100_000;
 /// How often the flusher upserts: stats see traffic within about this plus
 /// the upsert's own time.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);

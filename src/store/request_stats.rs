@@ -172,22 +172,24 @@ impl GroupBy {
         matches!(self, GroupBy::Minute | GroupBy::Hour | GroupBy::Day)
     }
 
-    /// The group's SQL expression, as text (NULL for the sentinels). Fixed
-    /// fragments only: nothing of the request reaches the SQL text.
-    fn sql(self) -> &'static str {
+    /// The group's SQL expression over a rollup row, and the expression
+    /// that turns its value `g` into text (NULL for the sentinels) once per
+    /// group, not once per row. Fixed fragments only: nothing of the
+    /// request reaches the SQL text.
+    fn sql(self) -> (&'static str, &'static str) {
+        const TIME: &str = "to_char(g AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
         match self {
-            GroupBy::Route => "nullif(route, '')",
-            GroupBy::Key => "nullif(key_id, '00000000-0000-0000-0000-000000000000')::text",
-            GroupBy::Status => "status::text",
-            GroupBy::Method => "method",
-            GroupBy::ErrorCode => "nullif(error_code, '')",
-            GroupBy::Minute => "to_char(minute AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-            GroupBy::Hour => {
-                "to_char(date_trunc('hour', minute, 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-            }
-            GroupBy::Day => {
-                "to_char(date_trunc('day', minute, 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-            }
+            GroupBy::Route => ("route", "nullif(g, '')"),
+            GroupBy::Key => (
+                "key_id",
+                "nullif(g, '00000000-0000-0000-0000-000000000000')::text",
+            ),
+            GroupBy::Status => ("status", "g::text"),
+            GroupBy::Method => ("method", "g"),
+            GroupBy::ErrorCode => ("error_code", "nullif(g, '')"),
+            GroupBy::Minute => ("minute", TIME),
+            GroupBy::Hour => ("date_trunc('hour', minute, 'UTC')", TIME),
+            GroupBy::Day => ("date_trunc('day', minute, 'UTC')", TIME),
         }
     }
 }
@@ -224,7 +226,7 @@ pub async fn stats(
     client: &mut deadpool_postgres::Object,
     f: &StatsFilter,
 ) -> Result<Vec<GroupSums>, DbError> {
-    let group = f.group_by.map_or("NULL::text", GroupBy::sql);
+    let (group, label) = f.group_by.map_or(("NULL::text", "g"), GroupBy::sql);
     // A rollup minute m covers [m, m + 1 min): it overlaps the range when
     // m > from - 1 min and m < to.
     let from = f.from - TimeDelta::minutes(1);
@@ -232,15 +234,18 @@ pub async fn stats(
                   AND ($3::uuid IS NULL OR key_id = $3) \
                   AND ($4::text IS NULL OR route = $4)";
     let totals_sql = format!(
-        "SELECT {group} AS g, sum(count)::bigint, sum(client_errors)::bigint, \
-                sum(server_errors)::bigint, sum(response_bytes)::bigint, \
-                coalesce(sum(latency_sum_ms), 0)::float8 \
-         FROM request_rollups WHERE {filter} GROUP BY 1"
+        "SELECT {label}, n, ce, se, rb, ls FROM ( \
+           SELECT {group} AS g, sum(count)::bigint AS n, sum(client_errors)::bigint AS ce, \
+                  sum(server_errors)::bigint AS se, sum(response_bytes)::bigint AS rb, \
+                  coalesce(sum(latency_sum_ms), 0)::float8 AS ls \
+           FROM request_rollups WHERE {filter} GROUP BY 1) t"
     );
     let hist_sql = format!(
-        "SELECT {group} AS g, u.i::int, sum(u.c)::bigint \
-         FROM request_rollups, unnest(latency_buckets) WITH ORDINALITY AS u(c, i) \
-         WHERE {filter} AND u.c <> 0 GROUP BY 1, 2"
+        "SELECT {label}, i, c FROM ( \
+           SELECT r.g, u.i::int AS i, sum(u.c)::bigint AS c \
+           FROM (SELECT {group} AS g, latency_buckets FROM request_rollups WHERE {filter}) r, \
+                unnest(r.latency_buckets) WITH ORDINALITY AS u(c, i) \
+           WHERE u.c <> 0 GROUP BY 1, 2) t"
     );
     let params: [&(dyn ToSql + Sync); 4] = [&from, &f.to, &f.key_id, &f.route];
     let tx = client
