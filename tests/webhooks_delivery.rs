@@ -3,9 +3,9 @@
 //! verifies them; filters, retries, disabling, redirects, rotation grace,
 //! durability across a restart, two instances, and the guard at connect.
 //!
-//! Endpoints are inserted by SQL with a secret sealed by `SecretBox`, so
-//! these tests exercise the dispatcher without the admin API's webhook
-//! endpoints.
+//! Endpoints are created and re-enabled through the admin API; only the
+//! guard-at-connect test writes its endpoints straight into the table,
+//! since creation refuses them.
 
 mod common;
 
@@ -192,8 +192,27 @@ fn opts(upstream: SocketAddr, webhooks: &str) -> Opts {
     Opts::new(routes)
 }
 
-/// Inserts an endpoint (as the admin API would store it) and returns its id.
-async fn add_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> Uuid {
+/// Creates an endpoint through the admin API: (id, secret).
+async fn add_endpoint(gw: &Gateway, admin: &str, url: &str, events: &[&str]) -> (Uuid, String) {
+    let (status, body) = api(
+        gw,
+        Method::POST,
+        "/api/v1/webhooks",
+        admin,
+        Some(json!({"url": url, "events": events})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    (id, body["secret"].as_str().expect("secret").to_string())
+}
+
+/// Inserts an endpoint as the admin API would store it, bypassing its
+/// create-time guard, and returns its id.
+async fn insert_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> Uuid {
     let sealed = SecretBox::new(PEPPER).seal(secret);
     let id = Uuid::now_v7();
     let events: Vec<String> = events.iter().map(|s| s.to_string()).collect();
@@ -206,6 +225,27 @@ async fn add_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> 
         .await
         .expect("insert endpoint");
     id
+}
+
+/// Creates an admin key and waits until its own `api_key.created` event
+/// is fanned out (to no endpoint yet), so it never reaches a receiver.
+async fn admin_key(gw: &Gateway, db: &TestDb) -> String {
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    let settled = eventually(WAIT, || async {
+        db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM webhook_events WHERE dispatched_at IS NULL",
+                &[],
+            )
+            .await
+            .expect("outbox")
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    assert!(settled, "the admin key's event was never dispatched");
+    admin
 }
 
 /// Verifies `hit` with the official library; Ok(payload) or Err(reason).
@@ -301,13 +341,13 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
-    let (_, admin) = gw.create_key("admin", &[]).await;
+    let admin = admin_key(&gw, &db).await;
 
     let all = Receiver::start().await;
     let revoked_only = Receiver::start().await;
-    let secret = secret::generate();
-    let ep_all = add_endpoint(&db, &all.url(), &["api_key.*"], &secret).await;
-    let ep_revoked = add_endpoint(&db, &revoked_only.url(), &["api_key.revoked"], &secret).await;
+    let (ep_all, secret) = add_endpoint(&gw, &admin, &all.url(), &["api_key.*"]).await;
+    let (ep_revoked, revoked_secret) =
+        add_endpoint(&gw, &admin, &revoked_only.url(), &["api_key.revoked"]).await;
 
     // Through the admin API.
     let (status, created) = api(
@@ -418,7 +458,11 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     let hit = &revoked_only.hits_for(&api_id)[0];
     assert_eq!(hit.json()["type"], "api_key.revoked");
     assert_eq!(hit.json()["data"]["status"], "revoked");
-    verify(hit, &secret).expect("verifies");
+    verify(hit, &revoked_secret).expect("verifies");
+    assert!(
+        verify(hit, &secret).is_err(),
+        "each endpoint has its own secret"
+    );
     let d = wait_delivery(&db, ep_all, &api_id, |d| d["status"] == "succeeded").await;
     assert_eq!(d["attempts"], 1);
 }
@@ -437,10 +481,10 @@ async fn a_failing_receiver_gets_retries_with_the_same_id() {
         ),
     )
     .await;
+    let admin = admin_key(&gw, &db).await;
     let rx = Receiver::start().await;
     rx.script(vec![reply(500), reply(500)]);
-    let secret = secret::generate();
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &secret).await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
 
     let d = wait_delivery(&db, ep, &id, |d| d["status"] == "succeeded").await;
@@ -482,16 +526,20 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
         ),
     )
     .await;
-    let secret = secret::generate();
+    let admin = admin_key(&gw, &db).await;
 
     // 410: disabled at once, after one attempt.
     let gone = Receiver::start().await;
     gone.set_default(reply(410));
-    let ep_gone = add_endpoint(&db, &gone.url(), &["api_key.created"], &secret).await;
+    let ep_gone = add_endpoint(&gw, &admin, &gone.url(), &["api_key.created"])
+        .await
+        .0;
     // 500s: disabled after three in a row.
     let failing = Receiver::start().await;
     failing.set_default(reply(500));
-    let ep_failing = add_endpoint(&db, &failing.url(), &["api_key.created"], &secret).await;
+    let ep_failing = add_endpoint(&gw, &admin, &failing.url(), &["api_key.created"])
+        .await
+        .0;
 
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let ok = eventually(WAIT, || async {
@@ -529,17 +577,17 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failing.hits().len(), 3, "no attempt while disabled");
 
-    // Re-enabled (as the admin API's PUT does): the pending ones go out.
+    // Re-enabled: the pending ones go out.
     failing.set_default(reply(204));
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET enabled = true, disabled_reason = NULL, consecutive_failures = 0
-             WHERE id = $1",
-            &[&ep_failing],
-        )
-        .await
-        .expect("re-enable");
+    let (status, body) = api(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/webhooks/{ep_failing}"),
+        &admin,
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     for key in [&id, &id2] {
         let d = wait_delivery(&db, ep_failing, key, |d| d["status"] == "succeeded").await;
         assert_eq!(d["response_status"], 204);
@@ -557,13 +605,14 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
         opts(upstream, &webhooks_config("retry_schedule_ms = [60000]")),
     )
     .await;
+    let admin = admin_key(&gw, &db).await;
     let target = Receiver::start().await;
     let redirecting = Receiver::start().await;
     redirecting.set_default(Reply {
         status: 302,
         headers: vec![("location".into(), target.url())],
     });
-    let ep = add_endpoint(&db, &redirecting.url(), &["*"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&gw, &admin, &redirecting.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let d = wait_delivery(&db, ep, &id, |d| d["attempts"] == 1).await;
     assert_eq!(d["error"], "redirect");
@@ -578,19 +627,20 @@ async fn both_secrets_verify_during_a_rotation_grace() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
+    let admin = admin_key(&gw, &db).await;
     let rx = Receiver::start().await;
-    let (old, new) = (secret::generate(), secret::generate());
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &new).await;
-    let sealed_old = SecretBox::new(PEPPER).seal(&old);
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET previous_secret = $2, previous_secret_expires_at = now() + interval '1 hour'
-             WHERE id = $1",
-            &[&ep, &sealed_old],
-        )
-        .await
-        .expect("rotation");
+    let (ep, old) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
+    let (status, rotated) = api(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/webhooks/{ep}/rotate-secret"),
+        &admin,
+        Some(json!({"grace_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().expect("secret").to_string();
+    assert_ne!(new, old);
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     assert!(eventually(WAIT, || async { !rx.hits_for(&id).is_empty() }).await);
     let hit = &rx.hits_for(&id)[0];
@@ -625,9 +675,9 @@ async fn an_event_survives_a_down_receiver_and_a_gateway_restart() {
     let cfg =
         webhooks_config("retry_schedule_ms = [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]");
     let gw = Gateway::start(&db, opts(upstream, &cfg)).await;
+    let admin = admin_key(&gw, &db).await;
     let down = dead_addr();
-    let secret = secret::generate();
-    let ep = add_endpoint(&db, &format!("http://{down}/hook"), &["*"], &secret).await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &format!("http://{down}/hook"), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let d = wait_delivery(&db, ep, &id, |d| d["attempts"].as_i64() >= Some(1)).await;
     assert_eq!(d["error"], "connect");
@@ -650,8 +700,9 @@ async fn two_instances_deliver_every_event_exactly_once() {
     let cfg = webhooks_config("");
     let a = Gateway::start(&db, opts(upstream, &cfg)).await;
     let b = Gateway::start(&db, opts(upstream, &cfg)).await;
+    let admin = admin_key(&a, &db).await;
     let rx = Receiver::start().await;
-    let ep = add_endpoint(&db, &rx.url(), &["api_key.created"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&b, &admin, &rx.url(), &["api_key.created"]).await;
     const KEYS: usize = 12;
     let mut ids = Vec::new();
     for i in 0..KEYS {
@@ -703,7 +754,7 @@ async fn the_guard_refuses_private_targets_at_connect() {
         format!("http://[::ffff:127.0.0.1]:{port}/hook"),
         format!("http://2130706433:{port}/hook"),
     ] {
-        endpoints.push((add_endpoint(&db, &url, &["*"], &secret).await, url));
+        endpoints.push((insert_endpoint(&db, &url, &["*"], &secret).await, url));
     }
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     for (ep, url) in &endpoints {
@@ -739,8 +790,10 @@ async fn metrics_and_health_show_the_webhook_backlog() {
     assert_eq!(w["oldest_due_seconds"], Value::Null);
 
     // A disabled endpoint with a due delivery: the backlog shows, /health stays 200.
+    let admin = admin_key(&gw, &db).await;
+    let text = metrics(&gw).await;
     let rx = Receiver::start().await;
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     wait_delivery(&db, ep, &id, |d| d["status"] == "succeeded").await;
     let after = metrics(&gw).await;
@@ -752,14 +805,15 @@ async fn metrics_and_health_show_the_webhook_backlog() {
         ),
         Some(1.0)
     );
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET enabled = false, disabled_reason = 'manual' WHERE id = $1",
-            &[&ep],
-        )
-        .await
-        .expect("disable");
+    let (status, body) = api(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/webhooks/{ep}"),
+        &admin,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (id2, _) = gw.create_key_unseen("read:echo", &[]);
     assert!(
         eventually(WAIT, || async {
@@ -779,14 +833,15 @@ async fn with_webhooks_disabled_events_queue_in_the_outbox() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config("enabled = false"))).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
     let rx = Receiver::start().await;
-    add_endpoint(&db, &rx.url(), &["*"], &secret::generate()).await;
+    add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     gw.create_key_unseen("read:echo", &[]);
     let (status, _, health) = get(&gw.admin_url("/health"), None).await;
     assert_eq!(status, 200);
     let w = &health["checks"]["webhooks"];
     assert_eq!(w["dispatcher"], "disabled", "{health}");
-    assert_eq!(w["outbox_backlog"], 1, "{health}");
+    assert_eq!(w["outbox_backlog"], 2, "{health}");
     let undispatched: i64 = db
         .client()
         .await
@@ -797,7 +852,7 @@ async fn with_webhooks_disabled_events_queue_in_the_outbox() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(undispatched, 1, "the event waits for a dispatcher");
+    assert_eq!(undispatched, 2, "the events wait for a dispatcher");
     assert!(rx.hits().is_empty());
 }
 
