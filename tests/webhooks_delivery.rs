@@ -50,12 +50,15 @@ impl Hit {
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    /// Held this long before answering (a slow receiver).
+    delay: Duration,
 }
 
 fn reply(status: u16) -> Reply {
     Reply {
         status,
         headers: Vec::new(),
+        delay: Duration::ZERO,
     }
 }
 
@@ -123,6 +126,7 @@ impl Receiver {
                                     .or_else(|| s.default.clone())
                                     .unwrap_or_else(|| reply(200))
                             };
+                            tokio::time::sleep(r.delay).await;
                             let mut resp = hyper::Response::new(Full::new(Bytes::from("ok")));
                             *resp.status_mut() =
                                 hyper::StatusCode::from_u16(r.status).expect("status");
@@ -181,8 +185,13 @@ impl Receiver {
 /// The `[webhooks]` section of the tests: loopback receivers allowed,
 /// a short retry schedule and poll.
 fn webhooks_config(extra: &str) -> String {
+    let timeout = if extra.contains("timeout_ms") {
+        ""
+    } else {
+        "timeout_ms = 3000\n"
+    };
     format!(
-        "\n[webhooks]\nallow_private_targets = true\ntimeout_ms = 3000\npoll_interval_ms = 200\n{extra}\n"
+        "\n[webhooks]\nallow_private_targets = true\n{timeout}poll_interval_ms = 200\n{extra}\n"
     )
 }
 
@@ -611,6 +620,7 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
     redirecting.set_default(Reply {
         status: 302,
         headers: vec![("location".into(), target.url())],
+        delay: Duration::ZERO,
     });
     let (ep, _) = add_endpoint(&gw, &admin, &redirecting.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
@@ -854,6 +864,100 @@ async fn with_webhooks_disabled_events_queue_in_the_outbox() {
         .get(0);
     assert_eq!(undispatched, 2, "the events wait for a dispatcher");
     assert!(rx.hits().is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_instances_claim_is_taken_over_after_its_lease() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
+    let admin = admin_key(&gw, &db).await;
+    let rx = Receiver::start().await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
+    // A delivery claimed by an instance that died mid-attempt: due, but
+    // leased for another two seconds.
+    let c = db.client().await;
+    let event = gateway::store::webhooks::new_event_id();
+    c.execute(
+        "INSERT INTO webhook_events (id, type, payload, dispatched_at)
+         VALUES ($1, 'api_key.created', '{\"type\":\"api_key.created\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"data\":{\"id\":\"leased\"}}', now())",
+        &[&event],
+    )
+    .await
+    .expect("event");
+    let lease_until: i64 = c
+        .query_one(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, next_attempt_at, lease_until)
+             VALUES ($1, $2, $3, 'api_key.created', now(), now() + interval '2 seconds')
+             RETURNING floor(extract(epoch FROM lease_until))::int8",
+            &[&Uuid::now_v7(), &ep, &event],
+        )
+        .await
+        .expect("delivery")
+        .get(0);
+    let d = wait_delivery(&db, ep, "leased", |d| d["status"] == "succeeded").await;
+    assert_eq!(d["attempts"], 1);
+    let hits = rx.hits_for("leased");
+    assert_eq!(hits.len(), 1);
+    let at: i64 = hits[0]
+        .header("webhook-timestamp")
+        .parse()
+        .expect("timestamp");
+    assert!(
+        at >= lease_until,
+        "attempted at {at}, before the lease ran out at {lease_until}"
+    );
+    verify(&hits[0], &secret).expect("verifies");
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_starve_the_others() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(
+        &db,
+        opts(
+            upstream,
+            &webhooks_config(
+                "timeout_ms = 20000\nmax_in_flight = 2\nmax_in_flight_per_endpoint = 1",
+            ),
+        ),
+    )
+    .await;
+    let admin = admin_key(&gw, &db).await;
+    let slow = Receiver::start().await;
+    slow.set_default(Reply {
+        status: 200,
+        headers: Vec::new(),
+        delay: Duration::from_secs(4),
+    });
+    let fast = Receiver::start().await;
+    add_endpoint(&gw, &admin, &slow.url(), &["*"]).await;
+    add_endpoint(&gw, &admin, &fast.url(), &["*"]).await;
+    let ids: Vec<String> = (0..3)
+        .map(|_| gw.create_key_unseen("read:echo", &[]).0)
+        .collect();
+    // The slow endpoint holds one of the two slots at a time; the fast one
+    // gets every event through the other while the slow one is still on
+    // its first.
+    let slow_hits = std::cell::Cell::new(usize::MAX);
+    let all_fast = eventually(WAIT, || async {
+        // Read first: a slow hit counted before the fast check cannot be
+        // one that started after it.
+        slow_hits.set(slow.hits().len());
+        ids.iter().all(|id| !fast.hits_for(id).is_empty())
+    })
+    .await;
+    assert!(
+        all_fast,
+        "the fast endpoint was starved; log:\n{}",
+        gw.logs()
+    );
+    let slow_hits = slow_hits.get();
+    assert!(
+        slow_hits <= 1,
+        "the slow endpoint took more than its cap: {slow_hits}"
+    );
 }
 
 async fn count(c: &tokio_postgres::Client) -> i64 {
