@@ -3,9 +3,9 @@
 //! verifies them; filters, retries, disabling, redirects, rotation grace,
 //! durability across a restart, two instances, and the guard at connect.
 //!
-//! Endpoints are inserted by SQL with a secret sealed by `SecretBox`, so
-//! these tests exercise the dispatcher without the admin API's webhook
-//! endpoints.
+//! Endpoints are created and re-enabled through the admin API; only the
+//! guard-at-connect test writes its endpoints straight into the table,
+//! since creation refuses them.
 
 mod common;
 
@@ -50,12 +50,15 @@ impl Hit {
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    /// Held this long before answering (a slow receiver).
+    delay: Duration,
 }
 
 fn reply(status: u16) -> Reply {
     Reply {
         status,
         headers: Vec::new(),
+        delay: Duration::ZERO,
     }
 }
 
@@ -123,6 +126,7 @@ impl Receiver {
                                     .or_else(|| s.default.clone())
                                     .unwrap_or_else(|| reply(200))
                             };
+                            tokio::time::sleep(r.delay).await;
                             let mut resp = hyper::Response::new(Full::new(Bytes::from("ok")));
                             *resp.status_mut() =
                                 hyper::StatusCode::from_u16(r.status).expect("status");
@@ -181,8 +185,13 @@ impl Receiver {
 /// The `[webhooks]` section of the tests: loopback receivers allowed,
 /// a short retry schedule and poll.
 fn webhooks_config(extra: &str) -> String {
+    let timeout = if extra.contains("timeout_ms") {
+        ""
+    } else {
+        "timeout_ms = 3000\n"
+    };
     format!(
-        "\n[webhooks]\nallow_private_targets = true\ntimeout_ms = 3000\npoll_interval_ms = 200\n{extra}\n"
+        "\n[webhooks]\nallow_private_targets = true\n{timeout}poll_interval_ms = 200\n{extra}\n"
     )
 }
 
@@ -192,8 +201,27 @@ fn opts(upstream: SocketAddr, webhooks: &str) -> Opts {
     Opts::new(routes)
 }
 
-/// Inserts an endpoint (as the admin API would store it) and returns its id.
-async fn add_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> Uuid {
+/// Creates an endpoint through the admin API: (id, secret).
+async fn add_endpoint(gw: &Gateway, admin: &str, url: &str, events: &[&str]) -> (Uuid, String) {
+    let (status, body) = api(
+        gw,
+        Method::POST,
+        "/api/v1/webhooks",
+        admin,
+        Some(json!({"url": url, "events": events})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    (id, body["secret"].as_str().expect("secret").to_string())
+}
+
+/// Inserts an endpoint as the admin API would store it, bypassing its
+/// create-time guard, and returns its id.
+async fn insert_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> Uuid {
     let sealed = SecretBox::new(PEPPER).seal(secret);
     let id = Uuid::now_v7();
     let events: Vec<String> = events.iter().map(|s| s.to_string()).collect();
@@ -206,6 +234,27 @@ async fn add_endpoint(db: &TestDb, url: &str, events: &[&str], secret: &str) -> 
         .await
         .expect("insert endpoint");
     id
+}
+
+/// Creates an admin key and waits until its own `api_key.created` event
+/// is fanned out (to no endpoint yet), so it never reaches a receiver.
+async fn admin_key(gw: &Gateway, db: &TestDb) -> String {
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    let settled = eventually(WAIT, || async {
+        db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM webhook_events WHERE dispatched_at IS NULL",
+                &[],
+            )
+            .await
+            .expect("outbox")
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    assert!(settled, "the admin key's event was never dispatched");
+    admin
 }
 
 /// Verifies `hit` with the official library; Ok(payload) or Err(reason).
@@ -301,13 +350,13 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
-    let (_, admin) = gw.create_key("admin", &[]).await;
+    let admin = admin_key(&gw, &db).await;
 
     let all = Receiver::start().await;
     let revoked_only = Receiver::start().await;
-    let secret = secret::generate();
-    let ep_all = add_endpoint(&db, &all.url(), &["api_key.*"], &secret).await;
-    let ep_revoked = add_endpoint(&db, &revoked_only.url(), &["api_key.revoked"], &secret).await;
+    let (ep_all, secret) = add_endpoint(&gw, &admin, &all.url(), &["api_key.*"]).await;
+    let (ep_revoked, revoked_secret) =
+        add_endpoint(&gw, &admin, &revoked_only.url(), &["api_key.revoked"]).await;
 
     // Through the admin API.
     let (status, created) = api(
@@ -418,7 +467,11 @@ async fn key_changes_from_the_api_and_the_cli_reach_subscribers_signed() {
     let hit = &revoked_only.hits_for(&api_id)[0];
     assert_eq!(hit.json()["type"], "api_key.revoked");
     assert_eq!(hit.json()["data"]["status"], "revoked");
-    verify(hit, &secret).expect("verifies");
+    verify(hit, &revoked_secret).expect("verifies");
+    assert!(
+        verify(hit, &secret).is_err(),
+        "each endpoint has its own secret"
+    );
     let d = wait_delivery(&db, ep_all, &api_id, |d| d["status"] == "succeeded").await;
     assert_eq!(d["attempts"], 1);
 }
@@ -437,10 +490,10 @@ async fn a_failing_receiver_gets_retries_with_the_same_id() {
         ),
     )
     .await;
+    let admin = admin_key(&gw, &db).await;
     let rx = Receiver::start().await;
     rx.script(vec![reply(500), reply(500)]);
-    let secret = secret::generate();
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &secret).await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
 
     let d = wait_delivery(&db, ep, &id, |d| d["status"] == "succeeded").await;
@@ -482,16 +535,20 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
         ),
     )
     .await;
-    let secret = secret::generate();
+    let admin = admin_key(&gw, &db).await;
 
     // 410: disabled at once, after one attempt.
     let gone = Receiver::start().await;
     gone.set_default(reply(410));
-    let ep_gone = add_endpoint(&db, &gone.url(), &["api_key.created"], &secret).await;
+    let ep_gone = add_endpoint(&gw, &admin, &gone.url(), &["api_key.created"])
+        .await
+        .0;
     // 500s: disabled after three in a row.
     let failing = Receiver::start().await;
     failing.set_default(reply(500));
-    let ep_failing = add_endpoint(&db, &failing.url(), &["api_key.created"], &secret).await;
+    let ep_failing = add_endpoint(&gw, &admin, &failing.url(), &["api_key.created"])
+        .await
+        .0;
 
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let ok = eventually(WAIT, || async {
@@ -529,17 +586,17 @@ async fn gone_and_consecutive_failures_disable_and_reenabling_resumes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failing.hits().len(), 3, "no attempt while disabled");
 
-    // Re-enabled (as the admin API's PUT does): the pending ones go out.
+    // Re-enabled: the pending ones go out.
     failing.set_default(reply(204));
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET enabled = true, disabled_reason = NULL, consecutive_failures = 0
-             WHERE id = $1",
-            &[&ep_failing],
-        )
-        .await
-        .expect("re-enable");
+    let (status, body) = api(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/webhooks/{ep_failing}"),
+        &admin,
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     for key in [&id, &id2] {
         let d = wait_delivery(&db, ep_failing, key, |d| d["status"] == "succeeded").await;
         assert_eq!(d["response_status"], 204);
@@ -557,13 +614,15 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
         opts(upstream, &webhooks_config("retry_schedule_ms = [60000]")),
     )
     .await;
+    let admin = admin_key(&gw, &db).await;
     let target = Receiver::start().await;
     let redirecting = Receiver::start().await;
     redirecting.set_default(Reply {
         status: 302,
         headers: vec![("location".into(), target.url())],
+        delay: Duration::ZERO,
     });
-    let ep = add_endpoint(&db, &redirecting.url(), &["*"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&gw, &admin, &redirecting.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let d = wait_delivery(&db, ep, &id, |d| d["attempts"] == 1).await;
     assert_eq!(d["error"], "redirect");
@@ -578,19 +637,20 @@ async fn both_secrets_verify_during_a_rotation_grace() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
+    let admin = admin_key(&gw, &db).await;
     let rx = Receiver::start().await;
-    let (old, new) = (secret::generate(), secret::generate());
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &new).await;
-    let sealed_old = SecretBox::new(PEPPER).seal(&old);
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET previous_secret = $2, previous_secret_expires_at = now() + interval '1 hour'
-             WHERE id = $1",
-            &[&ep, &sealed_old],
-        )
-        .await
-        .expect("rotation");
+    let (ep, old) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
+    let (status, rotated) = api(
+        &gw,
+        Method::POST,
+        &format!("/api/v1/webhooks/{ep}/rotate-secret"),
+        &admin,
+        Some(json!({"grace_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().expect("secret").to_string();
+    assert_ne!(new, old);
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     assert!(eventually(WAIT, || async { !rx.hits_for(&id).is_empty() }).await);
     let hit = &rx.hits_for(&id)[0];
@@ -625,9 +685,9 @@ async fn an_event_survives_a_down_receiver_and_a_gateway_restart() {
     let cfg =
         webhooks_config("retry_schedule_ms = [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]");
     let gw = Gateway::start(&db, opts(upstream, &cfg)).await;
+    let admin = admin_key(&gw, &db).await;
     let down = dead_addr();
-    let secret = secret::generate();
-    let ep = add_endpoint(&db, &format!("http://{down}/hook"), &["*"], &secret).await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &format!("http://{down}/hook"), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     let d = wait_delivery(&db, ep, &id, |d| d["attempts"].as_i64() >= Some(1)).await;
     assert_eq!(d["error"], "connect");
@@ -650,8 +710,9 @@ async fn two_instances_deliver_every_event_exactly_once() {
     let cfg = webhooks_config("");
     let a = Gateway::start(&db, opts(upstream, &cfg)).await;
     let b = Gateway::start(&db, opts(upstream, &cfg)).await;
+    let admin = admin_key(&a, &db).await;
     let rx = Receiver::start().await;
-    let ep = add_endpoint(&db, &rx.url(), &["api_key.created"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&b, &admin, &rx.url(), &["api_key.created"]).await;
     const KEYS: usize = 12;
     let mut ids = Vec::new();
     for i in 0..KEYS {
@@ -703,7 +764,7 @@ async fn the_guard_refuses_private_targets_at_connect() {
         format!("http://[::ffff:127.0.0.1]:{port}/hook"),
         format!("http://2130706433:{port}/hook"),
     ] {
-        endpoints.push((add_endpoint(&db, &url, &["*"], &secret).await, url));
+        endpoints.push((insert_endpoint(&db, &url, &["*"], &secret).await, url));
     }
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     for (ep, url) in &endpoints {
@@ -739,8 +800,10 @@ async fn metrics_and_health_show_the_webhook_backlog() {
     assert_eq!(w["oldest_due_seconds"], Value::Null);
 
     // A disabled endpoint with a due delivery: the backlog shows, /health stays 200.
+    let admin = admin_key(&gw, &db).await;
+    let text = metrics(&gw).await;
     let rx = Receiver::start().await;
-    let ep = add_endpoint(&db, &rx.url(), &["*"], &secret::generate()).await;
+    let (ep, _) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     let (id, _) = gw.create_key_unseen("read:echo", &[]);
     wait_delivery(&db, ep, &id, |d| d["status"] == "succeeded").await;
     let after = metrics(&gw).await;
@@ -752,14 +815,15 @@ async fn metrics_and_health_show_the_webhook_backlog() {
         ),
         Some(1.0)
     );
-    db.client()
-        .await
-        .execute(
-            "UPDATE webhooks SET enabled = false, disabled_reason = 'manual' WHERE id = $1",
-            &[&ep],
-        )
-        .await
-        .expect("disable");
+    let (status, body) = api(
+        &gw,
+        Method::PUT,
+        &format!("/api/v1/webhooks/{ep}"),
+        &admin,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (id2, _) = gw.create_key_unseen("read:echo", &[]);
     assert!(
         eventually(WAIT, || async {
@@ -779,14 +843,15 @@ async fn with_webhooks_disabled_events_queue_in_the_outbox() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let gw = Gateway::start(&db, opts(upstream, &webhooks_config("enabled = false"))).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
     let rx = Receiver::start().await;
-    add_endpoint(&db, &rx.url(), &["*"], &secret::generate()).await;
+    add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
     gw.create_key_unseen("read:echo", &[]);
     let (status, _, health) = get(&gw.admin_url("/health"), None).await;
     assert_eq!(status, 200);
     let w = &health["checks"]["webhooks"];
     assert_eq!(w["dispatcher"], "disabled", "{health}");
-    assert_eq!(w["outbox_backlog"], 1, "{health}");
+    assert_eq!(w["outbox_backlog"], 2, "{health}");
     let undispatched: i64 = db
         .client()
         .await
@@ -797,8 +862,102 @@ async fn with_webhooks_disabled_events_queue_in_the_outbox() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(undispatched, 1, "the event waits for a dispatcher");
+    assert_eq!(undispatched, 2, "the events wait for a dispatcher");
     assert!(rx.hits().is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_instances_claim_is_taken_over_after_its_lease() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, opts(upstream, &webhooks_config(""))).await;
+    let admin = admin_key(&gw, &db).await;
+    let rx = Receiver::start().await;
+    let (ep, secret) = add_endpoint(&gw, &admin, &rx.url(), &["*"]).await;
+    // A delivery claimed by an instance that died mid-attempt: due, but
+    // leased for another two seconds.
+    let c = db.client().await;
+    let event = gateway::store::webhooks::new_event_id();
+    c.execute(
+        "INSERT INTO webhook_events (id, type, payload, dispatched_at)
+         VALUES ($1, 'api_key.created', '{\"type\":\"api_key.created\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"data\":{\"id\":\"leased\"}}', now())",
+        &[&event],
+    )
+    .await
+    .expect("event");
+    let lease_until: i64 = c
+        .query_one(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, next_attempt_at, lease_until)
+             VALUES ($1, $2, $3, 'api_key.created', now(), now() + interval '2 seconds')
+             RETURNING floor(extract(epoch FROM lease_until))::int8",
+            &[&Uuid::now_v7(), &ep, &event],
+        )
+        .await
+        .expect("delivery")
+        .get(0);
+    let d = wait_delivery(&db, ep, "leased", |d| d["status"] == "succeeded").await;
+    assert_eq!(d["attempts"], 1);
+    let hits = rx.hits_for("leased");
+    assert_eq!(hits.len(), 1);
+    let at: i64 = hits[0]
+        .header("webhook-timestamp")
+        .parse()
+        .expect("timestamp");
+    assert!(
+        at >= lease_until,
+        "attempted at {at}, before the lease ran out at {lease_until}"
+    );
+    verify(&hits[0], &secret).expect("verifies");
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_starve_the_others() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(
+        &db,
+        opts(
+            upstream,
+            &webhooks_config(
+                "timeout_ms = 20000\nmax_in_flight = 2\nmax_in_flight_per_endpoint = 1",
+            ),
+        ),
+    )
+    .await;
+    let admin = admin_key(&gw, &db).await;
+    let slow = Receiver::start().await;
+    slow.set_default(Reply {
+        status: 200,
+        headers: Vec::new(),
+        delay: Duration::from_secs(4),
+    });
+    let fast = Receiver::start().await;
+    add_endpoint(&gw, &admin, &slow.url(), &["*"]).await;
+    add_endpoint(&gw, &admin, &fast.url(), &["*"]).await;
+    let ids: Vec<String> = (0..3)
+        .map(|_| gw.create_key_unseen("read:echo", &[]).0)
+        .collect();
+    // The slow endpoint holds one of the two slots at a time; the fast one
+    // gets every event through the other while the slow one is still on
+    // its first.
+    let slow_hits = std::cell::Cell::new(usize::MAX);
+    let all_fast = eventually(WAIT, || async {
+        // Read first: a slow hit counted before the fast check cannot be
+        // one that started after it.
+        slow_hits.set(slow.hits().len());
+        ids.iter().all(|id| !fast.hits_for(id).is_empty())
+    })
+    .await;
+    assert!(
+        all_fast,
+        "the fast endpoint was starved; log:\n{}",
+        gw.logs()
+    );
+    let slow_hits = slow_hits.get();
+    assert!(
+        slow_hits <= 1,
+        "the slow endpoint took more than its cap: {slow_hits}"
+    );
 }
 
 async fn count(c: &tokio_postgres::Client) -> i64 {
