@@ -191,12 +191,31 @@ async fn main() {
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1);
+    // Attempts recorded against deliveries: more than one per delivery with
+    // every receiver answering 204 means a delivery was claimed twice.
+    let recorded: (i64, i64) = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM webhook_attempts), (SELECT count(*) FROM webhook_deliveries)",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((-1, -1));
 
     println!(
         "webhooks bench ({} mode)",
         if full { "full" } else { "smoke" }
     );
-    println!("gateway metrics: {outcomes:?}; deliveries with more than one attempt: {retried}");
+    let logs = gw.logs();
+    let unrecorded = logs.matches("attempt not recorded").count();
+    println!(
+        "gateway metrics: {outcomes:?}; deliveries with more than one attempt: {retried}; \
+         attempt rows / delivery rows: {} / {}; 'attempt not recorded' warnings: {unrecorded}",
+        recorded.0, recorded.1
+    );
+    if let Some(line) = logs.lines().find(|l| l.contains("attempt not recorded")) {
+        println!("first such warning: {line}");
+    }
     println!(
         "commit → first attempt, {} events one at a time: p50 {}, p99 {}, max {} (budget < 1 s: {})",
         plan.samples,
