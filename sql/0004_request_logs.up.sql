@@ -35,8 +35,10 @@ CREATE INDEX request_logs_ts ON request_logs (ts DESC, id DESC);
 CREATE INDEX request_logs_key ON request_logs (key_id, ts DESC, id DESC);
 
 -- Creates the partition holding `day` (UTC) if it is missing and returns
--- its name. Serialised by an advisory lock, so instances racing to create
--- the same partition never fail.
+-- its name. Instances racing to create the same partition never fail: the
+-- advisory lock serialises them, and since taking an advisory lock does not
+-- refresh a session's catalog cache, a creation that still finds the table
+-- already made by the other session counts as done.
 CREATE FUNCTION request_logs_ensure_partition(day date) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -44,11 +46,15 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('request_logs_ensure_partition'));
     IF to_regclass(part) IS NULL THEN
-        EXECUTE format(
-            'CREATE TABLE %I PARTITION OF request_logs FOR VALUES FROM (%L) TO (%L)',
-            part,
-            (day::timestamp AT TIME ZONE 'UTC'),
-            ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+        BEGIN
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF request_logs FOR VALUES FROM (%L) TO (%L)',
+                part,
+                (day::timestamp AT TIME ZONE 'UTC'),
+                ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+        EXCEPTION WHEN duplicate_table OR unique_violation THEN
+            NULL;
+        END;
     END IF;
     RETURN part;
 END;

@@ -217,7 +217,8 @@ async fn housekeeping_drops_old_partitions_and_rollups_and_creates_the_next_days
             r#"gateway_housekeeping_runs_total{job="request_log_retention",outcome="ok"}"#
         )
         .is_some_and(|n| n >= 1.0),
-        "{m}"
+        "{m}\nlog:\n{}",
+        gw.logs()
     );
     assert!(
         !gw.logs().contains("housekeeping job failed"),
