@@ -785,6 +785,7 @@ async fn metrics_and_health_show_the_webhook_backlog() {
         "gateway_webhook_pending",
         "gateway_webhook_deliveries_total{outcome=\"success\"}",
         "gateway_webhook_deliveries_total{outcome=\"http_status\"}",
+        "gateway_webhook_delivery_seconds_count",
     ] {
         assert_eq!(
             sample(&text, series),

@@ -326,8 +326,10 @@ pub async fn record_attempt(
     let tx = client.transaction().await?;
     let status = a.response_status.map(|s| s as i16);
     tx.execute(
+        // Nothing when the endpoint (and so the delivery) was deleted
+        // while the attempt was in flight.
         "INSERT INTO webhook_attempts (delivery_id, at, response_status, error, duration_ms)
-         VALUES ($1, $2, $3, $4, $5)",
+         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)",
         &[&a.delivery_id, &a.at, &status, &a.error, &a.duration_ms],
     )
     .await?;
