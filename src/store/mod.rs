@@ -9,8 +9,8 @@ pub mod expiry;
 pub mod keys;
 pub mod migrations;
 pub mod request_log_writer;
-pub mod request_stats;
 pub mod request_logs;
+pub mod request_stats;
 pub mod webhook_admin;
 pub mod webhooks;
 
