@@ -30,6 +30,7 @@ pub mod demo;
 pub mod errors;
 pub mod http_path;
 pub mod identity;
+pub mod jwt;
 pub mod keys;
 pub mod limits;
 pub mod proxy;

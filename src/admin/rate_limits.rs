@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::input::Body;
 use super::keys::{key_id, until_visible};
 use super::{db, json, AdminState, Caller};
-use crate::config::{AuthMode, Limits};
+use crate::config::Limits;
 use crate::limits::{Decision, Mode, Tier, TierState};
 use crate::route::Route;
 use crate::service::keys::KeyUpdate;
@@ -64,7 +64,7 @@ pub async fn get_rate_limit_status(
     // One table for the whole answer, even if a reload swaps it meanwhile.
     let table = s.routes.load_full();
     for r in table.iter() {
-        if r.auth != AuthMode::Required {
+        if !r.auth.needs_credential() {
             continue;
         }
         let tiers = policy.route_tiers(key, r);

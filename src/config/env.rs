@@ -18,7 +18,7 @@ pub(super) fn apply_env(
     let mut sections: Vec<&str> = SECTIONS
         .iter()
         .copied()
-        .filter(|s| *s != "upstreams" && *s != "routes")
+        .filter(|s| !ARRAY_SECTIONS.contains(s))
         .collect();
     sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut vars: Vec<(String, String)> = env.into_iter().collect();
@@ -68,6 +68,9 @@ pub(super) fn apply_env(
 /// decide, so a secret that happens to read as a number, a boolean or a
 /// date (`GATEWAY_KEYS_PEPPER=1234…`) is never turned into one. A key the
 /// section does not have counts as a string; it is reported as unknown.
+/// Sections made of arrays of tables, which env variables cannot address.
+const ARRAY_SECTIONS: &[&str] = &["upstreams", "routes", "jwt"];
+
 fn takes_string(section: &str, key: &str, raw: &str) -> bool {
     fn fits<T: serde::de::DeserializeOwned>(t: toml::Table) -> bool {
         t.try_into::<T>().is_ok()
@@ -184,7 +187,7 @@ mod tests {
         // types from the value; an unknown key of a known section is a string.
         for section in SECTIONS
             .iter()
-            .filter(|s| !["upstreams", "routes"].contains(s))
+            .filter(|s| !super::ARRAY_SECTIONS.contains(s))
         {
             assert!(takes_string(section, "no_such_key", "1"), "{section}");
         }

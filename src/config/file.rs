@@ -123,6 +123,26 @@ pub struct Webhooks {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct Jwt {
+    pub issuers: Option<Vec<JwtIssuer>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct JwtIssuer {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub hs256_secret: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub scopes_claim: Option<String>,
+    pub leeway_seconds: Option<u64>,
+    pub rate_limits: Option<Limits>,
+    pub forward_token: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct Housekeeping {
     pub interval_ms: Option<u64>,
 }

@@ -20,6 +20,7 @@ mod admin;
 mod database;
 mod env;
 pub mod file;
+mod jwt;
 mod keys;
 mod log;
 mod proxy;
@@ -38,6 +39,7 @@ use std::path::Path;
 
 pub use self::admin::DEFAULT_ADMIN_LISTEN;
 pub use self::database::{DatabaseConfig, DEFAULT_DATABASE_URL};
+pub use self::jwt::{IssuerConfig, JwtConfig, KeySource};
 pub use self::keys::{
     KeysConfig, DEFAULT_KEY_PREFIX, DEFAULT_MISS_LOOKUPS_PER_SECOND, MAX_MISS_LOOKUPS_PER_SECOND,
     MIN_PEPPER_LEN,
@@ -59,6 +61,7 @@ pub use self::webhooks::{HousekeepingConfig, WebhookConfig, DEFAULT_RETRY_SCHEDU
 use self::admin::build_admin;
 use self::database::build_database;
 use self::env::apply_env;
+use self::jwt::build_jwt;
 use self::keys::build_keys;
 use self::log::build_log;
 use self::proxy::build_proxy;
@@ -135,6 +138,7 @@ pub struct Config {
     pub request_logs: RequestLogConfig,
     pub webhooks: WebhookConfig,
     pub housekeeping: HousekeepingConfig,
+    pub jwt: JwtConfig,
 }
 
 /// Which parts of the configuration a command needs. `gateway migrate` must
@@ -162,6 +166,7 @@ const SECTIONS: &[&str] = &[
     "request_logs",
     "webhooks",
     "housekeeping",
+    "jwt",
 ];
 
 impl Config {
@@ -245,6 +250,7 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let webhooks: Option<file::Webhooks> = section(doc.remove("webhooks"), "webhooks", errs);
     let housekeeping: Option<file::Housekeeping> =
         section(doc.remove("housekeeping"), "housekeeping", errs);
+    let jwt: Option<file::Jwt> = section(doc.remove("jwt"), "jwt", errs);
 
     let proxy = proxy.map(|p| build_proxy(p, errs));
     let admin_listen = admin.map(|a| build_admin(a, errs));
@@ -256,6 +262,7 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
     let request_logs = request_logs.map(|r| build_request_logs(r, errs));
     let webhooks = webhooks.map(|w| build_webhooks(w, errs));
     let housekeeping = housekeeping.map(|h| build_housekeeping(h, errs));
+    let jwt = jwt.map(|j| build_jwt(j, errs));
 
     // Routes are checked against every upstream the file declares, so an
     // upstream with a bad target does not also make its routes "dangling".
@@ -339,6 +346,7 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         request_logs: request_logs?,
         webhooks: webhooks?,
         housekeeping: housekeeping?,
+        jwt: jwt?,
     })
 }
 

@@ -11,8 +11,21 @@ use crate::keys::scope::Scope;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
+    /// A gateway key or a JWT from a configured issuer.
     Required,
+    /// Only a gateway key.
+    ApiKey,
+    /// Only a JWT from a configured issuer.
+    Jwt,
+    /// No credential; callers are limited per client IP.
     None,
+}
+
+impl AuthMode {
+    /// Whether the route needs some credential.
+    pub fn needs_credential(self) -> bool {
+        self != AuthMode::None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -119,11 +132,13 @@ pub(super) fn build_route(
     };
     let auth = match r.auth.as_deref() {
         None | Some("required") => AuthMode::Required,
+        Some("api_key") => AuthMode::ApiKey,
+        Some("jwt") => AuthMode::Jwt,
         Some("none") => AuthMode::None,
         Some(other) => {
             errs.push(
                 format!("{path}.auth"),
-                format!("must be \"required\" or \"none\", got {other:?}"),
+                format!("must be \"required\", \"api_key\", \"jwt\" or \"none\", got {other:?}"),
             );
             AuthMode::Required
         }

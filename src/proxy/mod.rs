@@ -28,7 +28,7 @@ use pingora::{ErrorSource, ErrorType};
 use self::errors::{write_error, ProxyError};
 use self::log_limit::WarnLimiter;
 use self::routing::normalize_host;
-use crate::config::{AuthMode, Config};
+use crate::config::Config;
 use crate::http_path;
 use crate::identity::{self, bearer_token, client_ip, Authenticator};
 use crate::keys::format::KeyHasher;
@@ -318,7 +318,7 @@ impl ProxyHttp for GatewayProxy {
         let req = session.req_header();
         ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
         let client = self.limiter.client(ctx.client_ip);
-        if route.auth == AuthMode::Required {
+        if route.auth.needs_credential() {
             if let Some(d) = self.limiter.guard_blocked(&client) {
                 return self.deny_limited(session, ctx, &d).await;
             }
@@ -397,7 +397,7 @@ impl ProxyHttp for GatewayProxy {
         let auth_required = ctx
             .route
             .as_ref()
-            .is_some_and(|r| r.auth == AuthMode::Required);
+            .is_some_and(|r| r.auth.needs_credential());
         let carries_gateway_key = || {
             upstream
                 .headers
