@@ -159,6 +159,15 @@ fn dashboard_exprs() -> Vec<(String, String)> {
             }
         }
     }
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for want in ["datasource", "instance", "route"] {
+        assert!(vars.contains(&want), "no ${want} variable: {vars:?}");
+    }
     for v in dash["templating"]["list"].as_array().expect("templating") {
         if v["type"] != "query" {
             continue;
@@ -372,6 +381,26 @@ impl Prometheus {
         data["result"][0]["value"][1].as_str()?.parse().ok()
     }
 
+    /// (name, health, last error) of every loaded rule.
+    async fn rule_health(&self) -> Vec<(String, String, String)> {
+        let Ok(resp) = http()
+            .get(format!("{}/api/v1/rules", self.url))
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let body: Value = resp.json().await.unwrap_or_default();
+        let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+        body["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| (text(&r["name"]), text(&r["health"]), text(&r["lastError"])))
+            .collect()
+    }
+
     async fn metric_names(&self) -> HashSet<String> {
         let body: Value = http()
             .get(format!("{}/api/v1/label/__name__/values", self.url))
@@ -494,6 +523,24 @@ async fn every_alert_and_dashboard_expression_evaluates_on_a_real_scrape() {
         scraped,
         "prometheus did not scrape the gateway twice; its log:\n{}",
         prom.logs()
+    );
+
+    // The rules loaded from deploy/prometheus/alerts.yml evaluate cleanly in
+    // Prometheus itself (health "ok" once each group has run).
+    let deadline = std::time::Instant::now() + WAIT;
+    let health = loop {
+        let health = prom.rule_health().await;
+        let done = health.len() == rules().len() && health.iter().all(|(_, h, _)| h != "unknown");
+        if done || std::time::Instant::now() >= deadline {
+            assert!(done, "rules not all loaded and evaluated: {health:?}");
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let unhealthy: Vec<_> = health.iter().filter(|(_, h, _)| h != "ok").collect();
+    assert!(
+        unhealthy.is_empty(),
+        "rules failing in Prometheus: {unhealthy:?}"
     );
 
     let scraped_names = prom.metric_names().await;
