@@ -587,3 +587,34 @@ async fn every_alert_and_dashboard_expression_evaluates_on_a_real_scrape() {
         failures.join("\n")
     );
 }
+
+/// `gateway_database_up`, which `GatewayDatabaseDown` reads, follows
+/// Postgres at every scrape; the webhook backlog age the backlog alert
+/// reads is exported from start-up.
+#[tokio::test]
+async fn database_up_follows_postgres_at_every_scrape() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let gw = Gateway::start(&db, Opts::new(default_routes(upstream))).await;
+
+    let text = metrics(&gw).await;
+    assert_eq!(sample(&text, "gateway_database_up"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "gateway_webhook_oldest_due_seconds"),
+        Some(0.0),
+        "{text}"
+    );
+
+    db.cut_off(0).await;
+    let down = eventually(WAIT, || async {
+        sample(&metrics(&gw).await, "gateway_database_up") == Some(0.0)
+    })
+    .await;
+    db.restore().await;
+    assert!(down, "gateway_database_up stayed 1 with Postgres cut off");
+    let up = eventually(WAIT, || async {
+        sample(&metrics(&gw).await, "gateway_database_up") == Some(1.0)
+    })
+    .await;
+    assert!(up, "gateway_database_up did not return to 1");
+}
