@@ -20,6 +20,39 @@ use crate::service::miss::MissLookups;
 
 /// The answer to any key that is not one of ours, whatever the reason, so a
 /// caller learns nothing about why.
+/// `reason` labels of `gateway_auth_failures_total` (and of
+/// `gateway_admin_auth_failures_total`, with [`auth_reason::ADMIN_ONLY`]).
+/// The call sites use these constants and boot registration uses `ALL`,
+/// so the two cannot drift; a new reason goes in here.
+pub mod auth_reason {
+    pub const MISSING: &str = "missing";
+    pub const MALFORMED: &str = "malformed";
+    pub const BAD_CHECKSUM: &str = "bad_checksum";
+    pub const UNKNOWN: &str = "unknown";
+    pub const EXPIRED: &str = "expired";
+    pub const REVOKED: &str = "revoked";
+    pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
+    /// Admin only: the brute-force guard refused the caller.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Every reason the proxy counts.
+    pub const ALL: &[&str] = &[
+        MISSING,
+        MALFORMED,
+        BAD_CHECKSUM,
+        UNKNOWN,
+        EXPIRED,
+        REVOKED,
+        INSUFFICIENT_SCOPE,
+    ];
+    /// Reasons only the admin API counts, on top of [`ALL`].
+    pub const ADMIN_ONLY: &[&str] = &[RATE_LIMITED];
+}
+
+/// Registers the metrics of this module at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    metrics::counter!("gateway_forwarded_for_unparseable_total").absolute(0);
+}
+
 const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
 /// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -81,8 +114,13 @@ impl Authenticator {
     fn check_snapshot(&self, req: &RequestHeader) -> SnapshotAnswer<'_> {
         let presented = match credential(req) {
             Ok(Some(k)) => k,
-            Ok(None) => return SnapshotAnswer::Answer(Err(("missing", ProxyError::MissingApiKey))),
-            Err(e) => return SnapshotAnswer::Answer(Err(("malformed", e))),
+            Ok(None) => {
+                return SnapshotAnswer::Answer(Err((
+                    auth_reason::MISSING,
+                    ProxyError::MissingApiKey,
+                )))
+            }
+            Err(e) => return SnapshotAnswer::Answer(Err((auth_reason::MALFORMED, e))),
         };
         if let Err(e) = format::verify(presented, &self.key_prefix) {
             return SnapshotAnswer::Answer(Err((e.reason(), INVALID_KEY)));
@@ -107,9 +145,9 @@ fn rejection(
     found: Result<Authenticated, Rejection>,
 ) -> Result<Authenticated, (&'static str, ProxyError)> {
     found.map_err(|r| match r {
-        Rejection::Unknown => ("unknown", INVALID_KEY),
-        Rejection::Expired => ("expired", ProxyError::ExpiredApiKey),
-        Rejection::Revoked => ("revoked", ProxyError::RevokedApiKey),
+        Rejection::Unknown => (auth_reason::UNKNOWN, INVALID_KEY),
+        Rejection::Expired => (auth_reason::EXPIRED, ProxyError::ExpiredApiKey),
+        Rejection::Revoked => (auth_reason::REVOKED, ProxyError::RevokedApiKey),
     })
 }
 

@@ -76,7 +76,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let misses = Arc::new(MissLookups::new(
         keys.clone(),
         cfg.keys.miss_lookups_per_second,
-        Some(lookup_pool),
+        Some(lookup_pool.clone()),
     ));
 
     let listener = server.add_service(background_service(
@@ -87,10 +87,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         last_used::channel(pool.clone(), keys.clone(), cfg.keys.last_used_flush);
     let drained = flusher.drained.clone();
     server.add_service(background_service("last-used flusher", flusher));
-    server.add_service(background_service(
-        "metrics upkeep",
-        telemetry::MetricsUpkeep(prometheus.clone()),
-    ));
     let limits = server.add_service(background_service(
         "rate limits",
         LimitsService::new(limiter.clone()),
@@ -153,6 +149,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.keys.purge_expired_after_days,
             cfg.keys.pepper.expose(),
         ));
+    housekeeping.register_metrics();
     server.add_service(background_service("housekeeping", housekeeping));
 
     // The admin API's `/test` and `/retry` attempt through the same handle
@@ -162,15 +159,28 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         pool_size: crate::webhooks::dispatcher::POOL_SIZE,
         ..cfg.database.clone()
     })?;
-    let webhooks =
-        Dispatch::with_pool(cfg.webhooks.clone(), cfg.keys.pepper.expose(), webhook_pool);
-    crate::webhooks::dispatcher::export_metrics();
+    let webhooks = Dispatch::with_pool(
+        cfg.webhooks.clone(),
+        cfg.keys.pepper.expose(),
+        webhook_pool.clone(),
+    );
     if cfg.webhooks.enabled {
         server.add_service(background_service(
             "webhook dispatcher",
             Dispatcher::new(webhooks.clone(), cfg.database.clone()),
         ));
     }
+
+    // Every metric at zero from start-up; the pools' and the process's
+    // gauges get their first sample now, then every few seconds.
+    telemetry::register_at_boot(&cfg, &routes.load());
+    server.add_service(background_service(
+        "metrics upkeep",
+        telemetry::MetricsUpkeep::new(prometheus.clone())
+            .with_pool("main", pool.clone())
+            .with_pool("key_lookups", lookup_pool.clone())
+            .with_pool("webhooks", webhook_pool),
+    ));
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));

@@ -1,16 +1,28 @@
 //! Logs and metrics set-up. Logs are structured JSON via `tracing` (Pingora's
 //! own `log` records are bridged in); metrics go to a Prometheus recorder
 //! that the admin listener renders on `/metrics`.
+//!
+//! Every metric is in `/metrics` from start-up, at zero: the exporter
+//! renders a series only once it was registered, and an alert on the rate
+//! of a series that does not exist yet never fires. [`register_at_boot`]
+//! is the one list of registrations; each module registers its own
+//! metrics, with the label values its call sites use (from one constant
+//! list per label), in a `register_metrics` function. A module that adds a
+//! metric registers it there and adds its function to the list.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use metrics::Gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
+use crate::route::RouteTable;
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to slow upstreams.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -52,18 +64,138 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             BATCH_SIZE_BUCKETS,
         )?
         .install_recorder()?;
+    let _ = STARTED.set(Instant::now());
     describe();
     Ok(handle)
 }
 
-/// How often histogram samples are folded into their buckets.
+/// When the metrics were installed, i.e. about when the process started.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Seconds since [`install_metrics`] (0 if it was not called). A snapshot
+/// age that is "never" is reported as this, so a staleness alert fires
+/// for an instance that never loaded its keys.
+pub fn uptime_seconds() -> f64 {
+    STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64())
+}
+
+/// Registers, at zero, every metric the gateway exports whose label values
+/// are known at start: per configured route and upstream, per reason,
+/// tier, outcome… (see the module doc). Call after [`install_metrics`].
+pub fn register_at_boot(cfg: &Config, routes: &RouteTable) {
+    crate::identity::register_metrics();
+    crate::admin::register_metrics();
+    crate::limits::register_metrics();
+    crate::service::listener::register_metrics();
+    crate::service::last_used::register_metrics();
+    crate::service::miss::register_metrics();
+    crate::service::expiry::register_metrics();
+    crate::reqlog::capture::register_metrics();
+    crate::reqlog::writer::register_metrics();
+    crate::reqlog::retention::register_metrics();
+    crate::reqlog::rollup::register_metrics();
+    crate::webhooks::dispatcher::export_metrics();
+
+    // Proxy: per route (and for requests that matched none), through the
+    // handles the proxy records into.
+    use crate::identity::auth_reason;
+    use crate::route::metrics::no_route;
+    for reason in auth_reason::ALL {
+        metrics::counter!("gateway_auth_failures_total", "reason" => *reason).absolute(0);
+    }
+    no_route().register();
+    for route in routes.iter() {
+        route.metrics.register();
+        for tier in crate::limits::TIER_NAMES.iter().flatten() {
+            metrics::counter!("gateway_rate_limited_total", "tier" => *tier, "route" => route.name.to_string())
+                .absolute(0);
+        }
+    }
+    for upstream in &cfg.upstreams {
+        metrics::counter!("gateway_upstream_marked_down_total", "upstream" => upstream.name.to_string())
+            .absolute(0);
+    }
+}
+
+/// How often histogram samples are folded into their buckets, and the DB
+/// pools and the process sampled.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Folds recorded histogram samples into buckets every few seconds. The
-/// recorder queues every sample until then; without upkeep that queue is
-/// drained only by a `/metrics` scrape, so an instance nobody scrapes would
-/// grow by every request's samples, and pushes slow down as it grows.
-pub struct MetricsUpkeep(pub PrometheusHandle);
+/// The `gateway_db_pool_*` gauges of one connection pool.
+struct PoolGauges {
+    pool: Pool,
+    max_size: Gauge,
+    size: Gauge,
+    in_use: Gauge,
+    waiting: Gauge,
+}
+
+impl PoolGauges {
+    fn new(name: &'static str, pool: Pool) -> Self {
+        Self {
+            pool,
+            max_size: metrics::gauge!("gateway_db_pool_max_size", "pool" => name),
+            size: metrics::gauge!("gateway_db_pool_size", "pool" => name),
+            in_use: metrics::gauge!("gateway_db_pool_in_use", "pool" => name),
+            waiting: metrics::gauge!("gateway_db_pool_waiting", "pool" => name),
+        }
+    }
+
+    /// `Pool::status` only reads counters under a short lock: no I/O.
+    fn sample(&self) {
+        let s = self.pool.status();
+        self.max_size.set(s.max_size as f64);
+        self.size.set(s.size as f64);
+        self.in_use.set(s.size.saturating_sub(s.available) as f64);
+        self.waiting.set(s.waiting as f64);
+    }
+}
+
+/// Every few seconds: folds recorded histogram samples into buckets, and
+/// samples the DB pools and the process (CPU, memory, fds).
+///
+/// The recorder queues every histogram sample until upkeep; without it
+/// that queue is drained only by a `/metrics` scrape, so an instance nobody
+/// scrapes would grow by every request's samples, and pushes slow down as
+/// it grows. Pools and process are sampled here rather than per request
+/// or per checkout: nothing on the hot path pays for them.
+pub struct MetricsUpkeep {
+    handle: PrometheusHandle,
+    pools: Vec<PoolGauges>,
+    process: metrics_process::Collector,
+}
+
+impl MetricsUpkeep {
+    /// Takes a first sample at once, so the gauges are in `/metrics` from
+    /// start-up, before the service's first tick.
+    pub fn new(handle: PrometheusHandle) -> Self {
+        let process = metrics_process::Collector::default();
+        process.describe();
+        let upkeep = Self {
+            handle,
+            pools: Vec::new(),
+            process,
+        };
+        upkeep.process.collect();
+        upkeep
+    }
+
+    /// Adds a connection pool, exported as `gateway_db_pool_*{pool=name}`.
+    pub fn with_pool(mut self, name: &'static str, pool: Pool) -> Self {
+        let gauges = PoolGauges::new(name, pool);
+        gauges.sample();
+        self.pools.push(gauges);
+        self
+    }
+
+    fn run(&self) {
+        self.handle.run_upkeep();
+        for p in &self.pools {
+            p.sample();
+        }
+        self.process.collect();
+    }
+}
 
 #[async_trait]
 impl BackgroundService for MetricsUpkeep {
@@ -72,7 +204,7 @@ impl BackgroundService for MetricsUpkeep {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.0.run_upkeep(),
+                _ = tick.tick() => self.run(),
                 _ = shutdown.changed() => return,
             }
         }
@@ -227,6 +359,22 @@ fn describe() {
     describe_gauge!(
         "gateway_webhook_pending",
         "Webhook deliveries pending (due, waiting for a retry, or for a disabled endpoint)."
+    );
+    describe_gauge!(
+        "gateway_db_pool_max_size",
+        "Connections a Postgres pool may open, by pool (main, key_lookups, webhooks)."
+    );
+    describe_gauge!(
+        "gateway_db_pool_size",
+        "Connections a Postgres pool holds open, by pool."
+    );
+    describe_gauge!(
+        "gateway_db_pool_in_use",
+        "Connections of a Postgres pool checked out, by pool."
+    );
+    describe_gauge!(
+        "gateway_db_pool_waiting",
+        "Callers waiting for a connection of a Postgres pool, by pool."
     );
     describe_counter!(
         "gateway_rate_limit_evictions_total",

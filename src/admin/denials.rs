@@ -22,6 +22,19 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::service::keys::KeyService;
+
+/// `reason` labels of `gateway_audit_dropped_total`.
+const DROP_QUEUE_FULL: &str = "queue_full";
+const DROP_BACKLOG: &str = "backlog";
+const DROP_WRITE_FAILED: &str = "write_failed";
+
+/// Registers the denial audit's metrics at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    for reason in [DROP_QUEUE_FULL, DROP_BACKLOG, DROP_WRITE_FAILED] {
+        metrics::counter!("gateway_audit_dropped_total", "reason" => reason).absolute(0);
+    }
+    metrics::counter!("gateway_audit_denials_recorded_total").absolute(0);
+}
 use crate::store::audit::{Actor, Event, Origin, Outcome};
 
 /// Refusals waiting for the writer; beyond this they are dropped and counted.
@@ -56,7 +69,8 @@ impl DenialAudit {
     pub fn record(&self, denial: Denial) {
         if self.tx.try_send(denial).is_err() {
             // No log line per drop: under a flood that would be a second flood.
-            metrics::counter!("gateway_audit_dropped_total", "reason" => "queue_full").increment(1);
+            metrics::counter!("gateway_audit_dropped_total", "reason" => DROP_QUEUE_FULL)
+                .increment(1);
         }
     }
 }
@@ -185,7 +199,7 @@ impl DenialWriter {
     async fn flush(&self, rx: &mut mpsc::Receiver<Denial>, fold: &mut Fold) {
         while let Ok(d) = rx.try_recv() {
             if !fold.add(d, MAX_FOLDED) {
-                metrics::counter!("gateway_audit_dropped_total", "reason" => "backlog")
+                metrics::counter!("gateway_audit_dropped_total", "reason" => DROP_BACKLOG)
                     .increment(1);
             }
         }
@@ -232,7 +246,7 @@ impl BackgroundService for DenialWriter {
         // One last batch; what the database cannot take now is lost.
         self.flush(&mut rx, &mut fold).await;
         if !fold.is_empty() {
-            metrics::counter!("gateway_audit_dropped_total", "reason" => "write_failed")
+            metrics::counter!("gateway_audit_dropped_total", "reason" => DROP_WRITE_FAILED)
                 .increment(fold.total());
         }
     }

@@ -178,15 +178,19 @@ async fn export_database_up(s: &AdminState) {
 /// Prometheus text exposition.
 pub async fn metrics(s: &AdminState) -> Response<Vec<u8>> {
     export_database_up(s).await;
-    if let Some(age) = age_seconds(s.keys.last_full_reload_ms()) {
-        metrics::gauge!("gateway_key_snapshot_seconds_since_reload").set(age);
-    }
-    if let Some(age) = age_seconds(s.keys.last_change_ms()) {
-        metrics::gauge!("gateway_key_snapshot_seconds_since_change").set(age);
-    }
-    if let Some(age) = s.keys.seconds_since_confirmed(Instant::now()) {
-        metrics::gauge!("gateway_key_snapshot_seconds_since_confirmed").set(age);
-    }
+    // Before the first load an age is "never": exported as the process's
+    // uptime, so the series exist from start-up and a staleness alert
+    // fires for an instance that cannot load its keys.
+    let never = crate::telemetry::uptime_seconds;
+    metrics::gauge!("gateway_key_snapshot_seconds_since_reload")
+        .set(age_seconds(s.keys.last_full_reload_ms()).unwrap_or_else(never));
+    metrics::gauge!("gateway_key_snapshot_seconds_since_change")
+        .set(age_seconds(s.keys.last_change_ms()).unwrap_or_else(never));
+    metrics::gauge!("gateway_key_snapshot_seconds_since_confirmed").set(
+        s.keys
+            .seconds_since_confirmed(Instant::now())
+            .unwrap_or_else(never),
+    );
     metrics::gauge!("gateway_key_listener_connected").set(if s.keys.listener_connected() {
         1.0
     } else {

@@ -51,6 +51,25 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest `User-Agent` kept in the audit log.
 const MAX_USER_AGENT: usize = 256;
 
+/// The `route` label of admin calls in `gateway_rate_limited_total`.
+pub const ADMIN_ROUTE_LABEL: &str = "admin";
+
+/// Registers the admin API's metrics at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    for reason in identity::auth_reason::ALL
+        .iter()
+        .chain(identity::auth_reason::ADMIN_ONLY)
+    {
+        metrics::counter!("gateway_admin_auth_failures_total", "reason" => *reason).absolute(0);
+    }
+    for tier in crate::limits::AUTH_FAILURE_TIERS {
+        metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => ADMIN_ROUTE_LABEL)
+            .absolute(0);
+    }
+    metrics::counter!("gateway_admin_visibility_timeouts_total").absolute(0);
+    denials::register_metrics();
+}
+
 /// Everything the admin handlers read.
 pub struct AdminState {
     pub keys: Arc<KeyStore>,
@@ -284,9 +303,9 @@ impl AdminApp {
         ));
         if let Some(d) = s.limiter.guard_blocked(&client) {
             let tier = d.headline_name();
-            metrics::counter!("gateway_admin_auth_failures_total", "reason" => "rate_limited")
+            metrics::counter!("gateway_admin_auth_failures_total", "reason" => identity::auth_reason::RATE_LIMITED)
                 .increment(1);
-            metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => "admin")
+            metrics::counter!("gateway_rate_limited_total", "tier" => tier, "route" => ADMIN_ROUTE_LABEL)
                 .increment(1);
             return Err(ApiError::Limited {
                 tier,
@@ -333,7 +352,7 @@ impl AdminApp {
         };
         if let Some(missing) = missing {
             let e = ProxyError::InsufficientScope(missing.clone());
-            metrics::counter!("gateway_admin_auth_failures_total", "reason" => "insufficient_scope")
+            metrics::counter!("gateway_admin_auth_failures_total", "reason" => identity::auth_reason::INSUFFICIENT_SCOPE)
                 .increment(1);
             self.audit_denial(origin, endpoint, e.code(), e.message().into_owned());
             return Err(ApiError::Auth(e));

@@ -33,8 +33,8 @@ impl KeyFormatError {
     /// Label for the `gateway_auth_failures_total{reason}` metric.
     pub fn reason(self) -> &'static str {
         match self {
-            KeyFormatError::Malformed => "malformed",
-            KeyFormatError::BadChecksum => "bad_checksum",
+            KeyFormatError::Malformed => crate::identity::auth_reason::MALFORMED,
+            KeyFormatError::BadChecksum => crate::identity::auth_reason::BAD_CHECKSUM,
         }
     }
 }

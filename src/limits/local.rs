@@ -37,6 +37,10 @@ use super::window::{self, Counts};
 use super::{Decision, Mode, Period, Subject, Tier, MAX_TIERS};
 
 /// Shards of the counter map; a power of two.
+/// `class` labels of `gateway_rate_limit_evictions_total`: client IPs, or
+/// callers (keys and everything else).
+pub const EVICTION_CLASSES: &[&str] = &["ip", "caller"];
+
 const SHARDS: usize = 64;
 /// Least capacity of one class in one shard.
 const MIN_PER_SHARD: usize = 16;
@@ -309,7 +313,7 @@ fn make_room(table: &mut Table, capacity: usize, ips: bool, now_ms: u64) {
         excess = excess.saturating_sub(1);
         keep
     });
-    let class = if ips { "ip" } else { "caller" };
+    let class = EVICTION_CLASSES[usize::from(!ips)];
     metrics::counter!("gateway_rate_limit_evictions_total", "class" => class)
         .increment(evicted as u64);
 }

@@ -83,6 +83,49 @@ pub enum Subject {
 }
 
 /// One counter with its limit.
+/// Every tier name, by subject class (key, route, ip, global, auth
+/// failures) and period: the `tier` label values of
+/// `gateway_rate_limited_total`, registered at boot from this same table.
+pub const TIER_NAMES: [[&str; 3]; 5] = [
+    ["minute", "hour", "day"],
+    ["route-minute", "route-hour", "route-day"],
+    ["ip-minute", "ip-hour", "ip-day"],
+    ["global-minute", "global-hour", "global-day"],
+    [
+        "auth-failures-minute",
+        "auth-failures-hour",
+        "auth-failures-day",
+    ],
+];
+
+/// The tiers of the brute-force guard, the only ones the admin API counts.
+pub const AUTH_FAILURE_TIERS: [&str; 3] = TIER_NAMES[4];
+
+/// `kind` labels of `gateway_rate_limit_backend_errors_total` ([`BackendError::kind`]).
+pub const BACKEND_ERROR_KINDS: &[&str] = &["timeout", "disconnected", "error"];
+
+/// `decision` labels of `gateway_rate_limit_fallback_total`.
+const FALLBACK_ALLOW: &str = "allow";
+const FALLBACK_DENY: &str = "deny";
+
+/// Registers the rate limiter's own metrics at zero, so they are exported
+/// from start-up (also without Redis: an alert on them then stays quiet
+/// rather than having no series). `gateway_rate_limited_total` is
+/// registered with the routes, by [`crate::telemetry::register_at_boot`].
+pub fn register_metrics() {
+    for kind in BACKEND_ERROR_KINDS {
+        metrics::counter!("gateway_rate_limit_backend_errors_total", "kind" => *kind).absolute(0);
+    }
+    for decision in [FALLBACK_ALLOW, FALLBACK_DENY] {
+        metrics::counter!("gateway_rate_limit_fallback_total", "decision" => decision).absolute(0);
+    }
+    let _ = metrics::histogram!("gateway_rate_limit_backend_duration_seconds");
+    metrics::gauge!("gateway_rate_limit_local_counters").set(0.0);
+    for class in local::EVICTION_CLASSES {
+        metrics::counter!("gateway_rate_limit_evictions_total", "class" => *class).absolute(0);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tier {
     pub subject: Subject,
@@ -94,17 +137,6 @@ impl Tier {
     /// The tier's name in headers, 429 messages and the `tier` metric label:
     /// `minute`, `route-hour`, `global-minute`, `ip-day`, `auth-failures-minute`…
     pub fn name(&self) -> &'static str {
-        const NAMES: [[&str; 3]; 5] = [
-            ["minute", "hour", "day"],
-            ["route-minute", "route-hour", "route-day"],
-            ["ip-minute", "ip-hour", "ip-day"],
-            ["global-minute", "global-hour", "global-day"],
-            [
-                "auth-failures-minute",
-                "auth-failures-hour",
-                "auth-failures-day",
-            ],
-        ];
         let class = match self.subject {
             Subject::Key(_) => 0,
             Subject::KeyRoute(..) | Subject::IpRoute(..) => 1,
@@ -112,7 +144,7 @@ impl Tier {
             Subject::Global(_) => 3,
             Subject::AuthFailures(_) => 4,
         };
-        NAMES[class][self.period as usize]
+        TIER_NAMES[class][self.period as usize]
     }
 
     pub fn window_ms(&self) -> u64 {
@@ -190,9 +222,9 @@ impl BackendError {
     /// The `kind` label of `gateway_rate_limit_backend_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            BackendError::Disconnected => "disconnected",
-            BackendError::Timeout(_) => "timeout",
-            BackendError::Redis(_) => "error",
+            BackendError::Timeout(_) => BACKEND_ERROR_KINDS[0],
+            BackendError::Disconnected => BACKEND_ERROR_KINDS[1],
+            BackendError::Redis(_) => BACKEND_ERROR_KINDS[2],
         }
     }
 }
@@ -350,12 +382,12 @@ impl RateLimiter {
             Ok(d) => Verdict::Limited(d),
             Err(_) => match self.on_backend_error {
                 OnBackendError::Allow => {
-                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => "allow")
+                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => FALLBACK_ALLOW)
                         .increment(1);
                     Verdict::FailedOpen
                 }
                 OnBackendError::Deny => {
-                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => "deny")
+                    metrics::counter!("gateway_rate_limit_fallback_total", "decision" => FALLBACK_DENY)
                         .increment(1);
                     Verdict::FailedClosed
                 }

@@ -15,7 +15,7 @@ pub mod routing;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -37,7 +37,6 @@ use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
 use crate::limits::{headers, Decision, RateLimiter, Verdict};
 use crate::reqlog::capture::{self, BodyCapture, RequestLog};
 use crate::reqlog::record::RequestRecord;
-use crate::route::metrics::RouteMetrics;
 use crate::route::{Route, Routes};
 use crate::service::last_used::LastUsedTracker;
 use crate::service::miss::MissLookups;
@@ -175,7 +174,7 @@ impl GatewayProxy {
             if let Some(missing) = first_missing(&auth.record.scopes, required) {
                 ctx.key = Some(auth.record.clone());
                 return Err((
-                    "insufficient_scope",
+                    crate::identity::auth_reason::INSUFFICIENT_SCOPE,
                     ProxyError::InsufficientScope(missing.clone()),
                 ));
             }
@@ -588,9 +587,10 @@ impl ProxyHttp for GatewayProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = &session.req_header().method;
-        static NO_ROUTE: LazyLock<RouteMetrics> =
-            LazyLock::new(|| RouteMetrics::new("none".into()));
-        let m = ctx.route.as_ref().map_or(&*NO_ROUTE, |r| &r.metrics);
+        let m = ctx
+            .route
+            .as_ref()
+            .map_or(crate::route::metrics::no_route(), |r| &r.metrics);
         m.count_request(method, status);
         m.duration().record(ctx.started.elapsed().as_secs_f64());
         if let Some(t) = ctx.upstream_header_time {

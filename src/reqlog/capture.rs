@@ -58,7 +58,6 @@ impl RequestLog {
     /// A handle and the receiving end of its queue, or a disabled handle
     /// and `None` when the config turns request logs off.
     pub fn new(cfg: &RequestLogConfig, rollups: Arc<Rollups>) -> (Self, Option<Receiver>) {
-        describe_zero();
         if !cfg.enabled {
             return (Self::disabled(), None);
         }
@@ -109,8 +108,9 @@ impl RequestLog {
 }
 
 /// Registers the request-log metrics at zero, so they are exported from
-/// start-up (an alert on their rate needs the series to exist).
-fn describe_zero() {
+/// start-up (an alert on their rate needs the series to exist), also when
+/// request logs are off. Called by [`crate::telemetry::register_at_boot`].
+pub fn register_metrics() {
     metrics::counter!("gateway_request_logs_written_total").absolute(0);
     for r in reason::ALL {
         metrics::counter!("gateway_request_logs_dropped_total", "reason" => *r).absolute(0);

@@ -101,16 +101,23 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Describes and registers retention's metrics at zero (see
+/// [`crate::telemetry::register_at_boot`]).
+pub fn register_metrics() {
+    metrics::describe_counter!(
+        "gateway_request_log_partitions_dropped_total",
+        "Daily request_logs partitions dropped by retention."
+    );
+    metrics::describe_counter!(
+        "gateway_request_rollups_deleted_total",
+        "Per-minute rollup rows deleted by retention."
+    );
+    metrics::counter!("gateway_request_log_partitions_dropped_total").absolute(0);
+    metrics::counter!("gateway_request_rollups_deleted_total").absolute(0);
+}
+
 impl Retention {
     pub fn new(cfg: &RequestLogConfig) -> Self {
-        metrics::describe_counter!(
-            "gateway_request_log_partitions_dropped_total",
-            "Daily request_logs partitions dropped by retention."
-        );
-        metrics::describe_counter!(
-            "gateway_request_rollups_deleted_total",
-            "Per-minute rollup rows deleted by retention."
-        );
         Self {
             retention_days: cfg.retention_days,
             rollup_retention_days: cfg.rollup_retention_days,

@@ -59,6 +59,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Bound on one flush, so a dead link cannot stall the flusher for ever.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `reason` labels of `gateway_request_rollups_dropped_total`.
+const DROP_SERIES_CAP: &str = "series_cap";
+const DROP_PENDING_CAP: &str = "pending_cap";
+/// `result` labels of `gateway_request_rollup_flushes_total`.
+const FLUSH_OK: &str = "ok";
+const FLUSH_ERROR: &str = "error";
+
+/// Registers the rollups' metrics at zero (see
+/// [`crate::telemetry::register_at_boot`]).
+pub fn register_metrics() {
+    for reason in [DROP_SERIES_CAP, DROP_PENDING_CAP] {
+        metrics::counter!("gateway_request_rollups_dropped_total", "reason" => reason).absolute(0);
+    }
+    for result in [FLUSH_OK, FLUSH_ERROR] {
+        metrics::counter!("gateway_request_rollup_flushes_total", "result" => result).absolute(0);
+    }
+    metrics::counter!("gateway_request_rollup_rows_total").absolute(0);
+    metrics::gauge!("gateway_request_rollup_pending_series").set(0.0);
+}
+
 /// One series: a minute and the dimensions a rollup row is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SeriesKey {
@@ -159,7 +179,7 @@ impl Rollups {
         }
         if shard.len() >= MAX_SERIES_PER_SHARD {
             drop(shard);
-            metrics::counter!("gateway_request_rollups_dropped_total", "reason" => "series_cap")
+            metrics::counter!("gateway_request_rollups_dropped_total", "reason" => DROP_SERIES_CAP)
                 .increment(1);
             return;
         }
@@ -265,7 +285,7 @@ impl RollupFlusher {
     fn collect(&self, pending: &mut Series) {
         let dropped = merge_into(pending, self.rollups.take(), MAX_PENDING_SERIES);
         if dropped > 0 {
-            metrics::counter!("gateway_request_rollups_dropped_total", "reason" => "pending_cap")
+            metrics::counter!("gateway_request_rollups_dropped_total", "reason" => DROP_PENDING_CAP)
                 .increment(dropped);
         }
         metrics::gauge!("gateway_request_rollup_pending_series").set(pending.len() as f64);
@@ -285,19 +305,19 @@ impl RollupFlusher {
         match tokio::time::timeout(FLUSH_TIMEOUT, upsert).await {
             Ok(Ok(())) => {
                 pending.clear();
-                metrics::counter!("gateway_request_rollup_flushes_total", "result" => "ok")
+                metrics::counter!("gateway_request_rollup_flushes_total", "result" => FLUSH_OK)
                     .increment(1);
                 metrics::counter!("gateway_request_rollup_rows_total").increment(rows.len() as u64);
                 metrics::gauge!("gateway_request_rollup_pending_series").set(0.0);
                 Ok(())
             }
             Ok(Err(e)) => {
-                metrics::counter!("gateway_request_rollup_flushes_total", "result" => "error")
+                metrics::counter!("gateway_request_rollup_flushes_total", "result" => FLUSH_ERROR)
                     .increment(1);
                 Err(e)
             }
             Err(_) => {
-                metrics::counter!("gateway_request_rollup_flushes_total", "result" => "error")
+                metrics::counter!("gateway_request_rollup_flushes_total", "result" => FLUSH_ERROR)
                     .increment(1);
                 Err(DbError::Timeout(FLUSH_TIMEOUT))
             }

@@ -83,7 +83,6 @@ struct Conn {
 
 impl RequestLogWriter {
     pub fn new(rx: Receiver, db: DatabaseConfig, every: Duration, inflight: Arc<Inflight>) -> Self {
-        describe_zero();
         Self {
             rx: tokio::sync::Mutex::new(rx),
             db,
@@ -328,8 +327,9 @@ fn set_depth(rx: &Receiver) {
     metrics::gauge!("gateway_request_log_queue_depth").set(rx.len() as f64);
 }
 
-/// Registers the writer's histograms so they are exported from start-up.
-fn describe_zero() {
+/// Registers the writer's histograms so they are exported from start-up
+/// (see [`crate::telemetry::register_at_boot`]).
+pub fn register_metrics() {
     let _ = metrics::histogram!("gateway_request_log_batch_size");
     let _ = metrics::histogram!("gateway_request_log_batch_seconds");
 }

@@ -2,10 +2,11 @@
 //! a label set and look it up in the registry on every call; at tens of
 //! thousands of requests per second per core that was a measurable share
 //! of the proxy's CPU (issue 5 profile), so each route resolves its
-//! handles once, on first use, so `/metrics` still lists only series that
-//! happened.
+//! handles once. [`RouteMetrics::register`] resolves some at boot, so each
+//! route's series exist (at zero) from start-up; other method × status
+//! pairs still appear only once they happen.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use http::Method;
 use metrics::{Counter, Histogram, SharedString};
@@ -33,6 +34,16 @@ fn method_index(m: &Method) -> usize {
         _ => 7,
     }
 }
+
+/// The metrics of requests that matched no route (`route="none"`).
+pub fn no_route() -> &'static RouteMetrics {
+    static NO_ROUTE: LazyLock<RouteMetrics> =
+        LazyLock::new(|| RouteMetrics::new(NO_ROUTE_LABEL.into()));
+    &NO_ROUTE
+}
+
+/// The `route` label of requests that matched no route.
+pub const NO_ROUTE_LABEL: &str = "none";
 
 pub struct RouteMetrics {
     route: Arc<str>,
@@ -62,12 +73,26 @@ impl RouteMetrics {
         }
     }
 
+    /// Registers the route's series at zero through the same handles the
+    /// proxy records into: both histograms, and `gateway_requests_total`
+    /// for `GET` 200 only, so the route is in `/metrics` (and in a `route`
+    /// selector) from start-up without fabricating every method × status.
+    pub fn register(&self) {
+        let _ = self.duration();
+        let _ = self.upstream_duration();
+        self.count_request_n(&Method::GET, 200, 0);
+    }
+
     fn label(&self) -> SharedString {
         self.route.clone().into()
     }
 
     /// Counts one request in `gateway_requests_total{route, method, status}`.
     pub fn count_request(&self, method: &Method, status: u16) {
+        self.count_request_n(method, status, 1);
+    }
+
+    fn count_request_n(&self, method: &Method, status: u16, n: u64) {
         let m = method_index(method);
         let register = || {
             metrics::counter!("gateway_requests_total",
@@ -76,8 +101,8 @@ impl RouteMetrics {
         match STATUSES.iter().position(|s| *s == status) {
             Some(s) => self.requests[m * STATUSES.len() + s]
                 .get_or_init(register)
-                .increment(1),
-            None => register().increment(1),
+                .increment(n),
+            None => register().increment(n),
         }
     }
 

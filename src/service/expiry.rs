@@ -22,6 +22,15 @@ use crate::store::audit::{self, Actor, AuditChain, Event, Origin, Outcome};
 use crate::store::expiry::{self as repo, Notice};
 use crate::store::webhooks;
 
+/// Registers the expiry jobs' metrics at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    for notice in Notice::ALL {
+        metrics::counter!("gateway_key_expiry_events_total", "type" => notice.event_type())
+            .absolute(0);
+    }
+    metrics::counter!("gateway_keys_purged_total").absolute(0);
+}
+
 /// Keys handled per transaction.
 pub const BATCH: i64 = 500;
 /// Batches per kind of work in one round: at most 10,000 notices of each

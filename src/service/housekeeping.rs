@@ -39,6 +39,10 @@ pub enum Round {
     Busy,
 }
 
+/// `outcome` labels of `gateway_housekeeping_runs_total`.
+const OUTCOME_OK: &str = "ok";
+const OUTCOME_ERROR: &str = "error";
+
 pub struct Housekeeping {
     pool: Pool,
     interval: Duration,
@@ -59,6 +63,17 @@ impl Housekeeping {
         self
     }
 
+    /// Registers `gateway_housekeeping_runs_total` at zero for every job and
+    /// outcome (see [`crate::telemetry`]).
+    pub fn register_metrics(&self) {
+        for job in &self.jobs {
+            for outcome in [OUTCOME_OK, OUTCOME_ERROR] {
+                metrics::counter!("gateway_housekeeping_runs_total", "job" => job.name(), "outcome" => outcome)
+                    .absolute(0);
+            }
+        }
+    }
+
     /// One round: under the lock, every job once. Also what the CLI runs
     /// by hand (`gateway logs prune`), so the two never overlap.
     pub async fn run_once(&self) -> anyhow::Result<Round> {
@@ -74,11 +89,11 @@ impl Housekeeping {
         for job in &self.jobs {
             let name = job.name();
             let outcome = match job.run(&mut db).await {
-                Ok(()) => "ok",
+                Ok(()) => OUTCOME_OK,
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(job = name, error = %format!("{e:#}"), "housekeeping job failed");
-                    "error"
+                    OUTCOME_ERROR
                 }
             };
             metrics::counter!("gateway_housekeeping_runs_total", "job" => name, "outcome" => outcome)

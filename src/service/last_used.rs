@@ -27,6 +27,15 @@ use crate::store;
 /// million active keys per flush before anything is dropped.
 pub const QUEUE_CAPACITY: usize = 1 << 20;
 
+/// The `queue` label of this queue in `gateway_queue_dropped_total`.
+const QUEUE_LABEL: &str = "last_used";
+
+/// Registers the flusher's metrics at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    metrics::counter!("gateway_queue_dropped_total", "queue" => QUEUE_LABEL).absolute(0);
+    metrics::counter!("gateway_last_used_flushed_total").absolute(0);
+}
+
 /// The hot-path side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct LastUsedTracker {
@@ -38,7 +47,7 @@ impl LastUsedTracker {
         if key.mark_used() && self.tx.try_send(key.id).is_err() {
             // Let a later request try again rather than lose the key for good.
             key.clear_used();
-            metrics::counter!("gateway_queue_dropped_total", "queue" => "last_used").increment(1);
+            metrics::counter!("gateway_queue_dropped_total", "queue" => QUEUE_LABEL).increment(1);
         }
     }
 }

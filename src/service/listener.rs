@@ -35,6 +35,16 @@ use crate::store::{self, DbError};
 pub const CHANNEL: &str = "api_keys_changed";
 /// A silent connection is probed this often, so a half-open TCP connection
 /// is noticed even when no notification arrives.
+/// Registers the key listener's and snapshot's metrics at zero (see
+/// [`crate::telemetry`]). The snapshot ages are set at every scrape.
+pub fn register_metrics() {
+    metrics::gauge!("gateway_key_snapshot_keys").set(0.0);
+    metrics::gauge!("gateway_key_listener_connected").set(0.0);
+    metrics::counter!("gateway_key_listener_errors_total").absolute(0);
+    let _ = metrics::histogram!("gateway_key_snapshot_load_seconds");
+    let _ = metrics::histogram!("gateway_key_snapshot_apply_seconds");
+}
+
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// Bound on each short call: `LISTEN`, the heartbeat, and loading the
 /// records a burst of notifications names. A burst too large to load in

@@ -108,7 +108,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `result` labels of `gateway_key_miss_lookups_total`.
+const RESULTS: &[&str] = &["hit", "miss", "error", "budget_exhausted"];
+
+/// Registers the miss lookups' metric at zero (see [`crate::telemetry`]).
+pub fn register_metrics() {
+    for result in RESULTS {
+        metrics::counter!("gateway_key_miss_lookups_total", "result" => *result).absolute(0);
+    }
+}
+
 fn count(result: &'static str) {
+    debug_assert!(RESULTS.contains(&result), "unregistered result {result}");
     metrics::counter!("gateway_key_miss_lookups_total", "result" => result).increment(1);
 }
 
