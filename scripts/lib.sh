@@ -36,6 +36,22 @@ ensure_packages() {
   # tests/authority.rs).
   command -v faketime >/dev/null || missing+=(faketime)
   apt_install "${missing[@]}"
+  # prometheus and promtool for tests/prometheus.rs (the alert rules and the
+  # dashboard's queries against a real Prometheus).
+  if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    apt_install prometheus
+    stop_system_prometheus
+  fi
+}
+
+# The Debian package starts a system-wide Prometheus on :9090 where systemd
+# runs; the tests start their own on free ports, so the package's service
+# would only take memory and a port (the gateway's default admin port).
+stop_system_prometheus() {
+  command -v systemctl >/dev/null && [ -d /run/systemd/system ] || return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
 # Installs Debian packages (with sudo when not root); nothing when given none.

@@ -134,6 +134,10 @@ fn describe() {
         "gateway_key_listener_connected",
         "1 while the key listener holds its Postgres connection and its heartbeat answers."
     );
+    describe_gauge!(
+        "gateway_database_up",
+        "1 when the probe of Postgres (SELECT 1 within 1 s) made at this scrape answered, else 0."
+    );
     describe_counter!(
         "gateway_key_listener_errors_total",
         "Key listener connection losses."
@@ -214,6 +218,11 @@ fn describe() {
         "gateway_webhook_delivery_seconds",
         Unit::Seconds,
         "Duration of webhook delivery attempts."
+    );
+    describe_gauge!(
+        "gateway_webhook_oldest_due_seconds",
+        Unit::Seconds,
+        "Age of the oldest webhook delivery due now on an enabled endpoint (0 when none), as of the dispatcher's last poll."
     );
     describe_gauge!(
         "gateway_webhook_pending",

@@ -165,8 +165,19 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
     json(status, &body)
 }
 
+/// Sets `gateway_database_up` from a probe of Postgres. Probed on every
+/// scrape (one `SELECT 1`, bounded by [`DB_PROBE_TIMEOUT`]) because nothing
+/// else touches the database on a fixed schedule on every instance: the
+/// `GatewayDatabaseDown` alert needs a signal that is fresh whenever
+/// Prometheus looks.
+async fn export_database_up(s: &AdminState) {
+    let up = probe_database(s).await.is_ok();
+    metrics::gauge!("gateway_database_up").set(if up { 1.0 } else { 0.0 });
+}
+
 /// Prometheus text exposition.
-pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
+pub async fn metrics(s: &AdminState) -> Response<Vec<u8>> {
+    export_database_up(s).await;
     if let Some(age) = age_seconds(s.keys.last_full_reload_ms()) {
         metrics::gauge!("gateway_key_snapshot_seconds_since_reload").set(age);
     }

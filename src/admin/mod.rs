@@ -390,7 +390,7 @@ impl AdminApp {
                 Op::Health => health::health(s).await,
                 Op::HealthLive => health::live(),
                 Op::HealthReady => health::ready(s),
-                Op::Metrics => health::metrics(s),
+                Op::Metrics => health::metrics(s).await,
                 Op::GetOpenapi => match &s.openapi_json {
                     Ok(spec) => respond(StatusCode::OK, "application/json", spec.clone()),
                     Err(e) => {

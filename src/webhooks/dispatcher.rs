@@ -62,7 +62,16 @@ pub fn export_metrics() {
         metrics::counter!("gateway_webhook_deliveries_total", "outcome" => *outcome).increment(0);
     }
     metrics::gauge!("gateway_webhook_pending").set(0.0);
+    metrics::gauge!("gateway_webhook_oldest_due_seconds").set(0.0);
     let _ = metrics::histogram!("gateway_webhook_delivery_seconds");
+}
+
+/// The backlog gauges, from the dispatcher's poll. The oldest due
+/// delivery's age is what `GatewayWebhookBacklogOld` alerts on: a pending
+/// count alone cannot tell a burst from a stuck queue.
+fn export_backlog(b: &repo::Backlog) {
+    metrics::gauge!("gateway_webhook_pending").set(b.pending as f64);
+    metrics::gauge!("gateway_webhook_oldest_due_seconds").set(b.oldest_due_seconds.unwrap_or(0.0));
 }
 
 /// Attempts in flight on this instance, in all and per endpoint.
@@ -211,7 +220,7 @@ impl Dispatcher {
 
         if last_gauge.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
             let b = repo::backlog(&**db).await?;
-            metrics::gauge!("gateway_webhook_pending").set(b.pending as f64);
+            export_backlog(&b);
             *last_gauge = Some(Instant::now());
         }
         repo::next_due_in(&**db).await
