@@ -67,9 +67,10 @@ ENV GATEWAY_ADMIN_LISTEN=0.0.0.0:9090
 # So every subcommand (`docker exec ... gateway keys create ...`) finds the
 # config without -c; mount your own file here.
 ENV GATEWAY_CONFIG=/etc/gateway/gateway.toml
-# `gateway health` GETs /health/ready (200 when Postgres, the key snapshot
-# and, with on_backend_error = "deny", Redis are fine). The URL is given
-# explicitly so the probe never parses the config; change it with the port.
+# `gateway health` GETs /health/ready: 200 once the key snapshot has loaded
+# (and still during a Postgres outage, when the proxy serves from the
+# snapshot). The URL is given explicitly so the probe never parses the
+# config (which resolves upstream host names); change it with the port.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["gateway", "health", "--url", "http://127.0.0.1:9090/health/ready", "--timeout", "3s"]
 # Pingora: SIGTERM = graceful terminate (stop accepting, let in-flight
