@@ -87,6 +87,6 @@ mapfile -t manifests < <("$PY" scripts/check_deploy.py manifests .)
 check "kubernetes-validate --strict ($K8S_VERSION): ${#manifests[@]} manifests" \
   "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${manifests[@]}"
 check "actionlint .github/workflows" "$VENV/bin/actionlint" -no-color .github/workflows/ci.yml .github/workflows/release.yml
-check "self-test: broken copies are refused" "$PY" scripts/check_deploy.py self-test .
+check "self-test: broken copies are refused" "$PY" scripts/check_deploy.py self-test . "$BIN"
 
 exit "$failed"
