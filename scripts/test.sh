@@ -24,3 +24,5 @@ say "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --all-targets --locked
+say "deploy kit (hadolint, compose, kubernetes-validate, actionlint)"
+scripts/check-deploy.sh

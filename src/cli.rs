@@ -58,6 +58,170 @@ pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
         .collect()
 }
 
+/// What `gateway health` asks when neither `--url` nor a config is given:
+/// the image's HEALTHCHECK, against the admin listener's default port.
+pub const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:9090/health/ready";
+
+/// The readiness URL of an admin listener bound to `addr`. A wildcard bind
+/// (`0.0.0.0`, `::`, as in a container) is reached over loopback.
+pub fn health_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!(
+        "http://{}/health/ready",
+        std::net::SocketAddr::new(ip, addr.port())
+    )
+}
+
+/// `gateway health`: one HTTP/1.1 GET of `url` (plain http, as the admin
+/// listener speaks), all of it within `timeout`. Ok on 200; otherwise an
+/// error that says in one line what went wrong and where. Hand-written over
+/// a TcpStream so the probe needs no TLS stack, proxy settings or curl.
+pub async fn health(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let target = HealthTarget::parse(url)?;
+    match tokio::time::timeout(timeout, target.get()).await {
+        Ok(Ok(200)) => Ok(()),
+        Ok(Ok(status)) => bail!("{url}: answered {status}, not 200"),
+        Ok(Err(e)) => Err(e.context(url.to_string())),
+        Err(_) => bail!(
+            "{url}: no answer from {} within {}s",
+            target.addr,
+            timeout.as_secs_f64()
+        ),
+    }
+}
+
+struct HealthTarget {
+    /// `host:port` as dialled (and named in errors).
+    addr: String,
+    host: String,
+    path: String,
+}
+
+impl HealthTarget {
+    fn parse(raw: &str) -> anyhow::Result<Self> {
+        let url = url::Url::parse(raw).map_err(|e| anyhow!("{raw:?} is not a URL: {e}"))?;
+        if url.scheme() != "http" {
+            bail!("{raw}: only http:// is supported (the admin listener has no TLS)");
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            Some(h) => h.to_string(),
+            None => bail!("{raw}: no host"),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path = format!("{path}?{q}");
+        }
+        Ok(Self {
+            addr: format!("{host}:{port}"),
+            host,
+            path,
+        })
+    }
+
+    /// Sends the request and returns the status code of the answer.
+    async fn get(&self) -> anyhow::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gateway-health\r\nConnection: close\r\n\r\n",
+            self.path, self.host
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .with_context(|| format!("cannot send to {}", self.addr))?;
+        // Only the status line matters; it must arrive within 1 KiB.
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                return parse_status_line(&buf[..end])
+                    .ok_or_else(|| anyhow!("{} answered something that is not HTTP", self.addr));
+            }
+            if buf.len() >= 1024 {
+                bail!("{} answered something that is not HTTP", self.addr);
+            }
+            let mut chunk = [0u8; 512];
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .with_context(|| format!("cannot read from {}", self.addr))?;
+            if n == 0 {
+                bail!("{} closed the connection without answering", self.addr);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// `HTTP/1.1 200 OK` → 200.
+fn parse_status_line(line: &[u8]) -> Option<u16> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_admin_binds_are_probed_over_loopback() {
+        let url = |s: &str| health_url(s.parse().unwrap());
+        assert_eq!(url("0.0.0.0:9090"), "http://127.0.0.1:9090/health/ready");
+        assert_eq!(url("[::]:9191"), "http://[::1]:9191/health/ready");
+        assert_eq!(url("10.1.2.3:9090"), "http://10.1.2.3:9090/health/ready");
+    }
+
+    #[test]
+    fn targets() {
+        let t = HealthTarget::parse("http://127.0.0.1:9090/health/ready").unwrap();
+        assert_eq!(
+            (t.addr.as_str(), t.path.as_str()),
+            ("127.0.0.1:9090", "/health/ready")
+        );
+        let t = HealthTarget::parse("http://[::1]:9/x?y=1").unwrap();
+        assert_eq!((t.addr.as_str(), t.path.as_str()), ("[::1]:9", "/x?y=1"));
+        assert_eq!(HealthTarget::parse("http://gw/").unwrap().addr, "gw:80");
+        for bad in ["https://127.0.0.1:9090/", "127.0.0.1:9090", "http://"] {
+            assert!(HealthTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable"),
+            Some(503)
+        );
+        assert_eq!(parse_status_line(b"HTTP/1.1 200"), Some(200));
+        for bad in [
+            &b"SSH-2.0-OpenSSH"[..],
+            b"HTTP/1.1 2000 OK",
+            b"",
+            b"HTTP/2 200",
+        ] {
+            assert_eq!(parse_status_line(bad), None);
+        }
+    }
+}
+
 /// Database errors as operators should read them (server code and message).
 fn db_error(e: store::DbError) -> anyhow::Error {
     anyhow!(e.describe())

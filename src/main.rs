@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gateway::cli::{
     self, CreateArgs, DeliveriesArgs, MigrateAction, TailArgs, UpdateArgs, WebhookCreateArgs,
 };
@@ -59,6 +59,17 @@ enum Command {
     Logs {
         #[command(subcommand)]
         action: LogsCmd,
+    },
+    /// Probe the admin listener's readiness (the image's HEALTHCHECK):
+    /// exit 0 on 200, non-zero with a one-line reason otherwise.
+    Health {
+        /// Default: /health/ready on the config's admin.listen when -c (or
+        /// GATEWAY_CONFIG) is given, else http://127.0.0.1:9090/health/ready.
+        #[arg(long)]
+        url: Option<String>,
+        /// Bound on the whole probe, e.g. 2s.
+        #[arg(long, value_parser = cli::parse_duration, default_value = "2s")]
+        timeout: std::time::Duration,
     },
     /// Run the demo upstream used by the walkthrough and tests.
     DemoUpstream {
@@ -260,7 +271,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, config_given: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let cfg = cli::load_config(&cli.config, Need::Serve)?;
@@ -400,6 +411,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = cli::load_config(&cli.config, Need::Database)?;
             runtime()?.block_on(cli::prune_logs(&cfg, dry_run))
         }
+        Command::Health { url, timeout } => {
+            let url = match url {
+                Some(u) => u,
+                None if config_given => {
+                    let cfg = cli::load_config(&cli.config, Need::Database)?;
+                    cli::health_url(cfg.admin_listen)
+                }
+                None => cli::DEFAULT_HEALTH_URL.to_string(),
+            };
+            runtime()?.block_on(cli::health(&url, timeout))
+        }
         Command::DemoUpstream { listen } => {
             gateway::telemetry::init_logging("info", gateway::config::LogFormat::Text);
             runtime()?.block_on(async {
@@ -415,8 +437,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    // `gateway health` reads the config only when one was asked for.
+    let config_given = !matches!(
+        matches.value_source("config"),
+        None | Some(clap::parser::ValueSource::DefaultValue)
+    );
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, config_given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
