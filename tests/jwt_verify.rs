@@ -3,6 +3,7 @@
 //! re-fetch (rate limited, single flight), rotation, an unreachable JWKS,
 //! readiness.
 
+mod common;
 mod jwt_support;
 
 use std::sync::Arc;
@@ -487,4 +488,63 @@ async fn jwks_file_and_hs256_secret_issuers_are_ready_at_start() {
         invalid(jwt.verify(&rsa.mint(&c2)).await),
         Some("algorithm not allowed")
     );
+}
+
+/// The wiring in a real gateway: `/health/ready` waits for the first JWKS
+/// fetch, `/health` reports the issuer, and the metrics exist from start-up.
+#[tokio::test]
+async fn gateway_readiness_and_health_follow_the_jwks() {
+    let rsa = TestKey::rsa("r1", 0);
+    let server = JwksServer::start(&jwks(&[&rsa])).await;
+    server.stop().await;
+    let db = common::TestDb::new().await;
+    let upstream = common::start_upstream().await;
+    let routes = format!(
+        "{}\n{}",
+        common::default_routes(upstream),
+        issuer_toml("idp", &server.url(), &["RS256"], "")
+    );
+    let gw = common::Gateway::start_unready(&db, common::Opts::new(routes)).await;
+
+    let jwt_not_ready = common::eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = common::get(&gw.admin_url("/health/ready"), None).await;
+        status == 503 && body["reason"] == "JWT issuer keys not loaded yet"
+    })
+    .await;
+    assert!(jwt_not_ready, "not ready while the JWKS is unreachable; log:\n{}", gw.logs());
+    let failing = common::eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
+        let idp = &body["checks"]["jwt"]["issuers"]["idp"];
+        status == 503 && idp["status"] == "loading" && idp["last_error"] == "unreachable"
+    })
+    .await;
+    assert!(failing, "/health shows the failing issuer");
+
+    server.restart().await;
+    let ready = common::eventually(Duration::from_secs(30), || async {
+        common::get(&gw.admin_url("/health/ready"), None).await.0 == 200
+    })
+    .await;
+    assert!(ready, "ready after the retry fetched the keys; log:\n{}", gw.logs());
+    let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
+    let check = &body["checks"]["jwt"];
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(check["status"], "up", "{check}");
+    assert_eq!(check["issuers"]["idp"]["keys"], 1, "{check}");
+    assert_eq!(check["issuers"]["idp"]["source"], "jwks_url", "{check}");
+    assert_eq!(check["issuers"]["idp"]["max_age_seconds"], 300, "{check}");
+
+    let m = common::metrics(&gw).await;
+    for series in [
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"}"#,
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="unknown_kid"}"#,
+        r#"gateway_jwt_verifications_total{issuer="unknown",outcome="unknown_issuer"}"#,
+        r#"gateway_jwks_refreshes_total{issuer="idp",result="ok"}"#,
+        r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#,
+        r#"gateway_jwks_age_seconds{issuer="idp"}"#,
+    ] {
+        assert!(common::sample(&m, series).is_some(), "{series} missing:\n{m}");
+    }
+    assert_eq!(common::sample(&m, r#"gateway_jwks_keys{issuer="idp"}"#), Some(1.0));
+    assert!(common::sample(&m, r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#) >= Some(1.0));
 }
