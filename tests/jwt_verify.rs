@@ -511,7 +511,11 @@ async fn gateway_readiness_and_health_follow_the_jwks() {
         status == 503 && body["reason"] == "JWT issuer keys not loaded yet"
     })
     .await;
-    assert!(jwt_not_ready, "not ready while the JWKS is unreachable; log:\n{}", gw.logs());
+    assert!(
+        jwt_not_ready,
+        "not ready while the JWKS is unreachable; log:\n{}",
+        gw.logs()
+    );
     let failing = common::eventually(Duration::from_secs(20), || async {
         let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
         let idp = &body["checks"]["jwt"]["issuers"]["idp"];
@@ -525,7 +529,11 @@ async fn gateway_readiness_and_health_follow_the_jwks() {
         common::get(&gw.admin_url("/health/ready"), None).await.0 == 200
     })
     .await;
-    assert!(ready, "ready after the retry fetched the keys; log:\n{}", gw.logs());
+    assert!(
+        ready,
+        "ready after the retry fetched the keys; log:\n{}",
+        gw.logs()
+    );
     let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
     let check = &body["checks"]["jwt"];
     assert_eq!(status, 200, "{body}");
@@ -543,8 +551,102 @@ async fn gateway_readiness_and_health_follow_the_jwks() {
         r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#,
         r#"gateway_jwks_age_seconds{issuer="idp"}"#,
     ] {
-        assert!(common::sample(&m, series).is_some(), "{series} missing:\n{m}");
+        assert!(
+            common::sample(&m, series).is_some(),
+            "{series} missing:\n{m}"
+        );
     }
-    assert_eq!(common::sample(&m, r#"gateway_jwks_keys{issuer="idp"}"#), Some(1.0));
-    assert!(common::sample(&m, r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#) >= Some(1.0));
+    assert_eq!(
+        common::sample(&m, r#"gateway_jwks_keys{issuer="idp"}"#),
+        Some(1.0)
+    );
+    assert!(
+        common::sample(
+            &m,
+            r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#
+        ) >= Some(1.0)
+    );
+}
+
+/// Outcomes are counted per configured issuer; a token naming no configured
+/// issuer counts under `unknown`, never under a label taken from the token.
+#[tokio::test]
+async fn verifications_are_counted_by_issuer_and_outcome() {
+    let rsa = TestKey::rsa("r1", 0);
+    let server = JwksServer::start(&jwks(&[&rsa])).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let clock = Arc::new(ManualClock::now());
+    // The counters are registered when the verifier is built.
+    let jwt = metrics::with_local_recorder(&recorder, || {
+        Jwt::with_clock(
+            &config(vec![issuer(
+                "idp",
+                KeySource::JwksUrl(server.url()),
+                &["RS256"],
+            )]),
+            clock.clone(),
+        )
+    });
+    let zero = handle.render();
+    for series in [
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"} 0"#,
+        r#"gateway_jwt_verifications_total{issuer="unknown",outcome="malformed"} 0"#,
+    ] {
+        assert!(zero.lines().any(|l| l == series), "{series} in\n{zero}");
+    }
+    assert_eq!(jwt.refresh_all().await, 0);
+    let c = claims("u", "");
+    let mut evil = c.clone();
+    evil["iss"] = json!("https://attacker.test/\"} 1\ninjected{a=\"");
+    let mut wrong_aud = c.clone();
+    wrong_aud["aud"] = json!("nope");
+    for t in [
+        rsa.mint(&c),
+        rsa.mint(&c),
+        rsa.mint(&evil),
+        rsa.mint(&wrong_aud),
+        rsa.with_kid("zz").mint(&c),
+        TestKey::rsa("r1", 1).mint(&c),
+        "x.y.z".to_string(),
+    ] {
+        let _ = jwt.verify(&t).await;
+    }
+    let text = handle.render();
+    for (series, want) in [
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"}"#,
+            2.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="invalid_claims"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="unknown_kid"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="bad_signature"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="unknown",outcome="unknown_issuer"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="unknown",outcome="malformed"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            common::sample(&text, series),
+            Some(want),
+            "{series} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("attacker") && !text.contains("injected"),
+        "{text}"
+    );
 }
