@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 use crate::admin::{denials, AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
+use crate::jwt::{JwksRefresher, Jwt};
 use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
@@ -68,6 +69,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
     let routes = Routes::new(RouteTable::from_config(&cfg));
+    // `jwks_file` and `hs256_secret` issuers load here; `jwks_url` ones in
+    // the refresher, and `/health/ready` waits for them.
+    let jwt = Jwt::new(&cfg.jwt);
+    if jwt.is_enabled() {
+        server.add_service(background_service(
+            "jwks refresher",
+            JwksRefresher::new(jwt.clone()),
+        ));
+    }
     // A pool of its own, so misses and admin writes never wait on each other.
     let lookup_pool = store::pool(&crate::config::DatabaseConfig {
         pool_size: miss::LOOKUP_POOL_SIZE,
@@ -184,7 +194,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));
-    let state = Arc::new(AdminState::new(
+    let mut admin_state = AdminState::new(
         keys.clone(),
         pool,
         prometheus,
@@ -196,7 +206,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracker,
         denial_audit,
         webhooks,
-    ));
+    );
+    admin_state.jwt = jwt.clone();
+    let state = Arc::new(admin_state);
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(AdminApp::new(state)),
