@@ -68,6 +68,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
     let routes = Routes::new(RouteTable::from_config(&cfg));
+    let jwt = crate::jwt::Jwt::new(&cfg.jwt);
     // A pool of its own, so misses and admin writes never wait on each other.
     let lookup_pool = store::pool(&crate::config::DatabaseConfig {
         pool_size: miss::LOOKUP_POOL_SIZE,
@@ -134,7 +135,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             limiter.clone(),
         )
         .with_miss_lookups(misses.clone())
-        .with_request_log(request_log),
+        .with_request_log(request_log)
+        .with_jwt(jwt.clone()),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
