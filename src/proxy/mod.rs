@@ -249,13 +249,17 @@ impl GatewayProxy {
                 ),
             )),
             Some(Credential::Key(key)) => self.auth.authenticate_key(key).await.map(Caller::Key),
-            Some(Credential::Token(token)) if takes_tokens => match self.jwt.verify(token).await {
-                Ok(identity) => Ok(Caller::Token(identity)),
-                Err(TokenError::Expired) => Err(("expired_token", ProxyError::ExpiredToken)),
-                Err(TokenError::Invalid(why)) => {
-                    Err(("invalid_token", ProxyError::InvalidToken(why)))
+            // Boxed: a verification may wait on a JWKS re-fetch, and the
+            // key path must not pay to build or move that future.
+            Some(Credential::Token(token)) if takes_tokens => {
+                match Box::pin(self.jwt.verify(token)).await {
+                    Ok(identity) => Ok(Caller::Token(identity)),
+                    Err(TokenError::Expired) => Err(("expired_token", ProxyError::ExpiredToken)),
+                    Err(TokenError::Invalid(why)) => {
+                        Err(("invalid_token", ProxyError::InvalidToken(why)))
+                    }
                 }
-            },
+            }
             Some(Credential::Token(_)) => Err(("malformed", identity::INVALID_KEY)),
         }
     }
