@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 use crate::admin::{denials, AdminApp, AdminState};
 use crate::config::Config;
 use crate::identity::Authenticator;
+use crate::jwt::{JwksRefresher, Jwt};
 use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
@@ -68,7 +69,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let inflight = Arc::new(Inflight::default());
     let limiter = RateLimiter::new(&cfg)?;
     let routes = Routes::new(RouteTable::from_config(&cfg));
-    let jwt = crate::jwt::Jwt::new(&cfg.jwt);
+    // `jwks_file` and `hs256_secret` issuers load here; `jwks_url` ones in
+    // the refresher, and `/health/ready` waits for them.
+    let jwt = Jwt::new(&cfg.jwt);
+    if jwt.is_enabled() {
+        server.add_service(background_service(
+            "jwks refresher",
+            JwksRefresher::new(jwt.clone()),
+        ));
+    }
     // A pool of its own, so misses and admin writes never wait on each other.
     let lookup_pool = store::pool(&crate::config::DatabaseConfig {
         pool_size: miss::LOOKUP_POOL_SIZE,
@@ -176,19 +185,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));
-    let state = Arc::new(AdminState::new(
-        keys.clone(),
-        pool,
-        prometheus,
-        cfg.redis.is_some(),
-        limiter,
-        routes,
-        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
-        KeyService::new(&cfg),
-        tracker,
-        denial_audit,
-        webhooks,
-    ));
+    let state = Arc::new(
+        AdminState::new(
+            keys.clone(),
+            pool,
+            prometheus,
+            cfg.redis.is_some(),
+            limiter,
+            routes,
+            Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
+            KeyService::new(&cfg),
+            tracker,
+            denial_audit,
+            webhooks,
+        )
+        .with_jwt(jwt),
+    );
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(AdminApp::new(state)),

@@ -17,16 +17,64 @@ pub fn live() -> Response<Vec<u8>> {
     json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// 200 once the key snapshot has loaded; stays 200 while serving from cache.
+/// 200 once the key snapshot has loaded and every JWT issuer has a key set;
+/// stays 200 while serving from cache.
 pub fn ready(s: &AdminState) -> Response<Vec<u8>> {
-    if s.keys.is_loaded() {
-        json(StatusCode::OK, &json!({"status": "ready"}))
-    } else {
+    if !s.keys.is_loaded() {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "not_ready", "reason": "key snapshot not loaded yet"}),
         )
+    } else if !s.jwt.is_ready() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": "JWT issuer keys not loaded yet"}),
+        )
+    } else {
+        json(StatusCode::OK, &json!({"status": "ready"}))
     }
+}
+
+/// Each JWT issuer's key set. A stale set (its JWKS unreachable for twice
+/// its max-age) degrades `/health` but keeps working; an issuer with no set
+/// yet makes it 503, like an unloaded key snapshot. Returns the check, then
+/// whether every issuer has keys, then whether any set is stale (a failed
+/// refresh alone shows in `last_error` only: the set is still fresh).
+fn jwt_check(s: &AdminState) -> (serde_json::Value, bool, bool) {
+    let mut issuers = serde_json::Map::new();
+    let (mut loaded, mut degraded) = (true, false);
+    for st in s.jwt.status() {
+        let status = match (st.keys, st.stale) {
+            (None, _) => "loading",
+            (Some(_), true) => "stale",
+            (Some(_), false) => "up",
+        };
+        loaded &= st.keys.is_some();
+        degraded |= st.stale;
+        issuers.insert(
+            st.name.to_string(),
+            json!({
+                "status": status,
+                "source": st.source,
+                "keys": st.keys,
+                "age_seconds": st.age_seconds,
+                "max_age_seconds": st.max_age_seconds,
+                "last_error": st.last_error,
+                "last_error_seconds_ago": st.last_error_seconds_ago,
+            }),
+        );
+    }
+    let status = match (s.jwt.is_enabled(), loaded, degraded) {
+        (false, _, _) => "not_configured",
+        (true, false, _) => "loading",
+        (true, true, true) => "degraded",
+        (true, true, false) => "up",
+    };
+    (
+        json!({"status": status, "issuers": issuers}),
+        loaded,
+        degraded,
+    )
 }
 
 /// Probes Postgres. A failure is a stable reason code for the response;
@@ -141,13 +189,15 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
         ),
         None => (json!({"status": "not_configured"}), false),
     };
+    let (jwt, jwt_loaded, jwt_degraded) = jwt_check(s);
     // Redis is required only when its failure refuses requests.
-    let healthy = db_up && s.keys.is_loaded() && !(redis_down && limiter.fails_closed());
+    let healthy =
+        db_up && s.keys.is_loaded() && jwt_loaded && !(redis_down && limiter.fails_closed());
     // A lost listener degrades but does not fail: the proxy serves the
-    // cached snapshot, which only goes stale.
+    // cached snapshot, which only goes stale. Likewise cached JWKS.
     let listening = s.keys.listener_connected();
     let body = json!({
-        "status": if healthy && !redis_down && listening { "ok" } else { "degraded" },
+        "status": if healthy && !redis_down && listening && !jwt_degraded { "ok" } else { "degraded" },
         "uptime_seconds": s.started.elapsed().as_secs(),
         "checks": {
             "database": database,
@@ -155,6 +205,7 @@ pub async fn health(s: &AdminState) -> Response<Vec<u8>> {
             "redis": redis,
             "rate_limiter": {"backend": limiter.backend_name()},
             "webhooks": webhooks,
+            "jwt": jwt,
         },
     });
     let status = if healthy {
@@ -181,6 +232,7 @@ pub fn metrics(s: &AdminState) -> Response<Vec<u8>> {
     } else {
         0.0
     });
+    s.jwt.update_gauges();
     s.prometheus.run_upkeep();
     respond(
         StatusCode::OK,

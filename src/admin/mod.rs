@@ -70,6 +70,8 @@ pub struct AdminState {
     pub webhooks: crate::webhooks::dispatch::Dispatch,
     /// Refused calls go to the one denial writer ([`denials`]).
     denials: DenialAudit,
+    /// JWT issuers' key sets, for readiness and `/health`.
+    pub jwt: Arc<crate::jwt::Jwt>,
 }
 
 impl AdminState {
@@ -101,7 +103,14 @@ impl AdminState {
             openapi_json: openapi_json(),
             webhooks,
             denials,
+            jwt: crate::jwt::Jwt::new(&crate::config::JwtConfig::default()),
         }
+    }
+
+    /// The verifier whose issuers readiness and `/health` report on.
+    pub fn with_jwt(mut self, jwt: Arc<crate::jwt::Jwt>) -> Self {
+        self.jwt = jwt;
+        self
     }
 }
 

@@ -13,6 +13,9 @@ pub const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
 ];
 
+/// Shortest `hs256_secret`, in bytes: the HMAC-SHA256 output size.
+pub const MIN_HS256_SECRET_LEN: usize = 32;
+
 /// Where an issuer's verification keys come from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
@@ -65,9 +68,17 @@ pub(super) fn build_jwt(j: file::Jwt, errs: &mut Errors) -> JwtConfig {
         }
     }
     let mut seen = std::collections::HashSet::new();
+    let mut seen_iss = std::collections::HashSet::new();
     for (i, iss) in issuers.iter().enumerate() {
         if !seen.insert(iss.name.clone()) {
             errs.push(format!("jwt.issuers[{i}].name"), "duplicate issuer name");
+        }
+        // A token's `iss` chooses the issuer whose keys verify it.
+        if !seen_iss.insert(iss.issuer.clone()) {
+            errs.push(
+                format!("jwt.issuers[{i}].issuer"),
+                "another issuer has the same `issuer`",
+            );
         }
     }
     JwtConfig { issuers }
@@ -99,9 +110,33 @@ fn build_issuer(r: file::JwtIssuer, path: &str, errs: &mut Errors) -> Option<Iss
             "at least one audience is needed",
         );
     }
+    if audiences.iter().any(|a| a.is_empty()) {
+        errs.push(format!("{path}.audiences"), "an audience may not be empty");
+    }
     let keys = match (r.jwks_url, r.jwks_file, r.hs256_secret) {
-        (Some(u), None, None) => Some(KeySource::JwksUrl(u)),
+        (Some(u), None, None) => match url::Url::parse(&u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {
+                Some(KeySource::JwksUrl(u))
+            }
+            _ => {
+                errs.push(format!("{path}.jwks_url"), "must be an http(s) URL");
+                None
+            }
+        },
+        (None, Some(f), None) if f.is_empty() => {
+            errs.push(format!("{path}.jwks_file"), "must not be empty");
+            None
+        }
         (None, Some(f), None) => Some(KeySource::JwksFile(f)),
+        // HS256 with a short secret is brute-forceable offline from any
+        // one token (RFC 7518 §3.2: a key at least as long as the hash).
+        (None, None, Some(s)) if s.len() < MIN_HS256_SECRET_LEN => {
+            errs.push(
+                format!("{path}.hs256_secret"),
+                format!("must be at least {MIN_HS256_SECRET_LEN} bytes"),
+            );
+            None
+        }
         (None, None, Some(s)) => Some(KeySource::Hs256Secret(Secret::new(s))),
         _ => {
             errs.push(
@@ -112,6 +147,12 @@ fn build_issuer(r: file::JwtIssuer, path: &str, errs: &mut Errors) -> Option<Iss
         }
     };
     let algorithms = r.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+    if algorithms.is_empty() {
+        errs.push(
+            format!("{path}.algorithms"),
+            "at least one algorithm is needed",
+        );
+    }
     for (k, a) in algorithms.iter().enumerate() {
         if !ALGORITHMS.contains(&a.as_str()) {
             errs.push(
@@ -139,6 +180,10 @@ fn build_issuer(r: file::JwtIssuer, path: &str, errs: &mut Errors) -> Option<Iss
     if leeway > 300 {
         errs.push(format!("{path}.leeway_seconds"), "must be 0 to 300");
     }
+    let scopes_claim = r.scopes_claim.unwrap_or_else(|| "scope".into());
+    if scopes_claim.is_empty() {
+        errs.push(format!("{path}.scopes_claim"), "must not be empty");
+    }
     let rate_limits = r
         .rate_limits
         .map(|l| build_limits(Some(l), &format!("{path}.rate_limits"), errs));
@@ -148,9 +193,98 @@ fn build_issuer(r: file::JwtIssuer, path: &str, errs: &mut Errors) -> Option<Iss
         audiences,
         keys: keys?,
         algorithms,
-        scopes_claim: r.scopes_claim.unwrap_or_else(|| "scope".into()),
+        scopes_claim,
         leeway: Duration::from_secs(leeway.min(300)),
         rate_limits,
         forward_token: r.forward_token.unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{minimal, no_env};
+    use super::super::{Config, Need};
+
+    fn errors(issuers: &str) -> Vec<String> {
+        match Config::from_toml(&format!("{}\n{issuers}", minimal()), no_env(), Need::Serve) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    const GOOD: &str = r#"
+[[jwt.issuers]]
+name = "idp"
+issuer = "https://idp.example/"
+audiences = ["api"]
+jwks_url = "https://idp.example/jwks.json"
+algorithms = ["RS256", "EdDSA"]
+"#;
+
+    #[test]
+    fn a_jwks_issuer_is_accepted_with_defaults() {
+        let cfg = Config::from_toml(&format!("{}\n{GOOD}", minimal()), no_env(), Need::Serve)
+            .expect("valid");
+        let iss = &cfg.jwt.issuers[0];
+        assert_eq!(iss.scopes_claim, "scope");
+        assert_eq!(iss.leeway.as_secs(), 30);
+        assert!(!iss.forward_token);
+    }
+
+    #[test]
+    fn unsafe_or_ambiguous_issuers_are_refused() {
+        let cases = [
+            // HMAC keys never come from a JWKS.
+            (
+                GOOD.replace(r#"["RS256", "EdDSA"]"#, r#"["RS256", "HS256"]"#),
+                "HS256 needs hs256_secret",
+            ),
+            (
+                GOOD.replace(r#"["RS256", "EdDSA"]"#, r#"["none"]"#),
+                "unsupported algorithm",
+            ),
+            (
+                GOOD.replace(r#"["RS256", "EdDSA"]"#, "[]"),
+                "at least one algorithm",
+            ),
+            (
+                GOOD.replace("https://idp.example/jwks.json", "file:///etc/passwd"),
+                "must be an http(s) URL",
+            ),
+            (
+                GOOD.replace(
+                    r#"jwks_url = "https://idp.example/jwks.json""#,
+                    r#"hs256_secret = "short""#,
+                )
+                .replace(r#"["RS256", "EdDSA"]"#, r#"["HS256"]"#),
+                "at least 32 bytes",
+            ),
+            (
+                GOOD.replace(r#"["api"]"#, r#"[""]"#),
+                "audience may not be empty",
+            ),
+            (
+                format!(
+                    "{GOOD}\n{}",
+                    GOOD.replace(r#"name = "idp""#, r#"name = "idp2""#)
+                ),
+                "same `issuer`",
+            ),
+            (
+                format!("{GOOD}\nscopes_claim = \"\""),
+                "scopes_claim: must not be empty",
+            ),
+        ];
+        for (text, want) in cases {
+            let errs = errors(&text);
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "want {want:?} in {errs:?}"
+            );
+        }
+    }
 }
