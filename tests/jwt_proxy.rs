@@ -227,6 +227,19 @@ fn www_authenticate(h: &reqwest::header::HeaderMap) -> &str {
         .unwrap_or("<none>")
 }
 
+/// Every token verification so far, all issuers and outcomes; `None`
+/// when the metric is missing, so a renamed metric fails instead of
+/// reading as unchanged.
+async fn verifications(gw: &Gateway) -> Option<f64> {
+    let text = metrics(gw).await;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_jwt_verifications_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// A client's claim to be someone never reaches the upstream: not on an
 /// anonymous route, not next to a valid key, not next to a valid token.
 #[tokio::test(flavor = "multi_thread")]
@@ -405,9 +418,15 @@ async fn route_modes_decide_which_credential_counts() {
     assert_eq!(status, 401, "X-API-Key on a jwt route: {body}");
     assert_eq!(code(&body), "invalid_token", "{body}");
 
+    let before = verifications(&gw).await;
     let (status, _, body) = get_with(&gw, "/keys", &t).await;
     assert_eq!(status, 401, "a token on an api_key route: {body}");
     assert_eq!(code(&body), "invalid_api_key", "{body}");
+    assert_eq!(
+        verifications(&gw).await,
+        before,
+        "an api_key route sent the token to the verifier"
+    );
     // A token in X-API-Key is a (bad) key everywhere.
     let (status, _, body) = send(http().get(gw.url("/echo")).header("x-api-key", &t)).await;
     assert_eq!(status, 401, "{body}");
