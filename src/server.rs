@@ -185,22 +185,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));
-    let state = Arc::new(
-        AdminState::new(
-            keys.clone(),
-            pool,
-            prometheus,
-            cfg.redis.is_some(),
-            limiter,
-            routes,
-            Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
-            KeyService::new(&cfg),
-            tracker,
-            denial_audit,
-            webhooks,
-        )
-        .with_jwt(jwt),
+    let mut admin_state = AdminState::new(
+        keys.clone(),
+        pool,
+        prometheus,
+        cfg.redis.is_some(),
+        limiter,
+        routes,
+        Authenticator::new(keys, hasher, cfg.keys.prefix.clone()).with_miss_lookups(misses),
+        KeyService::new(&cfg),
+        tracker,
+        denial_audit,
+        webhooks,
     );
+    admin_state.jwt = jwt.clone();
+    let state = Arc::new(admin_state);
     let mut admin = Service::new(
         "admin".to_string(),
         HttpServer::new_app(AdminApp::new(state)),

@@ -3,6 +3,7 @@
 //! re-fetch (rate limited, single flight), rotation, an unreachable JWKS,
 //! readiness.
 
+mod common;
 mod jwt_support;
 
 use std::sync::Arc;
@@ -486,5 +487,166 @@ async fn jwks_file_and_hs256_secret_issuers_are_ready_at_start() {
     assert_eq!(
         invalid(jwt.verify(&rsa.mint(&c2)).await),
         Some("algorithm not allowed")
+    );
+}
+
+/// The wiring in a real gateway: `/health/ready` waits for the first JWKS
+/// fetch, `/health` reports the issuer, and the metrics exist from start-up.
+#[tokio::test]
+async fn gateway_readiness_and_health_follow_the_jwks() {
+    let rsa = TestKey::rsa("r1", 0);
+    let server = JwksServer::start(&jwks(&[&rsa])).await;
+    server.stop().await;
+    let db = common::TestDb::new().await;
+    let upstream = common::start_upstream().await;
+    let routes = format!(
+        "{}\n{}",
+        common::default_routes(upstream),
+        issuer_toml("idp", &server.url(), &["RS256"], "")
+    );
+    let gw = common::Gateway::start_unready(&db, common::Opts::new(routes)).await;
+
+    let jwt_not_ready = common::eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = common::get(&gw.admin_url("/health/ready"), None).await;
+        status == 503 && body["reason"] == "JWT issuer keys not loaded yet"
+    })
+    .await;
+    assert!(
+        jwt_not_ready,
+        "not ready while the JWKS is unreachable; log:\n{}",
+        gw.logs()
+    );
+    let failing = common::eventually(Duration::from_secs(20), || async {
+        let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
+        let idp = &body["checks"]["jwt"]["issuers"]["idp"];
+        status == 503 && idp["status"] == "loading" && idp["last_error"] == "unreachable"
+    })
+    .await;
+    assert!(failing, "/health shows the failing issuer");
+
+    server.restart().await;
+    let ready = common::eventually(Duration::from_secs(30), || async {
+        common::get(&gw.admin_url("/health/ready"), None).await.0 == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "ready after the retry fetched the keys; log:\n{}",
+        gw.logs()
+    );
+    let (status, _, body) = common::get(&gw.admin_url("/health"), None).await;
+    let check = &body["checks"]["jwt"];
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(check["status"], "up", "{check}");
+    assert_eq!(check["issuers"]["idp"]["keys"], 1, "{check}");
+    assert_eq!(check["issuers"]["idp"]["source"], "jwks_url", "{check}");
+    assert_eq!(check["issuers"]["idp"]["max_age_seconds"], 300, "{check}");
+
+    let m = common::metrics(&gw).await;
+    for series in [
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"}"#,
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="unknown_kid"}"#,
+        r#"gateway_jwt_verifications_total{issuer="unknown",outcome="unknown_issuer"}"#,
+        r#"gateway_jwks_refreshes_total{issuer="idp",result="ok"}"#,
+        r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#,
+        r#"gateway_jwks_age_seconds{issuer="idp"}"#,
+    ] {
+        assert!(
+            common::sample(&m, series).is_some(),
+            "{series} missing:\n{m}"
+        );
+    }
+    assert_eq!(
+        common::sample(&m, r#"gateway_jwks_keys{issuer="idp"}"#),
+        Some(1.0)
+    );
+    assert!(
+        common::sample(
+            &m,
+            r#"gateway_jwks_refreshes_total{issuer="idp",result="error"}"#
+        ) >= Some(1.0)
+    );
+}
+
+/// Outcomes are counted per configured issuer; a token naming no configured
+/// issuer counts under `unknown`, never under a label taken from the token.
+#[tokio::test]
+async fn verifications_are_counted_by_issuer_and_outcome() {
+    let rsa = TestKey::rsa("r1", 0);
+    let server = JwksServer::start(&jwks(&[&rsa])).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let clock = Arc::new(ManualClock::now());
+    // The counters are registered when the verifier is built.
+    let jwt = metrics::with_local_recorder(&recorder, || {
+        Jwt::with_clock(
+            &config(vec![issuer(
+                "idp",
+                KeySource::JwksUrl(server.url()),
+                &["RS256"],
+            )]),
+            clock.clone(),
+        )
+    });
+    let zero = handle.render();
+    for series in [
+        r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"} 0"#,
+        r#"gateway_jwt_verifications_total{issuer="unknown",outcome="malformed"} 0"#,
+    ] {
+        assert!(zero.lines().any(|l| l == series), "{series} in\n{zero}");
+    }
+    assert_eq!(jwt.refresh_all().await, 0);
+    let c = claims("u", "");
+    let mut evil = c.clone();
+    evil["iss"] = json!("https://attacker.test/\"} 1\ninjected{a=\"");
+    let mut wrong_aud = c.clone();
+    wrong_aud["aud"] = json!("nope");
+    for t in [
+        rsa.mint(&c),
+        rsa.mint(&c),
+        rsa.mint(&evil),
+        rsa.mint(&wrong_aud),
+        rsa.with_kid("zz").mint(&c),
+        TestKey::rsa("r1", 1).mint(&c),
+        "x.y.z".to_string(),
+    ] {
+        let _ = jwt.verify(&t).await;
+    }
+    let text = handle.render();
+    for (series, want) in [
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="ok"}"#,
+            2.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="invalid_claims"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="unknown_kid"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="idp",outcome="bad_signature"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="unknown",outcome="unknown_issuer"}"#,
+            1.0,
+        ),
+        (
+            r#"gateway_jwt_verifications_total{issuer="unknown",outcome="malformed"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            common::sample(&text, series),
+            Some(want),
+            "{series} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("attacker") && !text.contains("injected"),
+        "{text}"
     );
 }
