@@ -35,6 +35,9 @@ ensure_packages() {
   # Tests skew gateway clocks with libfaketime (tests/exact_windows.rs,
   # tests/authority.rs).
   command -v faketime >/dev/null || missing+=(faketime)
+  # tests/jwt_proxy.rs and benches/load/mint-jwt.sh make RSA keys and sign
+  # tokens with the openssl CLI.
+  command -v openssl >/dev/null || missing+=(openssl)
   apt_install "${missing[@]}"
   # prometheus and promtool for tests/prometheus.rs (the alert rules and the
   # dashboard's queries against a real Prometheus).

@@ -21,6 +21,17 @@ pub enum ProxyError {
     ExpiredApiKey,
     RevokedApiKey,
     InsufficientScope(Scope),
+    /// No credential on an `auth = "jwt"` route.
+    MissingToken,
+    /// A bearer token refused: malformed, bad signature, wrong issuer or
+    /// audience, not yet valid, unknown `kid`, or a credential the route
+    /// does not take. The text is safe to show and never echoes the token;
+    /// it is also the `WWW-Authenticate` `error_description`.
+    InvalidToken(&'static str),
+    /// A bearer token whose `exp` (plus leeway) has passed.
+    ExpiredToken,
+    /// A token caller lacking a scope the route needs (`insufficient_scope`).
+    TokenInsufficientScope(Scope),
     RouteNotFound,
     BadRequest(&'static str),
     UpstreamUnavailable,
@@ -38,8 +49,11 @@ impl ProxyError {
             ProxyError::MissingApiKey
             | ProxyError::InvalidApiKey(_)
             | ProxyError::ExpiredApiKey
-            | ProxyError::RevokedApiKey => 401,
-            ProxyError::InsufficientScope(_) => 403,
+            | ProxyError::RevokedApiKey
+            | ProxyError::MissingToken
+            | ProxyError::InvalidToken(_)
+            | ProxyError::ExpiredToken => 401,
+            ProxyError::InsufficientScope(_) | ProxyError::TokenInsufficientScope(_) => 403,
             ProxyError::RouteNotFound => 404,
             ProxyError::BadRequest(_) => 400,
             ProxyError::UpstreamUnavailable => 502,
@@ -56,7 +70,12 @@ impl ProxyError {
             ProxyError::InvalidApiKey(_) => "invalid_api_key",
             ProxyError::ExpiredApiKey => "expired_api_key",
             ProxyError::RevokedApiKey => "revoked_api_key",
-            ProxyError::InsufficientScope(_) => "insufficient_scope",
+            ProxyError::InsufficientScope(_) | ProxyError::TokenInsufficientScope(_) => {
+                "insufficient_scope"
+            }
+            ProxyError::MissingToken => "missing_token",
+            ProxyError::InvalidToken(_) => "invalid_token",
+            ProxyError::ExpiredToken => "expired_token",
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
@@ -79,6 +98,14 @@ impl ProxyError {
             ProxyError::InsufficientScope(s) => {
                 format!("The API key lacks the required scope `{s}`.").into()
             }
+            ProxyError::TokenInsufficientScope(s) => {
+                format!("The token lacks the required scope `{s}`.").into()
+            }
+            ProxyError::MissingToken => {
+                "A bearer token is required: send `Authorization: Bearer <token>`.".into()
+            }
+            ProxyError::InvalidToken(why) => (*why).into(),
+            ProxyError::ExpiredToken => "The token has expired.".into(),
             ProxyError::RouteNotFound => "No route matches this request.".into(),
             ProxyError::BadRequest(why) => (*why).into(),
             ProxyError::UpstreamUnavailable => "The upstream service is unavailable.".into(),
@@ -92,6 +119,44 @@ impl ProxyError {
             ProxyError::Internal => "Internal gateway error.".into(),
         }
     }
+}
+
+impl ProxyError {
+    /// The `WWW-Authenticate` value of a 401 (RFC 6750 §3): the bare
+    /// challenge when no credential came, `error="invalid_token"` with a
+    /// description for a refused token. `None` for other statuses.
+    pub fn www_authenticate(&self) -> Option<String> {
+        const CHALLENGE: &str = "Bearer realm=\"gateway\"";
+        let description = match self {
+            ProxyError::InvalidToken(why) => *why,
+            ProxyError::ExpiredToken => "The token has expired.",
+            _ if self.status() == 401 => return Some(CHALLENGE.to_string()),
+            _ => return None,
+        };
+        Some(format!(
+            "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
+            quoted_string(description)
+        ))
+    }
+}
+
+/// `text` as the inside of an RFC 9110 quoted-string restricted to RFC
+/// 6750's `error_description` characters: `"` and `\` escaped, anything
+/// outside printable ASCII replaced by `?`, so no header can be split or
+/// smuggled whatever a description holds.
+fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -152,6 +217,32 @@ mod tests {
         assert_eq!(v["error"]["code"], "invalid_api_key");
         assert_eq!(v["error"]["message"], "bad \"key\"");
         assert_eq!(v["error"]["request_id"], "req-1");
+    }
+
+    #[test]
+    fn token_errors_challenge_with_an_escaped_description() {
+        assert_eq!(
+            ProxyError::MissingToken.www_authenticate().as_deref(),
+            Some("Bearer realm=\"gateway\"")
+        );
+        assert_eq!(
+            ProxyError::MissingApiKey.www_authenticate().as_deref(),
+            Some("Bearer realm=\"gateway\"")
+        );
+        assert_eq!(
+            ProxyError::ExpiredToken.www_authenticate().as_deref(),
+            Some("Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"The token has expired.\"")
+        );
+        let hostile = ProxyError::InvalidToken("a \"quote\", a \\ and\r\nx: y é");
+        let v = hostile.www_authenticate().expect("401");
+        assert!(
+            v.ends_with(r#"error_description="a \"quote\", a \\ and??x: y ?""#),
+            "{v}"
+        );
+        assert!(http::HeaderValue::from_str(&v).is_ok());
+        assert_eq!(ProxyError::RouteNotFound.www_authenticate(), None);
+        assert_eq!(ProxyError::ExpiredToken.code(), "expired_token");
+        assert_eq!(ProxyError::InvalidToken("x").status(), 401);
     }
 
     #[test]

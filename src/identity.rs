@@ -32,6 +32,12 @@ pub mod auth_reason {
     pub const EXPIRED: &str = "expired";
     pub const REVOKED: &str = "revoked";
     pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
+    /// A JWT that failed verification (signature, claims, unknown key id).
+    pub const INVALID_TOKEN: &str = "invalid_token";
+    /// A JWT whose `exp` (plus leeway) has passed.
+    pub const EXPIRED_TOKEN: &str = "expired_token";
+    /// A gateway key presented on an `auth = "jwt"` route.
+    pub const KEY_ON_JWT_ROUTE: &str = "key_on_jwt_route";
     /// Admin only: the brute-force guard refused the caller.
     pub const RATE_LIMITED: &str = "rate_limited";
     /// Every reason the proxy counts.
@@ -43,6 +49,9 @@ pub mod auth_reason {
         EXPIRED,
         REVOKED,
         INSUFFICIENT_SCOPE,
+        INVALID_TOKEN,
+        EXPIRED_TOKEN,
+        KEY_ON_JWT_ROUTE,
     ];
     /// Reasons only the admin API counts, on top of [`ALL`].
     pub const ADMIN_ONLY: &[&str] = &[RATE_LIMITED];
@@ -53,7 +62,7 @@ pub fn register_metrics() {
     metrics::counter!("gateway_forwarded_for_unparseable_total").absolute(0);
 }
 
-const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
+pub(crate) const INVALID_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is not valid.");
 /// Longest client `X-Request-ID` kept; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// Credentials longer than this are rejected before any parsing.
@@ -91,6 +100,15 @@ impl Authenticator {
         token.starts_with(self.key_prefix.as_str())
     }
 
+    /// The request's credential, sorted into a key or a token by this
+    /// gateway's key prefix (see [`classify`]).
+    pub fn classify<'r>(
+        &self,
+        req: &'r RequestHeader,
+    ) -> Result<Option<Credential<'r>>, &'static str> {
+        classify(req, &self.key_prefix)
+    }
+
     /// The caller's key. The error carries the `gateway_auth_failures_total`
     /// reason label. A bad checksum is refused before any hashing or lookup.
     /// A key in the snapshot never waits: only a well-formed one missing
@@ -99,7 +117,23 @@ impl Authenticator {
         &self,
         req: &RequestHeader,
     ) -> Result<Authenticated, (&'static str, ProxyError)> {
-        match self.check_snapshot(req) {
+        match credential(req) {
+            Ok(Some(presented)) => self.authenticate_key(presented).await,
+            Ok(None) => Err((auth_reason::MISSING, ProxyError::MissingApiKey)),
+            Err(e) => Err((auth_reason::MALFORMED, e)),
+        }
+    }
+
+    /// [`Authenticator::authenticate`] of a key already taken from the
+    /// request (see [`classify`]).
+    pub async fn authenticate_key(
+        &self,
+        presented: &str,
+    ) -> Result<Authenticated, (&'static str, ProxyError)> {
+        if presented.len() > MAX_CREDENTIAL_LEN {
+            return Err((auth_reason::MALFORMED, MALFORMED_KEY));
+        }
+        match self.check_snapshot(presented) {
             SnapshotAnswer::Answer(found) => found,
             // Boxed: the lookup's future is kilobytes (pool, query, timeout),
             // and a key in the snapshot must not pay to build or move it.
@@ -111,17 +145,7 @@ impl Authenticator {
 
     /// What the snapshot alone says: the whole check of a key it holds,
     /// with no await, as before miss lookups existed.
-    fn check_snapshot(&self, req: &RequestHeader) -> SnapshotAnswer<'_> {
-        let presented = match credential(req) {
-            Ok(Some(k)) => k,
-            Ok(None) => {
-                return SnapshotAnswer::Answer(Err((
-                    auth_reason::MISSING,
-                    ProxyError::MissingApiKey,
-                )))
-            }
-            Err(e) => return SnapshotAnswer::Answer(Err((auth_reason::MALFORMED, e))),
-        };
+    fn check_snapshot(&self, presented: &str) -> SnapshotAnswer<'_> {
         if let Err(e) = format::verify(presented, &self.key_prefix) {
             return SnapshotAnswer::Answer(Err((e.reason(), INVALID_KEY)));
         }
@@ -194,6 +218,30 @@ pub fn uuid_value(id: &uuid::Uuid) -> HeaderValue {
     HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// A token's `sub` (or issuer name) as a header value for the upstream:
+/// visible ASCII other than `%` as is, every other byte percent-encoded
+/// (`%XX`), so any subject an issuer signs fits in one header line and
+/// reads back unambiguously.
+pub fn subject_value(sub: &str) -> HeaderValue {
+    use std::fmt::Write;
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'%';
+    let value = if sub.bytes().all(plain) {
+        HeaderValue::from_str(sub)
+    } else {
+        let mut out = String::with_capacity(sub.len() * 3);
+        for b in sub.bytes() {
+            if plain(b) {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+        HeaderValue::from_str(&out)
+    };
+    // Only visible ASCII by construction.
+    value.unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// The token of an `Authorization: Bearer <token>` value (scheme
 /// case-insensitive), or `None` for any other scheme.
 pub(crate) fn bearer_token(value: &str) -> Option<&str> {
@@ -203,20 +251,74 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     }
 }
 
-/// The credential from `X-API-Key` or `Authorization: Bearer`. Two different
-/// credentials, a repeated header, or a non-Bearer `Authorization` without
-/// `X-API-Key` are rejected rather than guessed at.
+const MALFORMED_KEY: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
+
+/// The credential from `X-API-Key` or `Authorization: Bearer`, taken as a
+/// key whatever it looks like (the admin API takes only keys). Two
+/// different credentials, a repeated header, or a non-Bearer
+/// `Authorization` without `X-API-Key` are rejected rather than guessed at.
 pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError> {
-    const MALFORMED: ProxyError = ProxyError::InvalidApiKey("The API key is malformed.");
+    let key = match presented(req).map_err(ProxyError::InvalidApiKey)? {
+        Some((_, key)) => key,
+        None => return Ok(None),
+    };
+    if key.len() > MAX_CREDENTIAL_LEN {
+        return Err(MALFORMED_KEY);
+    }
+    Ok(Some(key))
+}
+
+/// What a request presents to the proxy (DESIGN §3 "JWT and roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A gateway key: any `X-API-Key`, or a bearer value carrying the key
+    /// prefix (well-formed or not: a mistyped key is still a key, and is
+    /// refused as one).
+    Key(&'a str),
+    /// A bearer value without the key prefix: a JWT, if the route takes one.
+    Token(&'a str),
+}
+
+/// The request's credential, sorted. `X-API-Key` is always a key. Both
+/// headers at once must carry the same value, so a caller never chooses
+/// which of two credentials the gateway checks (and a key beside a token
+/// cannot lend the token's caller its scopes, nor the reverse). The error
+/// is a message safe to show, without the credential.
+pub fn classify<'r>(
+    req: &'r RequestHeader,
+    key_prefix: &str,
+) -> Result<Option<Credential<'r>>, &'static str> {
+    Ok(match presented(req)? {
+        None => None,
+        Some((Source::ApiKeyHeader, k)) => Some(Credential::Key(k)),
+        Some((Source::Bearer, v)) if v.starts_with(key_prefix) => Some(Credential::Key(v)),
+        Some((Source::Bearer, v)) => Some(Credential::Token(v)),
+    })
+}
+
+/// Which header a credential came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `X-API-Key` (alone, or with an identical bearer value).
+    ApiKeyHeader,
+    /// `Authorization: Bearer`.
+    Bearer,
+}
+
+/// The one credential of a request and where it came from; `None` when
+/// there is none (or it is empty). The error is a safe message.
+fn presented(req: &RequestHeader) -> Result<Option<(Source, &str)>, &'static str> {
+    const MALFORMED: &str = "The API key is malformed.";
+    const TWICE: &str = "Send the API key only once.";
     let mut api_key = req.headers.get_all("x-api-key").iter();
     let x = match (api_key.next(), api_key.next()) {
-        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(_), Some(_)) => return Err(TWICE),
         (Some(v), None) => Some(v.to_str().map_err(|_| MALFORMED)?.trim()),
         (None, _) => None,
     };
     let mut auth = req.headers.get_all("authorization").iter();
     let bearer = match (auth.next(), auth.next()) {
-        (Some(_), Some(_)) => return Err(ProxyError::InvalidApiKey("Send the API key only once.")),
+        (Some(_), Some(_)) => return Err(TWICE),
         (Some(v), None) => {
             let v = v.to_str().map_err(|_| MALFORMED)?;
             match bearer_token(v) {
@@ -224,31 +326,20 @@ pub(crate) fn credential(req: &RequestHeader) -> Result<Option<&str>, ProxyError
                 // Another scheme next to X-API-Key may be meant for someone
                 // else; the header is stripped before forwarding anyway.
                 None if x.is_some() => None,
-                None => {
-                    return Err(ProxyError::InvalidApiKey(
-                        "The Authorization header must use the Bearer scheme.",
-                    ))
-                }
+                None => return Err("The Authorization header must use the Bearer scheme."),
             }
         }
         (None, _) => None,
     };
-    let key = match (x, bearer) {
+    let found = match (x, bearer) {
         (Some(a), Some(b)) if a != b => {
-            return Err(ProxyError::InvalidApiKey(
-                "Authorization and X-API-Key carry different keys.",
-            ))
+            return Err("Authorization and X-API-Key carry different credentials; send one.")
         }
-        (Some(k), _) | (None, Some(k)) => k,
+        (Some(k), _) => (Source::ApiKeyHeader, k),
+        (None, Some(t)) => (Source::Bearer, t),
         (None, None) => return Ok(None),
     };
-    if key.is_empty() {
-        return Ok(None);
-    }
-    if key.len() > MAX_CREDENTIAL_LEN {
-        return Err(MALFORMED);
-    }
-    Ok(Some(key))
+    Ok((!found.1.is_empty()).then_some(found))
 }
 
 /// Every `X-Forwarded-For` hop, left to right, across all the header's
@@ -377,6 +468,78 @@ mod tests {
         assert!(credential(&req(&[("authorization", "Bearer a"), ("x-api-key", "b")])).is_err());
         assert!(credential(&req(&[("x-api-key", "a"), ("x-api-key", "a")])).is_err());
         assert!(credential(&req(&[("x-api-key", &"k".repeat(300))])).is_err());
+    }
+
+    /// `X-API-Key` is always a key; a bearer value is a key by our prefix,
+    /// anything else a token; two different credentials are refused, so a
+    /// caller never picks which one is checked.
+    #[test]
+    fn credentials_are_sorted_into_keys_and_tokens() {
+        // Owned, since the credential borrows the request.
+        #[derive(Debug, PartialEq)]
+        enum Owned {
+            Key(String),
+            Token(String),
+        }
+        let c = |h: &[(&str, &str)]| {
+            classify(&req(h), "gw_live_").map(|found| {
+                found.map(|cred| match cred {
+                    super::Credential::Key(k) => Owned::Key(k.into()),
+                    super::Credential::Token(t) => Owned::Token(t.into()),
+                })
+            })
+        };
+        use Owned as Credential;
+        assert_eq!(c(&[]), Ok(None));
+        assert_eq!(
+            c(&[("authorization", "Bearer gw_live_abc")]),
+            Ok(Some(Credential::Key("gw_live_abc".into())))
+        );
+        assert_eq!(
+            c(&[("authorization", "Bearer eyJhbGciOi.x.y")]),
+            Ok(Some(Credential::Token("eyJhbGciOi.x.y".into())))
+        );
+        assert_eq!(
+            c(&[("x-api-key", "eyJhbGciOi.x.y")]),
+            Ok(Some(Credential::Key("eyJhbGciOi.x.y".into())))
+        );
+        assert_eq!(
+            c(&[
+                ("x-api-key", "gw_live_k"),
+                ("authorization", "Bearer gw_live_k")
+            ]),
+            Ok(Some(Credential::Key("gw_live_k".into())))
+        );
+        // A JWT is far longer than any key: no key length limit on tokens.
+        let long = format!("eyJ{}", "a".repeat(2_000));
+        assert_eq!(
+            c(&[("authorization", &format!("Bearer {long}"))]),
+            Ok(Some(Credential::Token(long.clone())))
+        );
+        for both in [
+            [
+                ("x-api-key", "gw_live_k"),
+                ("authorization", "Bearer eyJ.a.b"),
+            ],
+            [
+                ("x-api-key", "eyJ.a.b"),
+                ("authorization", "Bearer eyJ.a.c"),
+            ],
+            [
+                ("authorization", "Bearer eyJ.a.b"),
+                ("authorization", "Bearer gw_live_k"),
+            ],
+        ] {
+            assert!(c(&both).is_err(), "{both:?}");
+        }
+    }
+
+    #[test]
+    fn subjects_become_safe_header_values() {
+        assert_eq!(subject_value("user-123@idp"), "user-123@idp");
+        assert_eq!(subject_value("a b%c\r\nX: y"), "a%20b%25c%0D%0AX:%20y");
+        assert_eq!(subject_value("é"), "%C3%A9");
+        assert_eq!(subject_value(""), "");
     }
 
     #[test]

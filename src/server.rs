@@ -140,7 +140,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             limiter.clone(),
         )
         .with_miss_lookups(misses.clone())
-        .with_request_log(request_log),
+        .with_request_log(request_log)
+        .with_jwt(jwt.clone()),
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());

@@ -11,6 +11,7 @@ ensure_bench_packages() {
   command -v nginx >/dev/null || missing+=(nginx-light)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v taskset >/dev/null || missing+=(util-linux)
+  command -v openssl >/dev/null || missing+=(openssl)
   apt_install "${missing[@]}"
   # A Debian nginx package starts a system nginx on port 80; ours use other
   # ports and do not need it, but leave it to its owner.

@@ -13,7 +13,10 @@
 # envoy (api_key_auth + local_ratelimit), gateway-local and gateway-redis
 # (key auth, scopes, 3 rate-limit tiers, metrics; request logs off), and
 # gateway-logs (gateway-local with request logs on, sample_rate 1.0: every
-# request is written to Postgres).
+# request is written to Postgres), and gateway-jwt (gateway-local with an
+# RS256 JWT instead of the key: a signature check per request, one token
+# for every connection, minted by benches/load/mint-jwt.sh against a
+# jwks_file issuer; per-subject tiers instead of per-key ones).
 #
 # By default the proxies run on CPU 1 with --proxy-threads workers each and
 # wrk plus the upstream on CPU 0, so on a 2-core machine a contender's
@@ -30,7 +33,7 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
-ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis,gateway-logs"
+ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis,gateway-logs,gateway-jwt"
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,8 +54,8 @@ for n in "$ROUNDS" "$DURATION" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$
 done
 IFS=, read -r -a CONTENDERS <<< "$ONLY"
 for c in "${CONTENDERS[@]}"; do
-  case "$c" in direct|bare|nginx|envoy|gateway-local|gateway-redis|gateway-logs) ;;
-    *) die "unknown contender '$c' (direct, bare, nginx, envoy, gateway-local, gateway-redis, gateway-logs)" ;;
+  case "$c" in direct|bare|nginx|envoy|gateway-local|gateway-redis|gateway-logs|gateway-jwt) ;;
+    *) die "unknown contender '$c' (direct, bare, nginx, envoy, gateway-local, gateway-redis, gateway-logs, gateway-jwt)" ;;
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -60,7 +63,8 @@ wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 # Contender ports; admin ports are 100 above.
 UPSTREAM_PORT=$BASE
 declare -A PORT=([direct]=$BASE [bare]=$((BASE + 1)) [nginx]=$((BASE + 2)) [envoy]=$((BASE + 3))
-                 [gateway-local]=$((BASE + 4)) [gateway-redis]=$((BASE + 5)) [gateway-logs]=$((BASE + 6)))
+                 [gateway-local]=$((BASE + 4)) [gateway-redis]=$((BASE + 5)) [gateway-logs]=$((BASE + 6))
+                 [gateway-jwt]=$((BASE + 7)))
 bench_run_dir bench
 # taskset prefixes: proxies on CPU 1, load and upstream on CPU 0.
 CPU_PROXY=() CPU_LOAD=()
@@ -84,9 +88,20 @@ LOGS_ON=$'\n[request_logs]\nenabled = true\nsample_rate = 1.0'
 gateway_conf gateway-local "${PORT[gateway-local]}" local "$LOGS_OFF"
 gateway_conf gateway-redis "${PORT[gateway-redis]}" redis "$LOGS_OFF"
 gateway_conf gateway-logs "${PORT[gateway-logs]}" local "$LOGS_ON"
+TOKEN=$("$ROOT/benches/load/mint-jwt.sh" "$RUN" https://bench.invalid/ gateway-bench read:bench 1)
+gateway_conf gateway-jwt "${PORT[gateway-jwt]}" local "$LOGS_OFF
+[[jwt.issuers]]
+name = \"bench\"
+issuer = \"https://bench.invalid/\"
+audiences = [\"gateway-bench\"]
+jwks_file = \"$RUN/jwks.json\"
+algorithms = [\"RS256\"]"
 "$GW" migrate -c "$RUN/gateway-local.toml" >/dev/null
 KEY=$(create_key "$RUN/gateway-local.toml" bench read:bench)
-AUTH=(-H "Authorization: Bearer $KEY")
+# The credential each contender is called with.
+auth() { # <contender>
+  if [ "$1" = gateway-jwt ]; then echo "Authorization: Bearer $TOKEN"; else echo "Authorization: Bearer $KEY"; fi
+}
 
 start_contender() { # <name>
   local c=$1 port=${PORT[$1]}
@@ -111,15 +126,15 @@ CONF
           "$ROOT/benches/load/envoy.yaml.in" > "$RUN/envoy.yaml"
       "${CPU_PROXY[@]}" "$ENVOY" -c "$RUN/envoy.yaml" --concurrency "$PROXY_THREADS" \
         --log-level warn --disable-hot-restart >"$RUN/envoy.log" 2>&1 & PIDS+=($!) ;;
-    gateway-local|gateway-redis|gateway-logs)
+    gateway-local|gateway-redis|gateway-logs|gateway-jwt)
       "${CPU_PROXY[@]}" "$GW" serve -c "$RUN/$c.toml" >"$RUN/$c.log" 2>&1 & PIDS+=($!) ;;
   esac
-  wait_ok "$c" "${AUTH[@]}" "http://127.0.0.1:$port/"
+  wait_ok "$c" -H "$(auth "$c")" "http://127.0.0.1:$port/"
 }
 
 load() { # <name> <seconds>: one wrk run, prints its RESULT line
   "${CPU_LOAD[@]}" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${2}s" --latency \
-    -s "$ROOT/benches/load/report.lua" "${AUTH[@]}" "http://127.0.0.1:${PORT[$1]}/" \
+    -s "$ROOT/benches/load/report.lua" -H "$(auth "$1")" "http://127.0.0.1:${PORT[$1]}/" \
     | grep '^RESULT' || die "wrk against $1 printed no result"
 }
 

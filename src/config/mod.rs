@@ -315,6 +315,18 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
             );
         }
     }
+    // A jwt-only route with no issuer to verify against would refuse
+    // everyone: a mistake, not a policy.
+    if jwt.as_ref().is_some_and(|j| !j.is_enabled()) {
+        for (i, r) in &routes {
+            if r.auth == AuthMode::Jwt {
+                errs.push(
+                    format!("routes[{i}].auth"),
+                    "auth = \"jwt\" needs at least one [[jwt.issuers]] entry",
+                );
+            }
+        }
+    }
     let routes: Vec<RouteConfig> = routes.into_iter().map(|(_, r)| r).collect();
     if need == Need::Serve && routes.is_empty() && errs.0.is_empty() {
         errs.push("routes", "at least one [[routes]] entry is needed to serve");

@@ -204,4 +204,17 @@ mod tests {
         let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
         assert_eq!(errs.0[0].path, "routes[1].scopes");
     }
+
+    #[test]
+    fn a_jwt_route_needs_an_issuer() {
+        let route = "\n[[routes]]\nname = \"tok\"\npath_prefix = \"/tok\"\nupstream = \"echo\"\nauth = \"jwt\"\n";
+        let text = format!("{}{route}", minimal());
+        let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs:?}");
+        assert_eq!(errs.0[0].path, "routes[1].auth");
+        let issuer = "\n[[jwt.issuers]]\nname = \"idp\"\nissuer = \"https://idp.example/\"\naudiences = [\"api\"]\njwks_file = \"/dev/null\"\n";
+        let text = format!("{}{route}{issuer}", minimal());
+        let cfg = Config::from_toml(&text, no_env(), Need::Serve).expect("valid");
+        assert_eq!(cfg.routes[1].auth, crate::config::AuthMode::Jwt);
+    }
 }

@@ -18,8 +18,9 @@
 //! or when its table is full. Counters live in two classes with separate
 //! capacities: subjects named by a client IP (anonymous tiers and the
 //! brute-force guard), which any client can create at will, and subjects
-//! named by a key or a route (key, key-on-route and route-global tiers),
-//! which only configuration and issued keys create. By default each class
+//! named by a key, a token subject or a route (key, token, per-route and
+//! route-global tiers), which only configuration, issued keys and tokens
+//! signed by a configured issuer create. By default each class
 //! gets half of `max_local_counters`. A table still full of live counters
 //! (a flood of distinct IPs) drops arbitrary counters of its own class
 //! down to 7/8 of its capacity and counts them in

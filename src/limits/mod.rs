@@ -80,6 +80,29 @@ pub enum Subject {
     Global(u16),
     /// Failed authentications from one client IP (the brute-force guard).
     AuthFailures(IpAddr),
+    /// One token subject (`sub` of one issuer, see [`token_subject`]),
+    /// across all routes.
+    Token(Uuid),
+    /// One token subject on one route (the route's `rate_limit`).
+    TokenRoute(Uuid, u16),
+}
+
+/// The counter id of a token caller: `sub` of the issuer named `issuer`,
+/// hashed (BLAKE3, domain-separated) to a fixed 128 bits. Fixed length, so
+/// a long `sub` makes no long Redis key; deterministic, so every instance
+/// counts one subject in the same Redis counter; collision-resistant, so
+/// no subject can be chosen to share another's counter. The same `sub`
+/// from two issuers is two callers. Issuer names never hold a NUL (config
+/// validation), so the encoding is unambiguous.
+pub fn token_subject(issuer: &str, sub: &str) -> Uuid {
+    let mut h = blake3::Hasher::new();
+    h.update(b"gateway token subject\0");
+    h.update(issuer.as_bytes());
+    h.update(b"\0");
+    h.update(sub.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Uuid::from_bytes(id)
 }
 
 /// One counter with its limit.
@@ -138,8 +161,8 @@ impl Tier {
     /// `minute`, `route-hour`, `global-minute`, `ip-day`, `auth-failures-minute`…
     pub fn name(&self) -> &'static str {
         let class = match self.subject {
-            Subject::Key(_) => 0,
-            Subject::KeyRoute(..) | Subject::IpRoute(..) => 1,
+            Subject::Key(_) | Subject::Token(_) => 0,
+            Subject::KeyRoute(..) | Subject::IpRoute(..) | Subject::TokenRoute(..) => 1,
             Subject::Ip(_) => 2,
             Subject::Global(_) => 3,
             Subject::AuthFailures(_) => 4,
@@ -550,6 +573,25 @@ mod tests {
         assert_eq!(b("2001:db8::1", 128), "2001:db8::1");
         assert_eq!(b("ffff::1", 1), "8000::");
         assert_eq!(b("192.0.2.7", 64), "192.0.2.7");
+    }
+
+    #[test]
+    fn token_subjects_are_per_issuer_and_fixed_length() {
+        let a = token_subject("idp", "alice");
+        assert_eq!(a, token_subject("idp", "alice"));
+        assert_ne!(a, token_subject("idp", "bob"));
+        assert_ne!(a, token_subject("other", "alice"));
+        // The separator keeps the split between issuer and subject.
+        assert_ne!(token_subject("id", "palice"), token_subject("idp", "alice"));
+        let long = "x".repeat(10_000);
+        assert_eq!(token_subject("idp", &long).to_string().len(), 36);
+        let tier = |subject| Tier {
+            subject,
+            period: Period::Minute,
+            limit: 1,
+        };
+        assert_eq!(tier(Subject::Token(a)).name(), "minute");
+        assert_eq!(tier(Subject::TokenRoute(a, 0)).name(), "route-minute");
     }
 
     #[test]

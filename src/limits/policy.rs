@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use uuid::Uuid;
 
 use super::{Period, Subject, Tier, Tiers};
 use crate::config::{Config, Limits};
@@ -94,6 +95,35 @@ impl Policy {
             &mut tiers,
             Subject::KeyRoute(key.id, route.index),
             route.rate_limit,
+        );
+        tiers
+    }
+
+    /// The tiers of a request by a token caller on `route`: its subject's
+    /// own tiers (the issuer's `rate_limits`, each unset tier falling back
+    /// to `[rate_limits] default`), the route's per-caller tiers and its
+    /// global ones, exactly as for a key.
+    pub fn token_tiers(
+        &self,
+        subject: Uuid,
+        issuer_limits: Option<Limits>,
+        route: &Route,
+    ) -> Tiers {
+        let mut tiers = Tiers::new();
+        push(
+            &mut tiers,
+            Subject::Token(subject),
+            issuer_limits.unwrap_or_default().or(self.default),
+        );
+        push(
+            &mut tiers,
+            Subject::TokenRoute(subject, route.index),
+            route.rate_limit,
+        );
+        push(
+            &mut tiers,
+            Subject::Global(route.index),
+            route.global_rate_limit,
         );
         tiers
     }

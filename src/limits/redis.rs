@@ -10,7 +10,8 @@
 //!   the start of the stored window instead of being reset.
 //! - **Keys.** One hash per tier (`w` window index, `c` its count, `p` the
 //!   previous window's count) with a TTL of two windows. Per-caller keys
-//!   share the hash tag `{k:<key id>}` or `{ip:<address>}`, so all tiers of
+//!   share the hash tag `{k:<key id>}`, `{t:<token subject hash>}` or
+//!   `{ip:<address>}`, so all tiers of
 //!   one caller live in one Redis Cluster slot; a route's global counter is
 //!   tagged `{g:<route>}`.
 //! - **Failure.** Every call is bounded by `redis.timeout_ms`. While the
@@ -185,6 +186,10 @@ impl RedisStore {
             Subject::IpRoute(ip, _) => format!("{p}{{ip:{ip}}}:route:{r}:{per}"),
             Subject::Global(_) => format!("{p}{{g:{r}}}:{per}"),
             Subject::AuthFailures(ip) => format!("{p}{{ip:{ip}}}:auth:{per}"),
+            // The subject's hash, never the `sub` itself: bounded length,
+            // and no client-controlled bytes in a Redis key.
+            Subject::Token(id) => format!("{p}{{t:{id}}}:{per}"),
+            Subject::TokenRoute(id, _) => format!("{p}{{t:{id}}}:route:{r}:{per}"),
         }
     }
 

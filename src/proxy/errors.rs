@@ -21,8 +21,8 @@ pub fn error_header(
     resp.insert_header("content-length", body_len.to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("x-request-id", request_id)?;
-    if err.status() == 401 {
-        resp.insert_header("www-authenticate", "Bearer realm=\"gateway\"")?;
+    if let Some(challenge) = err.www_authenticate() {
+        resp.insert_header("www-authenticate", challenge)?;
     }
     Ok(resp)
 }

@@ -28,13 +28,14 @@ use pingora::{ErrorSource, ErrorType};
 use self::errors::{write_error, ProxyError};
 use self::log_limit::WarnLimiter;
 use self::routing::normalize_host;
-use crate::config::Config;
+use crate::config::{AuthMode, Config, JwtConfig};
 use crate::http_path;
-use crate::identity::{self, bearer_token, client_ip, Authenticator};
+use crate::identity::{self, auth_reason, bearer_token, client_ip, Authenticator, Credential};
+use crate::jwt::{Jwt, JwtIdentity, TokenError};
 use crate::keys::format::KeyHasher;
-use crate::keys::scope::first_missing;
+use crate::keys::scope::{first_missing, Scope};
 use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret};
-use crate::limits::{headers, Decision, RateLimiter, Verdict};
+use crate::limits::{headers, token_subject, Decision, RateLimiter, Verdict};
 use crate::reqlog::capture::{self, BodyCapture, RequestLog};
 use crate::reqlog::record::RequestRecord;
 use crate::route::{Route, Routes};
@@ -73,6 +74,9 @@ pub struct GatewayProxy {
     /// its `Arc<Route>`.
     routes: Routes,
     auth: Authenticator,
+    /// Verifies bearer tokens that are not gateway keys; disabled (every
+    /// token refused) unless [`GatewayProxy::with_jwt`] gave it issuers.
+    jwt: Arc<Jwt>,
     last_used: LastUsedTracker,
     inflight: Arc<Inflight>,
     limiter: Arc<RateLimiter>,
@@ -89,6 +93,8 @@ pub struct RequestCtx {
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
     key: Option<Arc<KeyRecord>>,
+    /// The caller when it came with a verified token instead of a key.
+    token: Option<JwtIdentity>,
     /// The rate-limit state the response headers describe.
     limits: Option<Decision>,
     /// Set when the caller used a secret replaced by a rotation, still in
@@ -133,6 +139,7 @@ impl GatewayProxy {
         Self {
             routes,
             auth: Authenticator::new(keys, hasher, cfg.keys.prefix.clone()),
+            jwt: Jwt::new(&JwtConfig::default()),
             last_used,
             inflight,
             limiter,
@@ -148,6 +155,14 @@ impl GatewayProxy {
         self
     }
 
+    /// Accepts bearer tokens from `jwt`'s issuers on `auth = "required"`
+    /// and `"jwt"` routes (DESIGN §3 "JWT and roles"). The same handle the
+    /// JWKS refresher keeps current.
+    pub fn with_jwt(mut self, jwt: Arc<Jwt>) -> Self {
+        self.jwt = jwt;
+        self
+    }
+
     /// Looks keys missing from the snapshot up in Postgres (DESIGN §3
     /// "API keys" → "Visibility").
     pub fn with_miss_lookups(mut self, misses: Arc<MissLookups>) -> Self {
@@ -160,27 +175,101 @@ impl GatewayProxy {
         ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
     }
 
-    /// Resolves the key and checks the route's scopes for this method. The
-    /// error carries the `gateway_auth_failures_total` reason label. A key
+    /// Resolves the caller (a key or a token, as the route's `auth`
+    /// allows) and checks the route's scopes for this method. The error
+    /// carries the `gateway_auth_failures_total` reason label. A caller
     /// refused for its scopes is kept in `ctx` for the request log.
     async fn authorize(
         &self,
         req: &RequestHeader,
         route: &Route,
         ctx: &mut RequestCtx,
-    ) -> Result<Authenticated, (&'static str, ProxyError)> {
-        let auth = self.auth.authenticate(req).await?;
+    ) -> Result<Caller, (&'static str, ProxyError)> {
+        let caller = self.authenticate(req, route.auth).await?;
+        let held: &[Scope] = match &caller {
+            Caller::Key(auth) => &auth.record.scopes,
+            Caller::Token(token) => &token.scopes,
+        };
         for required in route.required_scopes(&req.method) {
-            if let Some(missing) = first_missing(&auth.record.scopes, required) {
-                ctx.key = Some(auth.record.clone());
-                return Err((
-                    crate::identity::auth_reason::INSUFFICIENT_SCOPE,
-                    ProxyError::InsufficientScope(missing.clone()),
-                ));
+            if let Some(missing) = first_missing(held, required) {
+                let missing = missing.clone();
+                let err = match caller {
+                    Caller::Key(auth) => {
+                        ctx.key = Some(auth.record);
+                        ProxyError::InsufficientScope(missing)
+                    }
+                    Caller::Token(token) => {
+                        ctx.token = Some(token);
+                        ProxyError::TokenInsufficientScope(missing)
+                    }
+                };
+                return Err((auth_reason::INSUFFICIENT_SCOPE, err));
             }
         }
-        Ok(auth)
+        Ok(caller)
     }
+
+    /// Who is calling, by the credential the request presents and what
+    /// `mode` accepts (DESIGN §3 "JWT and roles"):
+    /// - `X-API-Key`, or a bearer value with the key prefix, is a key; any
+    ///   other bearer value is a token (see [`identity::classify`]);
+    /// - `required` takes either (tokens only when an issuer is
+    ///   configured), `api_key` only keys: a token there is refused as an
+    ///   invalid key without reaching the verifier;
+    /// - `jwt` takes only tokens: a key there is refused `invalid_token`,
+    ///   and a request without one gets `missing_token`.
+    ///
+    /// A request carrying two different credentials is refused whatever
+    /// the mode, so a caller never picks which one is checked.
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        mode: AuthMode,
+    ) -> Result<Caller, (&'static str, ProxyError)> {
+        let jwt_only = mode == AuthMode::Jwt;
+        let takes_tokens = jwt_only || (mode == AuthMode::Required && self.jwt.is_enabled());
+        let credential = match self.auth.classify(req) {
+            Ok(c) => c,
+            Err(_) if jwt_only => {
+                return Err((
+                    auth_reason::MALFORMED,
+                    ProxyError::InvalidToken("Send one bearer token, in one Authorization header."),
+                ))
+            }
+            Err(why) => return Err((auth_reason::MALFORMED, ProxyError::InvalidApiKey(why))),
+        };
+        match credential {
+            None if jwt_only => Err((auth_reason::MISSING, ProxyError::MissingToken)),
+            None => Err((auth_reason::MISSING, ProxyError::MissingApiKey)),
+            Some(Credential::Key(_)) if jwt_only => Err((
+                auth_reason::KEY_ON_JWT_ROUTE,
+                ProxyError::InvalidToken(
+                    "This route accepts only bearer tokens from a configured issuer, not API keys.",
+                ),
+            )),
+            Some(Credential::Key(key)) => self.auth.authenticate_key(key).await.map(Caller::Key),
+            // Boxed: a verification may wait on a JWKS re-fetch, and the
+            // key path must not pay to build or move that future.
+            Some(Credential::Token(token)) if takes_tokens => {
+                match Box::pin(self.jwt.verify(token)).await {
+                    Ok(identity) => Ok(Caller::Token(identity)),
+                    Err(TokenError::Expired) => {
+                        Err((auth_reason::EXPIRED_TOKEN, ProxyError::ExpiredToken))
+                    }
+                    Err(TokenError::Invalid(why)) => {
+                        Err((auth_reason::INVALID_TOKEN, ProxyError::InvalidToken(why)))
+                    }
+                }
+            }
+            Some(Credential::Token(_)) => Err((auth_reason::MALFORMED, identity::INVALID_KEY)),
+        }
+    }
+}
+
+/// An authenticated caller.
+enum Caller {
+    Key(Authenticated),
+    Token(JwtIdentity),
 }
 
 impl GatewayProxy {
@@ -227,9 +316,12 @@ impl GatewayProxy {
         ip: Option<std::net::IpAddr>,
     ) -> Result<bool> {
         let policy = &self.limiter.policy;
-        let tiers = match &ctx.key {
-            Some(key) => policy.key_tiers(key, route),
-            None => policy.anonymous_tiers(ip, route),
+        let tiers = match (&ctx.key, &ctx.token) {
+            (Some(key), _) => policy.key_tiers(key, route),
+            (None, Some(t)) => {
+                policy.token_tiers(token_subject(&t.issuer, &t.subject), t.limits, route)
+            }
+            (None, None) => policy.anonymous_tiers(ip, route),
         };
         if tiers.is_empty() {
             return Ok(false);
@@ -267,6 +359,7 @@ impl ProxyHttp for GatewayProxy {
             request_id: HeaderValue::from_static(""),
             route: None,
             key: None,
+            token: None,
             limits: None,
             previous_secret: None,
             tried: 0,
@@ -322,11 +415,12 @@ impl ProxyHttp for GatewayProxy {
                 return self.deny_limited(session, ctx, &d).await;
             }
             match self.authorize(req, &route, ctx).await {
-                Ok(auth) => {
+                Ok(Caller::Key(auth)) => {
                     self.last_used.record(&auth.record);
                     ctx.key = Some(auth.record);
                     ctx.previous_secret = auth.previous_secret;
                 }
+                Ok(Caller::Token(token)) => ctx.token = Some(token),
                 Err((reason, e)) => {
                     metrics::counter!("gateway_auth_failures_total", "reason" => reason)
                         .increment(1);
@@ -405,7 +499,10 @@ impl ProxyHttp for GatewayProxy {
                 .and_then(bearer_token)
                 .is_some_and(|token| self.auth.is_gateway_key(token))
         };
-        if auth_required || carries_gateway_key() {
+        // A token caller's issuer may ask for its token to go on
+        // (`forward_token`); a key never does.
+        let forward_token = ctx.token.as_ref().is_some_and(|t| t.forward_token);
+        if !forward_token && (auth_required || carries_gateway_key()) {
             upstream.remove_header(http::header::AUTHORIZATION.as_str());
         }
         upstream.insert_header("x-request-id", ctx.request_id.clone())?;
@@ -442,12 +539,16 @@ impl ProxyHttp for GatewayProxy {
                 upstream.remove_header(name);
             }
         }
-        // Never let a client claim an identity.
-        match &ctx.key {
-            Some(k) => upstream.insert_header("x-gateway-key-id", identity::uuid_value(&k.id))?,
-            None => {
-                upstream.remove_header("x-gateway-key-id");
-            }
+        // Never let a client claim an identity: whatever it sent under
+        // these names is dropped, and only the gateway's own say is added.
+        for name in IDENTITY_HEADERS {
+            upstream.remove_header(name);
+        }
+        if let Some(k) = &ctx.key {
+            upstream.insert_header("x-gateway-key-id", identity::uuid_value(&k.id))?;
+        } else if let Some(t) = &ctx.token {
+            upstream.insert_header("x-gateway-subject", identity::subject_value(&t.subject))?;
+            upstream.insert_header("x-gateway-issuer", identity::subject_value(&t.issuer))?;
         }
         Ok(())
     }
@@ -683,6 +784,9 @@ impl GatewayProxy {
         }
     }
 }
+
+/// The headers that tell the upstream who called; only the gateway sets them.
+const IDENTITY_HEADERS: [&str; 3] = ["x-gateway-key-id", "x-gateway-subject", "x-gateway-issuer"];
 
 /// Whether the client connection may serve another request after `e`,
 /// given that the error response went out whole and the request body was
