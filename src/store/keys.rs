@@ -14,10 +14,24 @@ use crate::keys::format::{self, KeyHash, KeyHasher};
 use crate::keys::scope::{Scope, ScopeSets};
 use crate::keys::snapshot::{KeyRecord, PreviousSecret};
 
-/// Columns the snapshot needs, in the order [`record_from_row`] reads them.
+/// Columns the snapshot needs, in the order [`record_from_row`] reads them:
+/// the last is the scopes the key holds through its roles
+/// (`sql/0006_roles.up.sql`), so a record carries its effective scopes.
 const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_limit_per_hour, \
      rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
-     rotated_at, version";
+     rotated_at, version, key_role_scopes(id)";
+
+/// [`RECORD_COLUMNS`] for the full load: the role scopes of every key come
+/// from one hashed join over `key_roles` instead of a function call per key,
+/// which would add seconds to loading a million keys that mostly hold no role.
+const LOAD_ALL_SQL: &str = "SELECT id, key_hash, scopes, rate_limit_per_minute, \
+     rate_limit_per_hour, rate_limit_per_day, expires_at, revoked_at, previous_key_hash, \
+     previous_key_expires_at, rotated_at, version, coalesce(rs.role_scopes, '{}') \
+     FROM api_keys LEFT JOIN ( \
+       SELECT kr.key_id, array_agg(DISTINCT s ORDER BY s) AS role_scopes \
+       FROM key_roles kr JOIN roles r ON r.id = kr.role_id \
+       CROSS JOIN LATERAL unnest(r.scopes) AS s GROUP BY kr.key_id \
+     ) rs ON rs.key_id = api_keys.id";
 
 /// A key's status, computed in one place for both what a row shows and
 /// what `?status=` filters on.
@@ -34,7 +48,7 @@ pub(super) const ROW_COLUMNS: &str = concat!(
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
      revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at, ",
     status_sql!(),
-    ", version"
+    ", version, key_role_names(id), key_role_scopes(id)"
 );
 
 /// A key as operators see it: never the secret, never its hash.
@@ -45,6 +59,11 @@ pub struct KeyRow {
     pub description: String,
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// Names of the roles the key holds, sorted.
+    pub roles: Vec<String>,
+    /// What the key is granted: its own `scopes`, then those of its roles
+    /// not already among them (sorted). The proxy checks these.
+    pub effective_scopes: Vec<String>,
     /// Per-key overrides; a `None` tier uses `[rate_limits] default`.
     pub rate_limits: Limits,
     pub metadata: serde_json::Value,
@@ -97,6 +116,17 @@ fn limit_param(v: Option<u32>) -> Option<i32> {
     v.map(|n| i32::try_from(n).unwrap_or(i32::MAX))
 }
 
+/// `own` followed by the scopes of `from_roles` it does not already hold.
+fn union<S: PartialEq>(own: Vec<S>, from_roles: Vec<S>) -> Vec<S> {
+    let mut all = own;
+    for s in from_roles {
+        if !all.contains(&s) {
+            all.push(s);
+        }
+    }
+    all
+}
+
 impl KeyRow {
     pub(super) fn from_row(r: &Row) -> KeyRow {
         KeyRow {
@@ -105,6 +135,8 @@ impl KeyRow {
             description: r.get(2),
             prefix: r.get(3),
             scopes: r.get(4),
+            roles: r.get(19),
+            effective_scopes: union(r.get(4), r.get(20)),
             rate_limits: limits_at(r, 5),
             metadata: super::json_column(r, 8).unwrap_or_default(),
             // Written by `status_sql!`, so it always parses.
@@ -374,7 +406,7 @@ fn hash_of(bytes: &[u8]) -> Option<KeyHash> {
 fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
     let id: Uuid = r.get(0);
     let hash = hash_of(r.get::<_, &[u8]>(1))?;
-    let raw_scopes: Vec<&str> = r.get(2);
+    let raw_scopes: Vec<&str> = union(r.get(2), r.get(12));
     let mut scopes = Vec::with_capacity(raw_scopes.len());
     for s in raw_scopes {
         match Scope::parse(s) {
@@ -419,7 +451,7 @@ pub async fn load_all(
     let stream = tokio::time::timeout(
         stall,
         client.query_raw(
-            &format!("SELECT {RECORD_COLUMNS} FROM api_keys"),
+            LOAD_ALL_SQL,
             std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
         ),
     )
