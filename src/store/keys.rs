@@ -508,3 +508,21 @@ pub async fn find_by_hash(
         .await?;
     Ok(row.and_then(|r| record_from_row(&r, &mut ScopeSets::default())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_scopes_are_own_then_the_roles_new_ones() {
+        assert_eq!(
+            union(
+                vec!["write:b", "read:a"],
+                vec!["read:a", "admin", "write:b", "read:c"]
+            ),
+            ["write:b", "read:a", "admin", "read:c"]
+        );
+        assert_eq!(union(Vec::<&str>::new(), vec!["read:a"]), ["read:a"]);
+        assert_eq!(union(vec!["read:a"], Vec::new()), ["read:a"]);
+    }
+}
