@@ -21,17 +21,27 @@ const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_
      rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
      rotated_at, version, key_role_scopes(id)";
 
-/// [`RECORD_COLUMNS`] for the full load: the role scopes of every key come
-/// from one hashed join over `key_roles` instead of a function call per key,
-/// which would add seconds to loading a million keys that mostly hold no role.
-const LOAD_ALL_SQL: &str = "SELECT id, key_hash, scopes, rate_limit_per_minute, \
-     rate_limit_per_hour, rate_limit_per_day, expires_at, revoked_at, previous_key_hash, \
-     previous_key_expires_at, rotated_at, version, coalesce(rs.role_scopes, '{}') \
-     FROM api_keys LEFT JOIN ( \
-       SELECT kr.key_id, array_agg(DISTINCT s ORDER BY s) AS role_scopes \
-       FROM key_roles kr JOIN roles r ON r.id = kr.role_id \
-       CROSS JOIN LATERAL unnest(r.scopes) AS s GROUP BY kr.key_id \
-     ) rs ON rs.key_id = api_keys.id";
+/// [`RECORD_COLUMNS`] for many keys at once, the filters being `WHERE …` on
+/// `kr.key_id` and `api_keys.id` or nothing: the role scopes come from one
+/// hashed join over `key_roles` instead of a function call per key, which
+/// would add seconds to loading a million keys, or to re-reading the
+/// 100,000 keys a role change re-announced.
+macro_rules! records_sql {
+    ($roles_filter:literal, $keys_filter:literal) => {
+        concat!(
+            "SELECT id, key_hash, scopes, rate_limit_per_minute, \
+             rate_limit_per_hour, rate_limit_per_day, expires_at, revoked_at, previous_key_hash, \
+             previous_key_expires_at, rotated_at, version, coalesce(rs.role_scopes, '{}') \
+             FROM api_keys LEFT JOIN ( \
+               SELECT kr.key_id, array_agg(DISTINCT s ORDER BY s) AS role_scopes \
+               FROM key_roles kr JOIN roles r ON r.id = kr.role_id \
+               CROSS JOIN LATERAL unnest(r.scopes) AS s ",
+            $roles_filter,
+            " GROUP BY kr.key_id) rs ON rs.key_id = api_keys.id",
+            $keys_filter
+        )
+    };
+}
 
 /// A key's status, computed in one place for both what a row shows and
 /// what `?status=` filters on.
@@ -451,7 +461,7 @@ pub async fn load_all(
     let stream = tokio::time::timeout(
         stall,
         client.query_raw(
-            LOAD_ALL_SQL,
+            records_sql!("", ""),
             std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
         ),
     )
@@ -479,7 +489,7 @@ pub async fn load_by_ids(
 ) -> Result<Vec<KeyRecord>, DbError> {
     let rows = client
         .query(
-            &format!("SELECT {RECORD_COLUMNS} FROM api_keys WHERE id = ANY($1)"),
+            records_sql!("WHERE kr.key_id = ANY($1)", " WHERE api_keys.id = ANY($1)"),
             &[&ids],
         )
         .await?;
