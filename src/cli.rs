@@ -1,5 +1,5 @@
 //! The `gateway` subcommands other than `serve`: config checks, migrations,
-//! key and webhook management straight against the database (the bootstrap
+//! key, role and webhook management straight against the database (the bootstrap
 //! path for the first admin key, and the fallback when the admin API is
 //! unreachable).
 
@@ -15,6 +15,7 @@ use crate::keys::scope::Scope;
 use crate::service::keys::{Authority, KeyService, KeyUpdate, OpError, MAX_ROTATION_GRACE};
 use crate::store::audit::{self, AuditChain, Origin, Verdict};
 use crate::store::keys::{CreatedKey, KeyRow, NewKey};
+use crate::store::roles::{self, NewRole, RoleError, RoleOps, RoleRow, RoleUpdate};
 use crate::store::webhook_admin::{self, DeliveryFilter, NewWebhook, WebhookOps};
 use crate::store::{self, migrations};
 use crate::webhooks::dispatch::Dispatch;
@@ -275,6 +276,8 @@ pub struct CreateArgs {
     pub scopes: Vec<Scope>,
     pub expires_in: Option<Duration>,
     pub limits: Limits,
+    /// Names of roles the key holds.
+    pub roles: Vec<String>,
     pub json: bool,
 }
 
@@ -289,6 +292,14 @@ fn op_error(id: Uuid) -> impl Fn(OpError) -> anyhow::Error {
         OpError::Revoked => anyhow!("key {id} is revoked; a revoked key cannot change"),
         OpError::Forbidden(s) => anyhow!("not allowed: needs scope {s}"),
         OpError::NeedsAdmin(what) => anyhow!("not allowed: {what} needs scope admin"),
+        OpError::Invalid(details) => anyhow!(
+            "{}",
+            details
+                .iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         OpError::Db(e) => db_error(e),
     }
 }
@@ -320,6 +331,9 @@ fn print_secret(verb: &str, k: &CreatedKey, json: bool) -> anyhow::Result<()> {
     }
     println!("{verb} key {} ({})", k.row.id, k.row.name);
     println!("scopes:  {}", k.row.scopes.join(","));
+    if !k.row.roles.is_empty() {
+        println!("roles:   {}", k.row.roles.join(", "));
+    }
     if let Some(t) = k.row.expires_at {
         println!("expires: {}", t.to_rfc3339());
     }
@@ -359,9 +373,10 @@ pub async fn create_key(cfg: &Config, args: CreateArgs) -> anyhow::Result<()> {
         metadata: serde_json::json!({}),
         expires_at,
     };
+    let roles = role_names(&args.roles)?;
     let (mut client, ops, origin) = key_ops(cfg).await?;
     let created = ops
-        .create(&mut client, &origin, &Authority::Unrestricted, &new)
+        .create_with_roles(&mut client, &origin, &Authority::Unrestricted, &new, &roles)
         .await
         .map_err(op_error(Uuid::nil()))?;
     print_secret("created", &created, args.json)
@@ -378,6 +393,8 @@ pub struct UpdateArgs {
     /// Replaces all overrides when set.
     pub limits: Option<Limits>,
     pub metadata: Option<String>,
+    /// Replaces the key's roles (by name) when set; empty removes them all.
+    pub roles: Option<Vec<String>>,
     pub json: bool,
 }
 
@@ -406,8 +423,9 @@ pub async fn update_key(cfg: &Config, args: UpdateArgs) -> anyhow::Result<()> {
         && expires_at.is_none()
         && args.limits.is_none()
         && metadata.is_none()
+        && args.roles.is_none()
     {
-        bail!("nothing to change: give at least one of --name, --description, --scopes, --expires-in, --no-expiry, --per-minute/--per-hour/--per-day, --clear-limits, --metadata");
+        bail!("nothing to change: give at least one of --name, --description, --scopes, --expires-in, --no-expiry, --per-minute/--per-hour/--per-day, --clear-limits, --metadata, --role, --no-roles");
     }
     let change = KeyUpdate {
         name: args.name.as_deref().map(name_arg).transpose()?,
@@ -416,6 +434,7 @@ pub async fn update_key(cfg: &Config, args: UpdateArgs) -> anyhow::Result<()> {
         expires_at,
         limits: args.limits,
         metadata,
+        roles: args.roles.as_deref().map(role_names).transpose()?,
     };
     let (mut client, ops, origin) = key_ops(cfg).await?;
     let row = ops
@@ -535,6 +554,171 @@ pub async fn revoke_key(cfg: &Config, id: &str, json: bool) -> anyhow::Result<()
             row.name,
             row.revoked_at.map_or(String::new(), |t| t.to_rfc3339())
         );
+    }
+    Ok(())
+}
+
+/// Role names as given to `--role`: trimmed, non-empty, duplicates dropped.
+fn role_names(names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        let n = n.trim();
+        if n.is_empty() || n.chars().count() > roles::MAX_NAME {
+            bail!("--role must be 1-{} characters", roles::MAX_NAME);
+        }
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
+    }
+    if out.len() > roles::MAX_ROLES_PER_KEY {
+        bail!("a key holds at most {} roles", roles::MAX_ROLES_PER_KEY);
+    }
+    Ok(out)
+}
+
+/// `gateway roles create`.
+pub struct RoleCreateArgs {
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<Scope>,
+    pub json: bool,
+}
+
+/// `gateway roles update`: the fields given change, the others stay.
+pub struct RoleUpdateArgs {
+    /// The role's id or name.
+    pub role: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<Scope>>,
+    pub json: bool,
+}
+
+fn role_error(role: &str) -> impl Fn(RoleError) -> anyhow::Error + '_ {
+    move |e| match e {
+        RoleError::NotFound => anyhow!("no role {role:?}"),
+        RoleError::NameTaken => anyhow!("a role with this name already exists"),
+        RoleError::Db(e) => db_error(e),
+    }
+}
+
+fn role_description(d: &str) -> anyhow::Result<String> {
+    if d.chars().count() > roles::MAX_DESCRIPTION {
+        bail!(
+            "--description must be at most {} characters",
+            roles::MAX_DESCRIPTION
+        );
+    }
+    Ok(d.to_string())
+}
+
+/// The id of the role named or identified by `role`.
+async fn find_role(client: &tokio_postgres::Client, role: &str) -> anyhow::Result<Uuid> {
+    let role = role.trim();
+    if let Ok(id) = Uuid::parse_str(role) {
+        if roles::get(client, id).await.map_err(db_error)?.is_some() {
+            return Ok(id);
+        }
+    }
+    roles::get_by_name(client, role)
+        .await
+        .map_err(db_error)?
+        .map(|r| r.id)
+        .ok_or_else(|| anyhow!("no role named or with id {role:?}"))
+}
+
+fn print_role(verb: &str, r: &RoleRow, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!(
+            "{verb} role {} ({}): scopes {}; held by {} keys",
+            r.id,
+            r.name,
+            r.scopes.join(","),
+            r.key_count
+        );
+    }
+    Ok(())
+}
+
+/// Creates a role straight in the database, audited with actor `cli`.
+pub async fn create_role(cfg: &Config, args: RoleCreateArgs) -> anyhow::Result<()> {
+    let new = NewRole {
+        name: name_arg(&args.name)?,
+        description: role_description(&args.description)?,
+        scopes: args.scopes,
+    };
+    let chain = AuditChain::new(cfg.keys.pepper.expose());
+    let mut client = connect(cfg).await?;
+    let row = RoleOps { chain: &chain }
+        .create(&mut client, &Origin::cli(), &new)
+        .await
+        .map_err(role_error(&new.name))?;
+    print_role("created", &row, args.json)
+}
+
+pub async fn list_roles(cfg: &Config, limit: i64, json: bool) -> anyhow::Result<()> {
+    let client = connect(cfg).await?;
+    let rows = roles::list(&client, None, limit).await.map_err(db_error)?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!("{:<36}  {:<20}  {:>6}  SCOPES", "ID", "NAME", "KEYS");
+    for r in rows {
+        println!(
+            "{:<36}  {:<20}  {:>6}  {}",
+            r.id,
+            truncate(&r.name, 20),
+            r.key_count,
+            r.scopes.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Changes a role; a change of scopes reaches every key holding it on every
+/// instance, as a key change does.
+pub async fn update_role(cfg: &Config, args: RoleUpdateArgs) -> anyhow::Result<()> {
+    if args.name.is_none() && args.description.is_none() && args.scopes.is_none() {
+        bail!("nothing to change: give at least one of --name, --description, --scopes");
+    }
+    let change = RoleUpdate {
+        name: args.name.as_deref().map(name_arg).transpose()?,
+        description: args
+            .description
+            .as_deref()
+            .map(role_description)
+            .transpose()?,
+        scopes: args.scopes,
+    };
+    let chain = AuditChain::new(cfg.keys.pepper.expose());
+    let mut client = connect(cfg).await?;
+    let id = find_role(&client, &args.role).await?;
+    let changed = RoleOps { chain: &chain }
+        .update(&mut client, &Origin::cli(), id, change)
+        .await
+        .map_err(role_error(&args.role))?;
+    print_role("updated", &changed.row, args.json)
+}
+
+/// Deletes a role; every key holding it loses it (and its scopes).
+pub async fn delete_role(cfg: &Config, role: &str, json: bool) -> anyhow::Result<()> {
+    let chain = AuditChain::new(cfg.keys.pepper.expose());
+    let mut client = connect(cfg).await?;
+    let id = find_role(&client, role).await?;
+    let changed = RoleOps { chain: &chain }
+        .delete(&mut client, &Origin::cli(), id)
+        .await
+        .map_err(role_error(role))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "deleted": true, "keys_changed": changed.keys.len()})
+        );
+    } else {
+        println!("deleted role {id}; {} keys lost it", changed.keys.len());
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gateway::cli::{
-    self, CreateArgs, DeliveriesArgs, MigrateAction, TailArgs, UpdateArgs, WebhookCreateArgs,
+    self, CreateArgs, DeliveriesArgs, MigrateAction, RoleCreateArgs, RoleUpdateArgs, TailArgs,
+    UpdateArgs, WebhookCreateArgs,
 };
 use gateway::config::{Limits, Need};
 
@@ -44,6 +45,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysCmd,
+    },
+    /// Manage roles (named sets of scopes keys hold) directly in the database.
+    Roles {
+        #[command(subcommand)]
+        action: RolesCmd,
     },
     /// Manage webhook endpoints directly in the database.
     Webhooks {
@@ -117,8 +123,50 @@ enum KeysCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Change a key's name, description, scopes, expiry, limits or metadata.
+    /// Change a key's name, description, scopes, roles, expiry, limits or metadata.
     Update(UpdateCmd),
+}
+
+#[derive(Subcommand)]
+enum RolesCmd {
+    /// Create a role.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes the role grants, e.g. `read:orders,write:orders`.
+        #[arg(long, value_parser = cli::parse_scopes, default_value = "")]
+        scopes: std::vec::Vec<gateway::keys::scope::Scope>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List roles, newest first, with how many keys hold each.
+    List {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a role (by id or name); new scopes reach every key holding it.
+    Update {
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Replaces the scopes: comma-separated.
+        #[arg(long, value_parser = cli::parse_scopes)]
+        scopes: Option<std::vec::Vec<gateway::keys::scope::Scope>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a role (by id or name); every key holding it loses it.
+    Delete {
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +286,12 @@ struct UpdateCmd {
     /// Replaces the metadata: a JSON object.
     #[arg(long)]
     metadata: Option<String>,
+    /// Replaces the key's roles: repeat for each role name.
+    #[arg(long = "role", conflicts_with = "no_roles")]
+    roles: Option<Vec<String>>,
+    /// Remove every role from the key.
+    #[arg(long)]
+    no_roles: bool,
     #[arg(long)]
     json: bool,
 }
@@ -260,6 +314,9 @@ struct CreateCmd {
     per_hour: Option<u32>,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     per_day: Option<u32>,
+    /// A role the key holds (by name); repeat for several.
+    #[arg(long = "role")]
+    roles: Vec<String>,
     /// Print one JSON object with `id`, `key` and the key's other fields.
     #[arg(long)]
     json: bool,
@@ -307,6 +364,7 @@ fn run(cli: Cli, config_given: bool) -> anyhow::Result<()> {
                             per_hour: c.per_hour,
                             per_day: c.per_day,
                         },
+                        roles: c.roles,
                         json: c.json,
                     },
                 )),
@@ -336,10 +394,53 @@ fn run(cli: Cli, config_given: bool) -> anyhow::Result<()> {
                             no_expiry: u.no_expiry,
                             limits,
                             metadata: u.metadata,
+                            roles: if u.no_roles {
+                                Some(Vec::new())
+                            } else {
+                                u.roles
+                            },
                             json: u.json,
                         },
                     ))
                 }
+            }
+        }
+        Command::Roles { action } => {
+            let cfg = cli::load_config(&cli.config, Need::Keys)?;
+            let rt = runtime()?;
+            match action {
+                RolesCmd::Create {
+                    name,
+                    scopes,
+                    description,
+                    json,
+                } => rt.block_on(cli::create_role(
+                    &cfg,
+                    RoleCreateArgs {
+                        name,
+                        description,
+                        scopes,
+                        json,
+                    },
+                )),
+                RolesCmd::List { limit, json } => rt.block_on(cli::list_roles(&cfg, limit, json)),
+                RolesCmd::Update {
+                    role,
+                    name,
+                    description,
+                    scopes,
+                    json,
+                } => rt.block_on(cli::update_role(
+                    &cfg,
+                    RoleUpdateArgs {
+                        role,
+                        name,
+                        description,
+                        scopes,
+                        json,
+                    },
+                )),
+                RolesCmd::Delete { role, json } => rt.block_on(cli::delete_role(&cfg, &role, json)),
             }
         }
         Command::Webhooks { action } => {

@@ -363,10 +363,11 @@ async fn a_link_that_dies_mid_call_is_abandoned_and_the_keys_reloaded() {
     let hasher = gateway::keys::format::KeyHasher::new(PEPPER);
 
     // `LISTEN` is a simple query; the full load's statement is the only
-    // one ending in `FROM api_keys` (parse messages end the text with NUL).
+    // one ending in its join of the keys' role scopes (parse messages end
+    // the text with NUL).
     for (call, pattern) in [
         ("LISTEN", &b"LISTEN api_keys_changed"[..]),
-        ("the full load", &b"FROM api_keys\0"[..]),
+        ("the full load", &b"ON rs.key_id = api_keys.id\0"[..]),
     ] {
         let before = relay.stranded();
         let reloads = full_reloads(&health(&gw).await.1);

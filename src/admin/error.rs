@@ -6,6 +6,7 @@ use http::{Response, StatusCode};
 use super::respond;
 use crate::errors::{error_body_with_details, FieldError, ProxyError};
 use crate::service::keys::OpError;
+use crate::store::roles::RoleError;
 use crate::store::DbError;
 
 /// Largest request body the admin API reads.
@@ -28,6 +29,9 @@ pub enum ApiError {
     InvalidWebhookUrl(String),
     MethodNotAllowed(String),
     KeyRevoked,
+    /// 409 `conflict`: the write would duplicate something unique (a role
+    /// name); says what.
+    Conflict(&'static str),
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
@@ -56,7 +60,7 @@ impl ApiError {
             ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::KeyRevoked => StatusCode::CONFLICT,
+            ApiError::KeyRevoked | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DatabaseUnavailable
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::KeyRevoked => "key_revoked",
+            ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::DatabaseUnavailable => "database_unavailable",
@@ -110,6 +115,7 @@ impl ApiError {
             ApiError::InvalidWebhookUrl(why) => format!("`url`: {why}"),
             ApiError::MethodNotAllowed(allow) => format!("Use {allow}."),
             ApiError::KeyRevoked => "The key is revoked; a revoked key cannot change.".into(),
+            ApiError::Conflict(what) => (*what).to_string(),
             ApiError::PayloadTooLarge => {
                 format!("The body is larger than {MAX_BODY_BYTES} bytes.")
             }
@@ -202,7 +208,18 @@ impl From<OpError> for ApiError {
             OpError::Revoked => ApiError::KeyRevoked,
             OpError::Forbidden(scope) => ApiError::Escalation(scope),
             OpError::NeedsAdmin(what) => ApiError::NeedsAdmin(what),
+            OpError::Invalid(details) => ApiError::Validation(details),
             OpError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> Self {
+        match e {
+            RoleError::NotFound => ApiError::NotFound("No role with this id."),
+            RoleError::NameTaken => ApiError::Conflict("A role with this name already exists."),
+            RoleError::Db(e) => e.into(),
         }
     }
 }

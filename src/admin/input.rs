@@ -157,6 +157,41 @@ impl Body {
         ok.then_some(out)
     }
 
+    /// A list of role names (each 1 to `max` characters after trimming),
+    /// duplicates removed, order kept. Whether they exist is for the
+    /// database to say.
+    pub fn role_names(&mut self, field: &str, max: usize) -> Option<Vec<String>> {
+        let v = self.take(field)?;
+        let Value::Array(items) = v else {
+            self.problems.add(field, "Must be an array of role names.");
+            return None;
+        };
+        if items.len() > MAX_ROLES {
+            self.problems
+                .add(field, format!("At most {MAX_ROLES} roles."));
+            return None;
+        }
+        let mut out: Vec<String> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            match string(&mut self.problems, &at, item, max) {
+                Some(s) if s.trim().is_empty() => {
+                    self.problems.add(at, "Must not be empty.");
+                    ok = false;
+                }
+                Some(s) => {
+                    let s = s.trim().to_string();
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// An integer in `min..=max`.
     pub fn integer(&mut self, field: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.take(field)?;
@@ -257,6 +292,8 @@ impl Body {
 
 /// Most scopes one key may hold.
 pub const MAX_SCOPES: usize = 50;
+/// Most roles one key may hold.
+pub const MAX_ROLES: usize = crate::store::roles::MAX_ROLES_PER_KEY;
 /// Largest `metadata` object, serialised.
 pub const MAX_METADATA_BYTES: usize = 4096;
 

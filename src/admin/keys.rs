@@ -84,6 +84,7 @@ pub async fn create_key(
     let expires_at = expiry(&mut b).flatten();
     let limits = b.limits("rate_limits").unwrap_or_default();
     let metadata = b.metadata("metadata").unwrap_or_else(|| json!({}));
+    let roles = b.role_names("roles", MAX_NAME).unwrap_or_default();
     let name = b.finish().finish(name)?.ok_or(ApiError::Internal)?;
     let new = NewKey {
         name,
@@ -96,7 +97,7 @@ pub async fn create_key(
     let mut client = db(s).await?;
     let created = s
         .key_service
-        .create(&mut client, &caller.origin, &caller.authority, &new)
+        .create_with_roles(&mut client, &caller.origin, &caller.authority, &new, &roles)
         .await?;
     drop(client);
     until_visible(s, created.row.id, created.row.version).await;
@@ -160,6 +161,7 @@ pub async fn update_key(
         expires_at: expiry(&mut b),
         limits: b.limits("rate_limits"),
         metadata: b.metadata("metadata"),
+        roles: b.role_names("roles", MAX_NAME),
     };
     let change = b.finish().finish(change)?;
     let mut client = db(s).await?;

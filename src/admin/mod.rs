@@ -14,6 +14,7 @@ pub mod input;
 pub mod keys;
 pub mod rate_limits;
 pub mod requests;
+pub mod roles;
 pub mod routes;
 pub mod stats;
 pub mod webhooks;
@@ -409,7 +410,10 @@ impl AdminApp {
             | Op::UpdateWebhook
             | Op::RotateWebhookSecret
             | Op::TestWebhook
-            | Op::RetryWebhookDelivery => read_body(session).await?,
+            | Op::RetryWebhookDelivery
+            | Op::CreateRole
+            | Op::UpdateRole
+            | Op::PatchRole => read_body(session).await?,
             _ => Vec::new(),
         };
         let authed = || caller.as_ref().ok_or(ApiError::Internal);
@@ -457,6 +461,13 @@ impl AdminApp {
                 Op::RetryWebhookDelivery => {
                     webhooks::retry_webhook_delivery(s, authed()?, id, sub, &body).await?
                 }
+                Op::CreateRole => roles::create_role(s, authed()?, &body).await?,
+                Op::ListRoles => roles::list_roles(s, query).await?,
+                Op::GetRole => roles::get_role(s, id).await?,
+                Op::UpdateRole | Op::PatchRole => {
+                    roles::update_role(s, authed()?, id, &body).await?
+                }
+                Op::DeleteRole => roles::delete_role(s, authed()?, id).await?,
             })
         })
         .await

@@ -36,6 +36,12 @@ pub enum Op {
     ListWebhookDeliveries,
     GetWebhookDelivery,
     RetryWebhookDelivery,
+    CreateRole,
+    ListRoles,
+    GetRole,
+    UpdateRole,
+    PatchRole,
+    DeleteRole,
 }
 
 /// Who may call an operation.
@@ -81,6 +87,12 @@ impl Op {
             Op::ListWebhookDeliveries => "list_webhook_deliveries",
             Op::GetWebhookDelivery => "get_webhook_delivery",
             Op::RetryWebhookDelivery => "retry_webhook_delivery",
+            Op::CreateRole => "create_role",
+            Op::ListRoles => "list_roles",
+            Op::GetRole => "get_role",
+            Op::UpdateRole => "update_role",
+            Op::PatchRole => "patch_role",
+            Op::DeleteRole => "delete_role",
         }
     }
 
@@ -110,6 +122,14 @@ impl Op {
             | Op::RotateWebhookSecret
             | Op::TestWebhook
             | Op::RetryWebhookDelivery => Access::Scope("write:webhooks"),
+            // A role's scopes reach every key holding it: only admins
+            // define them (DESIGN §3 "JWT and roles").
+            Op::CreateRole
+            | Op::ListRoles
+            | Op::GetRole
+            | Op::UpdateRole
+            | Op::PatchRole
+            | Op::DeleteRole => Access::Scope("admin"),
         }
     }
 }
@@ -180,6 +200,12 @@ pub const ROUTES: &[Route] = &[
         Method::POST,
         Op::RetryWebhookDelivery,
     ),
+    route("/api/v1/roles", Method::POST, Op::CreateRole),
+    route("/api/v1/roles", Method::GET, Op::ListRoles),
+    route("/api/v1/roles/{id}", Method::GET, Op::GetRole),
+    route("/api/v1/roles/{id}", Method::PUT, Op::UpdateRole),
+    route("/api/v1/roles/{id}", Method::PATCH, Op::PatchRole),
+    route("/api/v1/roles/{id}", Method::DELETE, Op::DeleteRole),
 ];
 
 /// How a request path and method resolved.

@@ -224,7 +224,7 @@ pub async fn delete_webhook(
 }
 
 /// 204: no body, no content type.
-fn no_content() -> Response<Vec<u8>> {
+pub(super) fn no_content() -> Response<Vec<u8>> {
     let mut resp = Response::new(Vec::new());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp.headers_mut().insert(

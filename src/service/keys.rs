@@ -16,10 +16,12 @@ use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::config::{Config, Limits};
+use crate::errors::FieldError;
 use crate::keys::format::KeyHasher;
 use crate::keys::scope::Scope;
 use crate::store::audit::{self, AuditChain, Event, Origin, Outcome};
 use crate::store::keys::{self as repo, CreatedKey, KeyRow, NewKey};
+use crate::store::roles::{self, Grant};
 use crate::store::{webhooks, DbError};
 
 /// Default grace period of a rotation: the old secret keeps working a day.
@@ -40,6 +42,10 @@ pub enum OpError {
     /// "Setting rate_limits".
     #[error("{0} needs scope `admin`")]
     NeedsAdmin(&'static str),
+    /// Input only the database can judge, such as an unknown role name:
+    /// one entry per problem, as validation reports them.
+    #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -159,6 +165,26 @@ pub struct KeyUpdate {
     /// Replaces all overrides; a `None` tier falls back to the default.
     pub limits: Option<Limits>,
     pub metadata: Option<Value>,
+    /// Replaces the set of roles (by name) the key holds.
+    pub roles: Option<Vec<String>>,
+}
+
+/// The roles named `names`, share-locked for the transaction, after
+/// checking that each exists and that the caller holds every scope it
+/// grants: a role is a bundle of scopes, and a caller may only hand out
+/// what it holds (DESIGN §3 "API keys" → "Authority").
+async fn grant_roles(
+    tx: &Transaction<'_>,
+    authority: &Authority,
+    names: &[String],
+) -> Result<Vec<Grant>, OpError> {
+    let grants = roles::resolve_for_grant(tx, "roles", names)
+        .await?
+        .map_err(OpError::Invalid)?;
+    for g in &grants {
+        authority.check(g.scopes.iter().map(String::as_str))?;
+    }
+    Ok(grants)
 }
 
 /// Records one change in its transaction: the audit entry and, for a key
@@ -241,10 +267,33 @@ impl KeyService {
         authority: &Authority,
         new: &NewKey,
     ) -> Result<CreatedKey, OpError> {
+        self.create_with_roles(client, origin, authority, new, &[])
+            .await
+    }
+
+    /// [`KeyService::create`] of a key holding the roles named `roles`:
+    /// each must exist, and the caller must hold every scope they grant.
+    pub async fn create_with_roles(
+        &self,
+        client: &mut Client,
+        origin: &Origin,
+        authority: &Authority,
+        new: &NewKey,
+        role_names: &[String],
+    ) -> Result<CreatedKey, OpError> {
         authority.check(new.scopes.iter().map(Scope::as_str))?;
         authority.check_new(new)?;
         let tx = client.transaction().await?;
-        let created = repo::create(&tx, &self.hasher, &self.key_prefix, new).await?;
+        let grants = grant_roles(&tx, authority, role_names).await?;
+        let mut created = repo::create(&tx, &self.hasher, &self.key_prefix, new).await?;
+        if !grants.is_empty() {
+            let ids: Vec<Uuid> = grants.iter().map(|g| g.id).collect();
+            roles::set_key_roles(&tx, created.row.id, &ids).await?;
+            // With its roles, and the version the role rows raised it to.
+            created.row = repo::get(&tx, created.row.id)
+                .await?
+                .ok_or(OpError::NotFound)?;
+        }
         let event = key_event("api_key.created", created.row.id, None, Some(&created.row));
         record(&tx, &self.chain, origin, &event).await?;
         tx.commit().await?;
@@ -260,7 +309,7 @@ impl KeyService {
         let row = repo::get_for_update(tx, id)
             .await?
             .ok_or(OpError::NotFound)?;
-        authority.check(row.scopes.iter().map(String::as_str))?;
+        authority.check(row.effective_scopes.iter().map(String::as_str))?;
         Ok(row)
     }
 
@@ -276,6 +325,12 @@ impl KeyService {
             authority.check(scopes.iter().map(Scope::as_str))?;
         }
         let tx = client.transaction().await?;
+        // Roles first: their locks come before the key's (see
+        // `roles::resolve_for_grant`).
+        let grants = match &change.roles {
+            Some(names) => Some(grant_roles(&tx, authority, names).await?),
+            None => None,
+        };
         let before = Self::lock(&tx, authority, id).await?;
         if before.revoked_at.is_some() {
             return Err(OpError::Revoked);
@@ -302,6 +357,10 @@ impl KeyService {
         // Against the locked row, so a concurrent change cannot slip an
         // extension past the check.
         authority.check_change(&before, &row)?;
+        if let Some(grants) = grants {
+            let ids: Vec<Uuid> = grants.iter().map(|g| g.id).collect();
+            roles::set_key_roles(&tx, id, &ids).await?;
+        }
         let after = repo::save(&tx, &row).await?;
         let event = key_event("api_key.updated", id, Some(&before), Some(&after));
         record(&tx, &self.chain, origin, &event).await?;
@@ -420,6 +479,8 @@ mod tests {
             description: String::new(),
             prefix: "gw_live_abcd".into(),
             scopes: vec!["read:echo".into()],
+            roles: Vec::new(),
+            effective_scopes: vec!["read:echo".into()],
             rate_limits: limits,
             metadata: Value::Null,
             status: repo::KeyStatus::Active,

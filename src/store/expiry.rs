@@ -160,6 +160,8 @@ mod tests {
             description: String::new(),
             prefix: "gw_live_abcd".into(),
             scopes: Vec::new(),
+            roles: Vec::new(),
+            effective_scopes: Vec::new(),
             rate_limits: Default::default(),
             metadata: serde_json::Value::Null,
             status: KeyStatus::Active,

@@ -14,10 +14,34 @@ use crate::keys::format::{self, KeyHash, KeyHasher};
 use crate::keys::scope::{Scope, ScopeSets};
 use crate::keys::snapshot::{KeyRecord, PreviousSecret};
 
-/// Columns the snapshot needs, in the order [`record_from_row`] reads them.
+/// Columns the snapshot needs, in the order [`record_from_row`] reads them:
+/// the last is the scopes the key holds through its roles
+/// (`sql/0006_roles.up.sql`), so a record carries its effective scopes.
 const RECORD_COLUMNS: &str = "id, key_hash, scopes, rate_limit_per_minute, rate_limit_per_hour, \
      rate_limit_per_day, expires_at, revoked_at, previous_key_hash, previous_key_expires_at, \
-     rotated_at, version";
+     rotated_at, version, key_role_scopes(id)";
+
+/// [`RECORD_COLUMNS`] for many keys at once, the filters being `WHERE …` on
+/// `kr.key_id` and `api_keys.id` or nothing: the role scopes come from one
+/// hashed join over `key_roles` instead of a function call per key, which
+/// would add seconds to loading a million keys, or to re-reading the
+/// 100,000 keys a role change re-announced.
+macro_rules! records_sql {
+    ($roles_filter:literal, $keys_filter:literal) => {
+        concat!(
+            "SELECT id, key_hash, scopes, rate_limit_per_minute, \
+             rate_limit_per_hour, rate_limit_per_day, expires_at, revoked_at, previous_key_hash, \
+             previous_key_expires_at, rotated_at, version, coalesce(rs.role_scopes, '{}') \
+             FROM api_keys LEFT JOIN ( \
+               SELECT kr.key_id, array_agg(DISTINCT s ORDER BY s) AS role_scopes \
+               FROM key_roles kr JOIN roles r ON r.id = kr.role_id \
+               CROSS JOIN LATERAL unnest(r.scopes) AS s ",
+            $roles_filter,
+            " GROUP BY kr.key_id) rs ON rs.key_id = api_keys.id",
+            $keys_filter
+        )
+    };
+}
 
 /// A key's status, computed in one place for both what a row shows and
 /// what `?status=` filters on.
@@ -34,7 +58,7 @@ pub(super) const ROW_COLUMNS: &str = concat!(
      rate_limit_per_hour, rate_limit_per_day, metadata, created_at, updated_at, expires_at, \
      revoked_at, last_used_at, rotated_at, previous_prefix, previous_key_expires_at, ",
     status_sql!(),
-    ", version"
+    ", version, key_role_names(id), key_role_scopes(id)"
 );
 
 /// A key as operators see it: never the secret, never its hash.
@@ -45,6 +69,11 @@ pub struct KeyRow {
     pub description: String,
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// Names of the roles the key holds, sorted.
+    pub roles: Vec<String>,
+    /// What the key is granted: its own `scopes`, then those of its roles
+    /// not already among them (sorted). The proxy checks these.
+    pub effective_scopes: Vec<String>,
     /// Per-key overrides; a `None` tier uses `[rate_limits] default`.
     pub rate_limits: Limits,
     pub metadata: serde_json::Value,
@@ -97,6 +126,17 @@ fn limit_param(v: Option<u32>) -> Option<i32> {
     v.map(|n| i32::try_from(n).unwrap_or(i32::MAX))
 }
 
+/// `own` followed by the scopes of `from_roles` it does not already hold.
+fn union<S: PartialEq>(own: Vec<S>, from_roles: Vec<S>) -> Vec<S> {
+    let mut all = own;
+    for s in from_roles {
+        if !all.contains(&s) {
+            all.push(s);
+        }
+    }
+    all
+}
+
 impl KeyRow {
     pub(super) fn from_row(r: &Row) -> KeyRow {
         KeyRow {
@@ -105,6 +145,8 @@ impl KeyRow {
             description: r.get(2),
             prefix: r.get(3),
             scopes: r.get(4),
+            roles: r.get(19),
+            effective_scopes: union(r.get(4), r.get(20)),
             rate_limits: limits_at(r, 5),
             metadata: super::json_column(r, 8).unwrap_or_default(),
             // Written by `status_sql!`, so it always parses.
@@ -374,7 +416,7 @@ fn hash_of(bytes: &[u8]) -> Option<KeyHash> {
 fn record_from_row(r: &Row, scope_sets: &mut ScopeSets) -> Option<KeyRecord> {
     let id: Uuid = r.get(0);
     let hash = hash_of(r.get::<_, &[u8]>(1))?;
-    let raw_scopes: Vec<&str> = r.get(2);
+    let raw_scopes: Vec<&str> = union(r.get(2), r.get(12));
     let mut scopes = Vec::with_capacity(raw_scopes.len());
     for s in raw_scopes {
         match Scope::parse(s) {
@@ -419,7 +461,7 @@ pub async fn load_all(
     let stream = tokio::time::timeout(
         stall,
         client.query_raw(
-            &format!("SELECT {RECORD_COLUMNS} FROM api_keys"),
+            records_sql!("", ""),
             std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
         ),
     )
@@ -447,7 +489,7 @@ pub async fn load_by_ids(
 ) -> Result<Vec<KeyRecord>, DbError> {
     let rows = client
         .query(
-            &format!("SELECT {RECORD_COLUMNS} FROM api_keys WHERE id = ANY($1)"),
+            records_sql!("WHERE kr.key_id = ANY($1)", " WHERE api_keys.id = ANY($1)"),
             &[&ids],
         )
         .await?;
@@ -475,4 +517,22 @@ pub async fn find_by_hash(
         )
         .await?;
     Ok(row.and_then(|r| record_from_row(&r, &mut ScopeSets::default())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_scopes_are_own_then_the_roles_new_ones() {
+        assert_eq!(
+            union(
+                vec!["write:b", "read:a"],
+                vec!["read:a", "admin", "write:b", "read:c"]
+            ),
+            ["write:b", "read:a", "admin", "read:c"]
+        );
+        assert_eq!(union(Vec::<&str>::new(), vec!["read:a"]), ["read:a"]);
+        assert_eq!(union(vec!["read:a"], Vec::new()), ["read:a"]);
+    }
 }

@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003", "key_version"),
     migration!(4, "0004", "request_logs"),
     migration!(5, "0005", "webhooks"),
+    migration!(6, "0006", "roles"),
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

@@ -11,6 +11,7 @@ pub mod migrations;
 pub mod request_log_writer;
 pub mod request_logs;
 pub mod request_stats;
+pub mod roles;
 pub mod webhook_admin;
 pub mod webhooks;
 
