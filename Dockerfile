@@ -27,13 +27,13 @@ WORKDIR /src
 # [[bench]]): cargo refuses a manifest whose declared targets are missing.
 COPY Cargo.toml Cargo.lock ./
 # Every [[bench]] name in Cargo.toml gets a stub, so a new bench needs no
-# edit here.
+# edit here. pipefail: a failing sed must fail the build.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for b in $(sed -n '/^\[\[bench\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' Cargo.toml); do \
-         echo 'fn main() {}' > "benches/$b.rs"; \
-       done \
+    && sed -n '/^\[\[bench\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' Cargo.toml \
+       | while read -r b; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin gateway \
     && rm -rf src
 
