@@ -22,19 +22,6 @@ fn expiry(v: &Value) -> Option<DateTime<Utc>> {
         .map(|s| s.parse().expect("expires_at is RFC 3339"))
 }
 
-/// Waits until the instance's snapshot knows `key` (creating keys through
-/// the API and using them at once is issue 12 part 3, not this file's topic).
-async fn wait_known(gw: &Gateway, key: &str) {
-    let known = eventually(Duration::from_secs(5), || async {
-        get(&gw.admin_url("/api/v1/rate-limits/status"), Some(key))
-            .await
-            .0
-            == 200
-    })
-    .await;
-    assert!(known, "key never reached the snapshot");
-}
-
 /// 403 `insufficient_scope` whose message names `admin`.
 fn assert_needs_admin(status: u16, v: &Value, what: &str) {
     assert_eq!(

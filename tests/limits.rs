@@ -51,19 +51,6 @@ async fn room_in_this_minute(needed: u64) {
     }
 }
 
-/// Waits until `gw` knows `key`, without spending any of its quota: the
-/// status endpoint reads the counters but never counts.
-async fn wait_known(gw: &Gateway, key: &str) {
-    let known = eventually(Duration::from_secs(5), || async {
-        get(&gw.admin_url("/api/v1/rate-limits/status"), Some(key))
-            .await
-            .0
-            == 200
-    })
-    .await;
-    assert!(known, "key never reached the snapshot; log:\n{}", gw.logs());
-}
-
 fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }

@@ -19,18 +19,6 @@ fn id_of(v: &Value) -> String {
     v["id"].as_str().expect("id").to_string()
 }
 
-/// Waits until the instance's snapshot knows `key`.
-async fn wait_known(gw: &Gateway, key: &str) {
-    let known = eventually(Duration::from_secs(5), || async {
-        get(&gw.admin_url("/api/v1/rate-limits/status"), Some(key))
-            .await
-            .0
-            == 200
-    })
-    .await;
-    assert!(known, "key never reached the snapshot");
-}
-
 /// Creates a key through the admin API and waits until `gw` knows it.
 async fn api_key(gw: &Gateway, admin: &str, body: Value) -> (String, String) {
     let (s, v) = api(gw, Method::POST, "/api/v1/keys", admin, Some(body)).await;

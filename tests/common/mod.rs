@@ -626,6 +626,19 @@ where
     }
 }
 
+/// Waits until `gw`'s key snapshot knows `key`, without spending any of its
+/// quota: the rate-limit status endpoint reads the counters but never counts.
+pub async fn wait_known(gw: &Gateway, key: &str) {
+    let known = eventually(Duration::from_secs(5), || async {
+        get(&gw.admin_url("/api/v1/rate-limits/status"), Some(key))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert!(known, "key never reached the snapshot; log:\n{}", gw.logs());
+}
+
 /// The `/metrics` text of `gw`.
 pub async fn metrics(gw: &Gateway) -> String {
     http()
