@@ -42,6 +42,22 @@ fn push(tiers: &mut Tiers, subject: Subject, limits: Limits) {
     }
 }
 
+/// A caller's tiers on `route`: its own (`own`, every route together), its
+/// share of the route's per-caller `rate_limit` (`on_route`) and the route's
+/// `global_rate_limit`, in that order. Keys, token subjects and anonymous
+/// IPs are limited alike through this one function.
+fn caller_tiers(own: Subject, own_limits: Limits, on_route: Subject, route: &Route) -> Tiers {
+    let mut tiers = Tiers::new();
+    push(&mut tiers, own, own_limits);
+    push(&mut tiers, on_route, route.rate_limit);
+    push(
+        &mut tiers,
+        Subject::Global(route.index),
+        route.global_rate_limit,
+    );
+    tiers
+}
+
 impl Policy {
     pub fn new(cfg: &Config) -> Policy {
         let rl = &cfg.rate_limits;
@@ -66,15 +82,12 @@ impl Policy {
 
     /// The tiers of a request by `key` on `route`.
     pub fn key_tiers(&self, key: &KeyRecord, route: &Route) -> Tiers {
-        let mut tiers = self.own_tiers(key);
-        // At most 3 + 3 + 3 tiers: the capacity holds them all.
-        let _ = tiers.try_extend_from_slice(&self.route_tiers(key, route));
-        push(
-            &mut tiers,
-            Subject::Global(route.index),
-            route.global_rate_limit,
-        );
-        tiers
+        caller_tiers(
+            Subject::Key(key.id),
+            self.key_limits(key.limits),
+            Subject::KeyRoute(key.id, route.index),
+            route,
+        )
     }
 
     /// The key's own tiers, shared by all routes.
@@ -109,36 +122,25 @@ impl Policy {
         issuer_limits: Option<Limits>,
         route: &Route,
     ) -> Tiers {
-        let mut tiers = Tiers::new();
-        push(
-            &mut tiers,
+        caller_tiers(
             Subject::Token(subject),
-            issuer_limits.unwrap_or_default().or(self.default),
-        );
-        push(
-            &mut tiers,
+            self.key_limits(issuer_limits.unwrap_or_default()),
             Subject::TokenRoute(subject, route.index),
-            route.rate_limit,
-        );
-        push(
-            &mut tiers,
-            Subject::Global(route.index),
-            route.global_rate_limit,
-        );
-        tiers
+            route,
+        )
     }
 
     /// The tiers of an anonymous request from `ip` on `route`.
     pub fn anonymous_tiers(&self, ip: Option<IpAddr>, route: &Route) -> Tiers {
-        let mut tiers = Tiers::new();
         if let Some(ip) = ip {
-            push(&mut tiers, Subject::Ip(ip), self.anonymous);
-            push(
-                &mut tiers,
+            return caller_tiers(
+                Subject::Ip(ip),
+                self.anonymous,
                 Subject::IpRoute(ip, route.index),
-                route.rate_limit,
+                route,
             );
         }
+        let mut tiers = Tiers::new();
         push(
             &mut tiers,
             Subject::Global(route.index),
