@@ -12,29 +12,14 @@
 mod jwt_support;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
-use gateway::config::{IssuerConfig, JwtConfig, KeySource, Secret};
+use gateway::config::{JwtConfig, KeySource, Secret};
 use gateway::jwt::Jwt;
-use jwt_support::{claims, jwks, mint_hs256, TestKey};
+use jwt_support::{claims, issuer_config as issuer, jwks, mint_hs256, TestKey};
 
 const HS_SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
-
-fn issuer(name: &str, iss: &str, keys: KeySource, algorithms: &[&str]) -> IssuerConfig {
-    IssuerConfig {
-        name: name.into(),
-        issuer: iss.into(),
-        audiences: vec![jwt_support::AUDIENCE.into()],
-        keys,
-        algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
-        scopes_claim: "scope".into(),
-        leeway: Duration::from_secs(30),
-        rate_limits: None,
-        forward_token: false,
-    }
-}
 
 fn verification(c: &mut Criterion) {
     let (rsa, ec, ed) = (TestKey::rsa("r1", 0), TestKey::ec("e1"), TestKey::ed("d1"));

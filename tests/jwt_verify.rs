@@ -15,17 +15,9 @@ use jwt_support::*;
 use serde_json::json;
 
 fn issuer(name: &str, keys: KeySource, algorithms: &[&str]) -> IssuerConfig {
-    IssuerConfig {
-        name: name.into(),
-        issuer: ISSUER.into(),
-        audiences: vec![AUDIENCE.into(), "second-audience".into()],
-        keys,
-        algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
-        scopes_claim: "scope".into(),
-        leeway: Duration::from_secs(30),
-        rate_limits: None,
-        forward_token: false,
-    }
+    let mut cfg = issuer_config(name, ISSUER, keys, algorithms);
+    cfg.audiences.push("second-audience".into());
+    cfg
 }
 
 fn config(issuers: Vec<IssuerConfig>) -> JwtConfig {

@@ -217,6 +217,27 @@ pub fn jwks(keys: &[&TestKey]) -> Value {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
 }
 
+/// An issuer of `iss` accepting [`AUDIENCE`], with keys from `keys`, the
+/// `scope` claim, 30 s leeway and no limits of its own.
+pub fn issuer_config(
+    name: &str,
+    iss: &str,
+    keys: gateway::config::KeySource,
+    algorithms: &[&str],
+) -> gateway::config::IssuerConfig {
+    gateway::config::IssuerConfig {
+        name: name.into(),
+        issuer: iss.into(),
+        audiences: vec![AUDIENCE.into()],
+        keys,
+        algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+        scopes_claim: "scope".into(),
+        leeway: Duration::from_secs(30),
+        rate_limits: None,
+        forward_token: false,
+    }
+}
+
 /// A `[[jwt.issuers]]` table for a gateway config file.
 pub fn issuer_toml(name: &str, jwks_url: &str, algorithms: &[&str], extra: &str) -> String {
     let algs: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
