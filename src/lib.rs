@@ -40,6 +40,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod webhooks;
 
 /// Wall-clock time in Unix milliseconds.

@@ -53,6 +53,7 @@ async fn connected_store() -> Arc<RedisStore> {
         url: redis_url(),
         timeout: Duration::from_secs(5),
         key_prefix: redis_prefix(),
+        cluster: false,
     };
     let store = Arc::new(RedisStore::new(&cfg).expect("store"));
     let s = store.clone();

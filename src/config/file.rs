@@ -20,6 +20,16 @@ pub struct Proxy {
     pub upstream_keepalive_pool_size: Option<u64>,
     pub shutdown_grace_seconds: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls_listen: Option<String>,
+    pub certificates: Option<Vec<Certificate>>,
+    pub max_body_bytes: Option<u64>,
+    pub security_headers: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Certificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +49,7 @@ pub struct Redis {
     pub url: Option<String>,
     pub timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
+    pub cluster: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +78,7 @@ pub struct RateLimits {
     pub exempt_ips: Option<Vec<String>>,
     pub max_local_counters: Option<u64>,
     pub ipv6_prefix: Option<i64>,
+    pub headers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +93,9 @@ pub struct Upstream {
     pub targets: Option<Vec<String>>,
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +110,41 @@ pub struct Route {
     pub rate_limit: Option<Limits>,
     pub global_rate_limit: Option<Limits>,
     pub log_bodies: Option<bool>,
+    pub hosts: Option<Vec<String>>,
+    pub strip_prefix: Option<bool>,
+    pub rewrite_prefix: Option<String>,
+    pub match_headers: Option<BTreeMap<String, String>>,
+    pub cors: Option<Cors>,
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
+    pub compress: Option<bool>,
+    pub allow_ips: Option<Vec<String>>,
+    pub deny_ips: Option<Vec<String>>,
+    pub max_body_bytes: Option<u64>,
+    pub deprecation: Option<Deprecation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Cors {
+    pub allow_origins: Option<Vec<String>>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+    pub max_age_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HeaderRules {
+    pub set: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Deprecation {
+    pub deprecated_at: Option<String>,
+    pub sunset_at: Option<String>,
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,7 +17,9 @@
 //! other module of the gateway but `keys::scope` and `http_path`.
 
 mod admin;
+mod cors;
 mod database;
+mod edge;
 mod env;
 pub mod file;
 mod jwt;
@@ -28,6 +30,7 @@ mod rate_limits;
 mod redis;
 mod request_logs;
 mod routes;
+mod tls;
 mod upstreams;
 mod validate;
 mod webhooks;
@@ -38,7 +41,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use self::admin::DEFAULT_ADMIN_LISTEN;
+pub use self::cors::{AllowOrigins, CorsConfig, DeprecationConfig};
 pub use self::database::{DatabaseConfig, DEFAULT_DATABASE_URL};
+pub use self::edge::{HeaderRules, RouteOptions};
 pub use self::jwt::{IssuerConfig, JwtConfig, KeySource};
 pub use self::keys::{
     KeysConfig, DEFAULT_KEY_PREFIX, DEFAULT_MISS_LOOKUPS_PER_SECOND, MAX_MISS_LOOKUPS_PER_SECOND,
@@ -47,7 +52,7 @@ pub use self::keys::{
 pub use self::log::LogFormat;
 pub use self::proxy::{ProxyConfig, DEFAULT_PROXY_LISTEN};
 pub use self::rate_limits::{
-    LimitBackend, Limits, OnBackendError, RateLimitConfig, DEFAULT_IPV6_PREFIX,
+    HeaderStyle, LimitBackend, Limits, OnBackendError, RateLimitConfig, DEFAULT_IPV6_PREFIX,
     DEFAULT_MAX_LOCAL_COUNTERS,
 };
 pub use self::redis::{RedisConfig, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS};
@@ -55,6 +60,7 @@ pub use self::request_logs::{
     RequestLogConfig, DEFAULT_REDACT_QUERY_PARAMS, MAX_LOGGED_BODY_BYTES, MAX_QUEUE_CAPACITY,
 };
 pub use self::routes::{AuthMode, RouteConfig};
+pub use self::tls::{CertificateConfig, TlsListenerConfig, UpstreamTls};
 pub use self::upstreams::{UpstreamConfig, MAX_TARGETS};
 pub use self::webhooks::{HousekeepingConfig, WebhookConfig, DEFAULT_RETRY_SCHEDULE_MS};
 

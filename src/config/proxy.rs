@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::file;
+use super::tls::{build_tls_listener, TlsListenerConfig};
 use super::validate::{parse_addr, parse_cidrs, positive_ms};
 use super::Errors;
 
@@ -24,13 +25,25 @@ pub struct ProxyConfig {
     pub upstream_keepalive_pool_size: usize,
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// The TLS listener and its certificates (`tls_listen`, `certificates`).
+    pub tls: Option<TlsListenerConfig>,
+    /// Largest request body on any route without its own `max_body_bytes`;
+    /// `None`: unbounded.
+    pub max_body_bytes: Option<u64>,
+    /// Add `nosniff`, frame-options and referrer-policy (HSTS on TLS) where
+    /// the upstream did not.
+    pub security_headers: bool,
 }
 
 /// Longest `proxy.upstream_down_seconds`: an hour; a target skipped for
 /// longer is better removed from the config.
 const MAX_UPSTREAM_DOWN_SECONDS: u64 = 3600;
 
-pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
+pub(super) fn build_proxy(mut p: file::Proxy, errs: &mut Errors) -> Option<ProxyConfig> {
+    let tls = build_tls_listener(&mut p, errs);
+    if p.max_body_bytes == Some(0) {
+        errs.push("proxy.max_body_bytes", "must be at least 1");
+    }
     let listen = parse_addr(
         p.listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
         "proxy.listen",
@@ -89,6 +102,9 @@ pub(super) fn build_proxy(p: file::Proxy, errs: &mut Errors) -> Option<ProxyConf
         upstream_keepalive_pool_size: pool as usize,
         shutdown_grace: Duration::from_secs(grace),
         trusted_proxies: parse_cidrs(p.trusted_proxies, "proxy.trusted_proxies", errs),
+        tls,
+        max_body_bytes: p.max_body_bytes,
+        security_headers: p.security_headers.unwrap_or(false),
     })
 }
 

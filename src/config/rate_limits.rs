@@ -72,6 +72,22 @@ pub struct RateLimitConfig {
     /// IPv6 clients are counted per network of this prefix length (1-128,
     /// default [`DEFAULT_IPV6_PREFIX`]): one host usually holds a whole /64.
     pub ipv6_prefix: u8,
+    /// Which rate-limit headers responses carry (`headers`).
+    pub headers: HeaderStyle,
+}
+
+/// `rate_limits.headers`: which rate-limit headers go on responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderStyle {
+    /// `X-RateLimit-*` and the IETF `RateLimit`/`RateLimit-Policy`.
+    #[default]
+    Both,
+    /// Only `RateLimit` and `RateLimit-Policy`.
+    Ietf,
+    /// Only `X-RateLimit-*`.
+    Legacy,
+    /// None (a 429 still carries `Retry-After`).
+    None,
 }
 
 pub(super) fn build_limits(l: Option<file::Limits>, path: &str, errs: &mut Errors) -> Limits {
@@ -180,6 +196,19 @@ pub(super) fn build_rate_limits(
             DEFAULT_IPV6_PREFIX
         }
     };
+    let headers = match r.headers.as_deref() {
+        None | Some("both") => HeaderStyle::Both,
+        Some("ietf") => HeaderStyle::Ietf,
+        Some("legacy") => HeaderStyle::Legacy,
+        Some("none") => HeaderStyle::None,
+        Some(other) => {
+            errs.push(
+                "rate_limits.headers",
+                format!("must be \"both\", \"ietf\", \"legacy\" or \"none\", got {other:?}"),
+            );
+            HeaderStyle::Both
+        }
+    };
     Some(RateLimitConfig {
         backend,
         on_backend_error,
@@ -189,6 +218,7 @@ pub(super) fn build_rate_limits(
         exempt_ips: parse_cidrs(r.exempt_ips, "rate_limits.exempt_ips", errs),
         max_local_counters: max_local_counters as usize,
         ipv6_prefix,
+        headers,
     })
 }
 

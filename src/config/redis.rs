@@ -19,6 +19,9 @@ pub struct RedisConfig {
     /// Prepended to every key the gateway writes, so several deployments
     /// (or test runs) can share one Redis.
     pub key_prefix: String,
+    /// Use fred's cluster client (`cluster = true` or a `redis-cluster://`
+    /// URL).
+    pub cluster: bool,
 }
 
 pub(super) fn build_redis(r: file::Redis, present: bool, errs: &mut Errors) -> Option<RedisConfig> {
@@ -63,5 +66,7 @@ pub(super) fn build_redis(r: file::Redis, present: bool, errs: &mut Errors) -> O
         url,
         timeout,
         key_prefix,
+        // `redis-cluster://` URLs are the cluster work's (issue 16).
+        cluster: r.cluster.unwrap_or(false),
     })
 }

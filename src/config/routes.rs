@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::edge::{build_route_options, RouteOptions};
 use super::rate_limits::{build_limits, Limits};
 use super::validate::is_name;
 use super::{file, Errors};
@@ -46,6 +47,9 @@ pub struct RouteConfig {
     /// Keep the first `request_logs.max_body_bytes` of request and response
     /// bodies in the request log, secrets redacted.
     pub log_bodies: bool,
+    /// Rewriting, header rules, body limit, IP rules, compression, CORS
+    /// and deprecation (see `edge`).
+    pub options: RouteOptions,
 }
 
 pub(super) fn parse_scopes(list: &[String], path: &str, errs: &mut Errors) -> Vec<Scope> {
@@ -66,13 +70,14 @@ const METHODS: &[&str] = &[
 ];
 
 pub(super) fn build_route(
-    r: file::Route,
+    mut r: file::Route,
     i: usize,
     upstreams: &HashSet<String>,
     errs: &mut Errors,
 ) -> Option<RouteConfig> {
     let path = format!("routes[{i}]");
     let before = errs.0.len();
+    let options = build_route_options(&mut r, &path, errs);
     let name = r.name.unwrap_or_else(|| format!("route{i}"));
     if !is_name(&name) {
         errs.push(
@@ -187,6 +192,7 @@ pub(super) fn build_route(
         rate_limit,
         global_rate_limit,
         log_bodies: r.log_bodies.unwrap_or(false),
+        options,
     })
 }
 

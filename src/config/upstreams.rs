@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::proxy::ProxyConfig;
+use super::tls::{build_upstream_tls, UpstreamTls};
 use super::validate::{is_name, positive_ms};
 use super::{file, Errors};
 
@@ -18,15 +19,18 @@ pub struct UpstreamConfig {
     pub targets: Vec<SocketAddr>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// TLS to the targets (`tls = true`, `sni`, `ca_file`).
+    pub tls: Option<UpstreamTls>,
 }
 
 pub(super) fn build_upstream(
-    u: file::Upstream,
+    mut u: file::Upstream,
     i: usize,
     proxy: Option<&ProxyConfig>,
     errs: &mut Errors,
 ) -> Option<UpstreamConfig> {
     let path = format!("upstreams[{i}]");
+    let tls = build_upstream_tls(&mut u, &path, errs);
     let name = match u.name {
         Some(n) if is_name(&n) => Some(n),
         Some(n) => {
@@ -84,5 +88,6 @@ pub(super) fn build_upstream(
         targets: addrs,
         connect_timeout,
         read_timeout,
+        tls,
     })
 }

@@ -27,7 +27,7 @@ use http::Method;
 
 use self::metrics::RouteMetrics;
 use self::upstream::Upstream;
-use crate::config::{AuthMode, Config, Limits, RouteConfig};
+use crate::config::{AuthMode, Config, Limits, RouteConfig, RouteOptions};
 use crate::keys::scope::Scope;
 
 /// One `[[routes]]` entry, resolved: everything the proxy, the limiter and
@@ -52,6 +52,9 @@ pub struct Route {
     pub global_rate_limit: Limits,
     /// Request and response bodies go into the request log (redacted).
     pub log_bodies: bool,
+    /// Edge options: rewriting, header rules, body limit, IP rules,
+    /// compression, CORS, deprecation.
+    pub options: RouteOptions,
 }
 
 impl Route {
@@ -119,6 +122,7 @@ impl RouteTable {
                     rate_limit: r.rate_limit.unwrap_or_default(),
                     global_rate_limit: r.global_rate_limit.unwrap_or_default(),
                     log_bodies: r.log_bodies,
+                    options: r.options.clone(),
                 }))
             })
             .collect();
