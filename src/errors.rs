@@ -8,6 +8,7 @@
 //! business (`proxy::errors::write_error`, `admin::error::ApiError`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -40,6 +41,12 @@ pub enum ProxyError {
     RateLimited(&'static str),
     /// The shared rate-limit backend failed and `on_backend_error = "deny"`.
     RateLimiterUnavailable,
+    /// A CORS preflight the route's policy refuses (origin, method or a
+    /// request header not allowed); the text says which, never echoing it.
+    CorsRejected(&'static str),
+    /// The route's `deprecation.sunset_at` has passed; `link` (the route's
+    /// `deprecation.link`) is named in the message and the body.
+    RouteSunset(Option<Arc<str>>),
     Internal,
 }
 
@@ -60,6 +67,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => 504,
             ProxyError::RateLimited(_) => 429,
             ProxyError::RateLimiterUnavailable => 503,
+            ProxyError::CorsRejected(_) => 403,
+            ProxyError::RouteSunset(_) => 410,
             ProxyError::Internal => 500,
         }
     }
@@ -82,6 +91,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::RateLimiterUnavailable => "rate_limiter_unavailable",
+            ProxyError::CorsRejected(_) => "cors_rejected",
+            ProxyError::RouteSunset(_) => "route_sunset",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -116,7 +127,20 @@ impl ProxyError {
             ProxyError::RateLimiterUnavailable => {
                 "The rate limiter is unavailable, and this gateway refuses requests it cannot count.".into()
             }
+            ProxyError::CorsRejected(why) => (*why).into(),
+            ProxyError::RouteSunset(Some(link)) => {
+                format!("This route has been retired; see {link} for its replacement.").into()
+            }
+            ProxyError::RouteSunset(None) => "This route has been retired.".into(),
             ProxyError::Internal => "Internal gateway error.".into(),
+        }
+    }
+
+    /// The URL a `route_sunset` body names as `error.link`.
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            ProxyError::RouteSunset(link) => link.as_deref(),
+            _ => None,
         }
     }
 }
@@ -171,6 +195,8 @@ struct Inner<'a> {
     request_id: &'a str,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     details: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<&'a str>,
 }
 
 /// One invalid input field of a `validation_failed` error.
@@ -193,15 +219,29 @@ pub fn error_body_with_details(
     request_id: &str,
     details: &[FieldError],
 ) -> Vec<u8> {
-    serde_json::to_vec(&Body {
-        error: Inner {
-            code,
-            message,
-            request_id,
-            details,
-        },
+    to_body(Inner {
+        code,
+        message,
+        request_id,
+        details,
+        link: None,
     })
-    .unwrap_or_else(|_| {
+}
+
+/// The body of a proxy denial: [`error_body`] of `err`, with `error.link`
+/// when it names one (a sunset route's replacement).
+pub fn proxy_error_body(err: &ProxyError, request_id: &str) -> Vec<u8> {
+    to_body(Inner {
+        code: err.code(),
+        message: &err.message(),
+        request_id,
+        details: &[],
+        link: err.link(),
+    })
+}
+
+fn to_body(error: Inner<'_>) -> Vec<u8> {
+    serde_json::to_vec(&Body { error }).unwrap_or_else(|_| {
         br#"{"error":{"code":"internal_error","message":"","request_id":""}}"#.to_vec()
     })
 }
@@ -243,6 +283,26 @@ mod tests {
         assert_eq!(ProxyError::RouteNotFound.www_authenticate(), None);
         assert_eq!(ProxyError::ExpiredToken.code(), "expired_token");
         assert_eq!(ProxyError::InvalidToken("x").status(), 401);
+    }
+
+    #[test]
+    fn a_sunset_body_names_the_link() {
+        let e = ProxyError::RouteSunset(Some("https://docs.example.com/v2".into()));
+        assert_eq!((e.status(), e.code()), (410, "route_sunset"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&proxy_error_body(&e, "req-1")).expect("json");
+        assert_eq!(v["error"]["link"], "https://docs.example.com/v2");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("https://docs.example.com/v2")));
+        let v: serde_json::Value =
+            serde_json::from_slice(&proxy_error_body(&ProxyError::RouteSunset(None), "r"))
+                .expect("json");
+        assert!(v["error"].get("link").is_none(), "{v}");
+        let v: serde_json::Value =
+            serde_json::from_slice(&proxy_error_body(&ProxyError::RouteNotFound, "r"))
+                .expect("json");
+        assert!(v["error"].get("link").is_none(), "{v}");
     }
 
     #[test]

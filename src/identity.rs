@@ -15,7 +15,7 @@ use pingora::http::RequestHeader;
 
 use crate::errors::ProxyError;
 use crate::keys::format::{self, KeyHash, KeyHasher};
-use crate::keys::snapshot::{Authenticated, KeyStore, PreviousSecret, Rejection};
+use crate::keys::snapshot::{Authenticated, KeyRecord, KeyStore, PreviousSecret, Rejection};
 use crate::service::miss::MissLookups;
 
 /// The answer to any key that is not one of ours, whatever the reason, so a
@@ -140,6 +140,23 @@ impl Authenticator {
             SnapshotAnswer::Missing(hash, now, misses) => {
                 rejection(Box::pin(misses.lookup(&hash, now)).await)
             }
+        }
+    }
+
+    /// The valid key `req` presents, if the snapshot holds it: no Postgres
+    /// lookup, nothing counted, nothing refused. For naming the caller of
+    /// a request the gateway answers without authenticating it (a sunset
+    /// route's 410) in metrics and the request log.
+    pub fn identify(&self, req: &RequestHeader) -> Option<Arc<KeyRecord>> {
+        let Ok(Some(Credential::Key(key))) = self.classify(req) else {
+            return None;
+        };
+        if key.len() > MAX_CREDENTIAL_LEN {
+            return None;
+        }
+        match self.check_snapshot(key) {
+            SnapshotAnswer::Answer(Ok(auth)) => Some(auth.record),
+            _ => None,
         }
     }
 

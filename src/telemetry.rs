@@ -95,6 +95,7 @@ pub fn register_at_boot(cfg: &Config, routes: &RouteTable) {
     crate::reqlog::retention::register_metrics();
     crate::reqlog::rollup::register_metrics();
     crate::webhooks::dispatcher::export_metrics();
+    crate::proxy::deprecation::register_metrics(routes);
 
     // Proxy: per route (and for requests that matched none), through the
     // handles the proxy records into.
@@ -295,6 +296,10 @@ fn describe() {
     describe_counter!(
         "gateway_upstream_marked_down_total",
         "Upstream targets marked down after a failed connect."
+    );
+    describe_counter!(
+        "gateway_deprecated_requests_total",
+        "Requests to routes with a deprecation (sunset 410s included, CORS preflights not), by route and caller: key id, token or anonymous."
     );
     describe_counter!(
         "gateway_rate_limited_total",

@@ -149,6 +149,14 @@ impl Policy {
         tiers
     }
 
+    /// The anonymous tiers of `ip` alone, without any route's: what a
+    /// CORS preflight (answered without a key) counts against.
+    pub fn ip_tiers(&self, ip: IpAddr) -> Tiers {
+        let mut tiers = Tiers::new();
+        push(&mut tiers, Subject::Ip(ip), self.anonymous);
+        tiers
+    }
+
     /// The brute-force guard's tiers for `ip`.
     pub fn guard_tiers(&self, ip: IpAddr) -> Tiers {
         let mut tiers = Tiers::new();

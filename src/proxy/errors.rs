@@ -7,7 +7,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::errors::error_body;
+use crate::errors::proxy_error_body;
 pub use crate::errors::ProxyError;
 
 /// Builds the response header for `err`.
@@ -35,7 +35,7 @@ pub async fn write_error(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
-    let body = error_body(err.code(), &err.message(), request_id);
+    let body = proxy_error_body(err, request_id);
     let mut resp = error_header(err, request_id, body.len())?;
     for (name, value) in extra {
         resp.insert_header(*name, value.as_str())?;

@@ -9,6 +9,9 @@
 //! Nothing here waits on Postgres; only the `redis` rate-limit backend
 //! makes one bounded call per request.
 
+pub mod cors;
+pub mod deprecation;
+pub mod edge_headers;
 pub mod errors;
 pub mod log_limit;
 pub mod routing;
@@ -84,6 +87,8 @@ pub struct GatewayProxy {
     failure_log: WarnLimiter,
     /// Request-log capture (rollups, sampling, the writer's queue).
     request_log: RequestLog,
+    /// `proxy.security_headers`, for [`edge_headers`].
+    security_headers: bool,
 }
 
 /// Per-request state shared across the filters.
@@ -145,6 +150,7 @@ impl GatewayProxy {
             limiter,
             failure_log: WarnLimiter::new(log_limit::WARN_EVERY),
             request_log: RequestLog::disabled(),
+            security_headers: cfg.proxy.security_headers,
         }
     }
 
@@ -353,6 +359,10 @@ impl GatewayProxy {
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        edge_headers::init_modules(modules, self.security_headers);
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -399,6 +409,7 @@ impl ProxyHttp for GatewayProxy {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         ctx.route = Some(route.clone());
+        edge_headers::stamp_route(session, &route);
         if route.log_bodies && self.request_log.config().is_some() {
             ctx.request_body = Some(BodyCapture::default());
             ctx.response_body = Some(BodyCapture::default());
@@ -410,6 +421,10 @@ impl ProxyHttp for GatewayProxy {
         let req = session.req_header();
         ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
         let client = self.limiter.client(ctx.client_ip);
+        if self.answer_at_edge(session, ctx, &route, &client).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         if route.auth.needs_credential() {
             if let Some(d) = self.limiter.guard_blocked(&client) {
                 return self.deny_limited(session, ctx, &d).await;
@@ -697,6 +712,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some(t) = ctx.upstream_header_time {
             m.upstream_duration().record(t.as_secs_f64());
         }
+        deprecation::count_call(session, ctx);
         if self.request_log.config().is_some() {
             let record = self.record(session, status, ctx);
             self.request_log.submit(record);

@@ -1,0 +1,207 @@
+//! The response headers a route's edge policy adds to EVERY response of a
+//! request, the upstream's and the gateway's own alike: CORS
+//! ([`super::cors`]), deprecation ([`super::deprecation`]) and the
+//! security headers of `proxy.security_headers`; and the requests the
+//! gateway answers at the edge before any authentication: CORS preflights
+//! and a sunset route's 410.
+//!
+//! The hook is a Pingora downstream module ([`EdgeHeaders`]), not
+//! `response_filter`: denials are written by `write_error` straight from
+//! `request_filter` or `fail_to_proxy` and never pass `response_filter`,
+//! but every response header, whoever wrote it, passes the downstream
+//! modules (`Session::write_response_header` and the proxied response
+//! alike). `request_filter` tells the module the request's route and
+//! allowed origin ([`stamp_route`]); the module does the rest.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::ORIGIN;
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use pingora::modules::http::compression::ResponseCompressionBuilder;
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
+use pingora::proxy::Session;
+
+use super::errors::write_error;
+use super::{cors, deprecation, GatewayProxy, RequestCtx};
+use crate::limits::{Client, Verdict};
+use crate::route::Route;
+
+/// The security headers of `proxy.security_headers`, each added only when
+/// the response does not carry that header already (the upstream knows
+/// better, e.g. a page meant to be framed). HSTS belongs to the TLS
+/// listener.
+const SECURITY_HEADERS: [(&str, HeaderValue); 3] = [
+    (
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    ),
+    ("x-frame-options", HeaderValue::from_static("DENY")),
+    ("referrer-policy", HeaderValue::from_static("no-referrer")),
+];
+
+/// Per-request state of the edge-header module.
+pub struct EdgeHeaders {
+    security: bool,
+    /// The route, when it has a CORS policy or a deprecation.
+    route: Option<Arc<Route>>,
+    /// `Access-Control-Allow-Origin` for actual responses (see
+    /// [`cors::allowed_origin`]).
+    origin: Option<HeaderValue>,
+    /// The response is the gateway's own preflight answer, complete as
+    /// written: only the security headers are added.
+    preflight: bool,
+}
+
+#[async_trait]
+impl HttpModule for EdgeHeaders {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        _end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        // 1xx are interim: the final response gets the headers.
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let (Some(route), false) = (&self.route, self.preflight) {
+            if let Some(c) = &route.options.cors {
+                cors::stamp_actual(c, self.origin.as_ref(), resp)?;
+            }
+            if let Some(d) = &route.options.deprecation {
+                deprecation::stamp(d, resp)?;
+            }
+        }
+        if self.security {
+            for (name, value) in &SECURITY_HEADERS {
+                if !resp.headers.contains_key(*name) {
+                    resp.insert_header(*name, value.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct EdgeHeadersBuilder {
+    security: bool,
+}
+
+impl HttpModuleBuilder for EdgeHeadersBuilder {
+    fn init(&self) -> Module {
+        Box::new(EdgeHeaders {
+            security: self.security,
+            route: None,
+            origin: None,
+            preflight: false,
+        })
+    }
+}
+
+/// The downstream modules of the proxy: Pingora's default (response
+/// compression, off unless a request turns it on) and [`EdgeHeaders`].
+pub fn init_modules(modules: &mut HttpModules, security_headers: bool) {
+    modules.add_module(ResponseCompressionBuilder::enable(0));
+    modules.add_module(Box::new(EdgeHeadersBuilder {
+        security: security_headers,
+    }));
+}
+
+/// Tells the module which route the request took: call as soon as the
+/// route is known, so every later response, denials included, carries
+/// the route's CORS and deprecation headers.
+pub fn stamp_route(session: &mut Session, route: &Arc<Route>) {
+    let opts = &route.options;
+    if opts.cors.is_none() && opts.deprecation.is_none() {
+        return;
+    }
+    let origin = opts
+        .cors
+        .as_ref()
+        .and_then(|c| cors::allowed_origin(c, session.req_header().headers.get(ORIGIN)));
+    if let Some(m) = session.downstream_modules_ctx.get_mut::<EdgeHeaders>() {
+        m.route = Some(route.clone());
+        m.origin = origin;
+    }
+}
+
+impl GatewayProxy {
+    /// Answers what the gateway answers itself before authentication:
+    /// a CORS preflight on a route with a `cors` policy (204 with the
+    /// policy, 403 `cors_rejected`, or 429 when the client's per-IP
+    /// anonymous tiers are used up), and 410 `route_sunset` on a route
+    /// past its sunset. True when answered.
+    pub(super) async fn answer_at_edge(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        client: &Client,
+    ) -> pingora::Result<bool> {
+        if let Some(c) = &route.options.cors {
+            if cors::is_preflight(session.req_header()) {
+                if let Some(m) = session.downstream_modules_ctx.get_mut::<EdgeHeaders>() {
+                    m.preflight = true;
+                }
+                return self.answer_preflight(session, ctx, c, client).await;
+            }
+        }
+        if let Some(err) = deprecation::sunset_error(route, chrono::Utc::now()) {
+            // No key needed to learn a route is gone; a key the snapshot
+            // holds still names the caller in the metric and the log.
+            ctx.key = self.auth.identify(session.req_header());
+            ctx.denied = Some(err.code());
+            write_error(session, &err, ctx.request_id(), &[]).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// A preflight costs no key, so it is bounded like an anonymous call:
+    /// it counts against the client IP's own `[rate_limits] anonymous`
+    /// tiers (not the route's, which a flood of preflights could exhaust
+    /// for everyone).
+    async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        c: &crate::config::CorsConfig,
+        client: &Client,
+    ) -> pingora::Result<bool> {
+        if let (false, Some(ip), Some(route)) = (client.exempt, client.bucket, ctx.route.clone()) {
+            let tiers = self.limiter.policy.ip_tiers(ip);
+            if !tiers.is_empty() {
+                // A backend failure lets the preflight through whatever
+                // `on_backend_error` says: it reaches nothing, and the
+                // actual request is decided on its own.
+                if let Verdict::Limited(d) = self.limiter.check(&route, &tiers).await {
+                    return self.deny_limited(session, ctx, &d).await;
+                }
+            }
+        }
+        match cors::check_preflight(c, session.req_header()) {
+            Ok(origin) => {
+                let resp = cors::preflight_response(c, origin, &ctx.request_id)?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+            Err(err) => {
+                // No allow header at all, and the preflight's `Vary`.
+                ctx.denied = Some(err.code());
+                let vary = [("vary", cors::VARY_PREFLIGHT.to_string())];
+                write_error(session, &err, ctx.request_id(), &vary).await?;
+                Ok(true)
+            }
+        }
+    }
+}
