@@ -199,6 +199,9 @@ impl UpstreamPeerTls {
     }
 }
 
+// `&Vec<u8>`: the builder `WrappedX509::try_new` (ouroboros) takes is
+// given the owned field by reference.
+#[allow(clippy::ptr_arg)]
 fn parse_x509(
     raw: &Vec<u8>,
 ) -> Result<X509Certificate<'_>, x509_parser::nom::Err<x509_parser::error::X509Error>> {
