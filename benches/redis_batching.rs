@@ -75,7 +75,11 @@ fn redis_cpu_seconds(port: u16) -> f64 {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
-        .filter_map(|l| l.split(':').nth(1).and_then(|v| v.trim().parse::<f64>().ok()))
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
         .sum()
 }
 
@@ -121,11 +125,10 @@ where
 }
 
 async fn unbatched(port: u16, run: Duration) -> (f64, u64) {
-    let client = Builder::from_config(
-        Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url"),
-    )
-    .build()
-    .expect("client");
+    let client =
+        Builder::from_config(Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("url"))
+            .build()
+            .expect("client");
     client.init().await.expect("connect");
     let sha: String = client.script_load(SCRIPT).await.expect("script load");
     drive(run, move |i| {

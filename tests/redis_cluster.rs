@@ -327,7 +327,11 @@ async fn a_master_failover_follows_on_backend_error_then_recovers() {
 
     for i in 0..5 {
         let gw = if i % 2 == 0 { &open } else { &closed };
-        assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 200, "request {i}");
+        assert_eq!(
+            get(&gw.url("/echo"), Some(&key)).await.0,
+            200,
+            "request {i}"
+        );
     }
     for gw in [&open, &closed] {
         assert_eq!(get(&gw.url("/echo"), Some(&key)).await.0, 429);

@@ -204,7 +204,8 @@ impl RedisStore {
                 None => std::future::pending().await,
             }
         };
-        let connect = futures_util::future::join_all(self.clients.iter().map(keep_client_connected));
+        let connect =
+            futures_util::future::join_all(self.clients.iter().map(keep_client_connected));
         tokio::join!(dispatch, connect);
     }
 
@@ -328,11 +329,8 @@ impl RedisStore {
             self.submit(job)?;
             waits.push(rx);
         }
-        let answers = tokio::time::timeout(
-            self.timeout,
-            futures_util::future::join_all(waits),
-        )
-        .await;
+        let answers =
+            tokio::time::timeout(self.timeout, futures_util::future::join_all(waits)).await;
         let answers: Vec<Reply> = match answers {
             Ok(a) => a
                 .into_iter()
