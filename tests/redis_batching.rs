@@ -215,3 +215,111 @@ async fn two_gateways_batching_admit_exactly_the_limit() {
         "no call carried more than one request: {carried} in {calls}"
     );
 }
+
+/// A `redis-server` of the test's own, to stop and continue.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (run the tests with scripts/test.sh)");
+        let up = eventually(Duration::from_secs(10), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "redis-server did not start");
+        OwnRedis { child, port }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis hangs (SIGSTOP): one batch is in flight (another every 500 ms,
+/// when the one before timed out), the queue holds at most `MAX_QUEUED`
+/// checks and the rest fail at once as `queue_full`; the queued checks
+/// time out and, never sent, are not counted once Redis answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_bounds_the_queue_and_timed_out_checks_do_not_count() {
+    use gateway::limits::batch::{MAX_BATCH, MAX_QUEUED};
+    use gateway::limits::BackendError;
+
+    let redis = OwnRedis::start().await;
+    let cfg = RedisConfig {
+        url: format!("redis://127.0.0.1:{}", redis.port),
+        timeout: Duration::from_millis(500),
+        key_prefix: redis_prefix(),
+        cluster: false,
+        connections: 1,
+    };
+    let store = Arc::new(RedisStore::new(&cfg).expect("store"));
+    let s = store.clone();
+    tokio::spawn(async move { s.keep_connected().await });
+    let up = eventually(Duration::from_secs(5), || async { store.is_connected() }).await;
+    assert!(up, "no connection");
+    let tier = Tier {
+        subject: Subject::Key(uuid::Uuid::new_v4()),
+        period: Period::Minute,
+        limit: 1_000_000,
+    };
+    room_in_this_minute(10).await;
+    assert!(store.check(None, &[tier], Mode::Count).await.is_ok());
+
+    redis.signal("STOP");
+    // Room for a few batches sent while the checks are being submitted.
+    let extra = 8 * MAX_BATCH;
+    let total = MAX_QUEUED + MAX_BATCH + extra;
+    let tasks: Vec<_> = (0..total)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.check(None, &[tier], Mode::Count).await })
+        })
+        .collect();
+    let (mut full, mut timed_out) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Err(BackendError::QueueFull) => full += 1,
+            Err(BackendError::Timeout(_)) => timed_out += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(full > 0, "{full} queue_full, {timed_out} timeouts");
+    assert_eq!(full + timed_out, total);
+
+    redis.signal("CONT");
+    // Only the batches sent while Redis hung (one per 500 ms) may have
+    // counted; the queued rest timed out and was dropped unsent.
+    let counted = eventually(Duration::from_secs(10), || async {
+        store.check(None, &[tier], Mode::Peek).await.is_ok()
+    })
+    .await;
+    assert!(counted, "Redis never answered again");
+    let d = store.check(None, &[tier], Mode::Peek).await.expect("peek");
+    let used = 1_000_000 - d.tiers[0].remaining as usize;
+    assert!(
+        (1..MAX_QUEUED / 2).contains(&used),
+        "{used} of {timed_out} timed-out checks counted: queued checks were sent"
+    );
+}
