@@ -132,7 +132,51 @@ fn cluster_seeds(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cluster_seeds;
+    use super::{build_redis, cluster_seeds, file, Errors};
+
+    fn build(
+        url: &str,
+        cluster: Option<bool>,
+        connections: Option<u64>,
+    ) -> (Option<super::RedisConfig>, Vec<String>) {
+        let mut errs = Errors::default();
+        let r = file::Redis {
+            url: Some(url.into()),
+            cluster,
+            connections,
+            ..Default::default()
+        };
+        let cfg = build_redis(r, true, &mut errs);
+        (cfg, errs.0.into_iter().map(|e| e.path).collect())
+    }
+
+    #[test]
+    fn cluster_mode_follows_the_url_or_the_flag() {
+        let (c, errs) = build("redis-cluster://a:1,b:2", None, None);
+        let c = c.unwrap();
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(c.cluster);
+        assert_eq!(c.url, "redis-cluster://a:1?node=b:2");
+        assert_eq!(c.connections, 1);
+        let (c, _) = build("redis://a:1", Some(true), None);
+        let c = c.unwrap();
+        assert!(c.cluster);
+        assert_eq!(c.url, "redis-cluster://a:1");
+        assert!(!build("redis://a:1", None, Some(4)).0.unwrap().cluster);
+        assert_eq!(
+            build("redis-cluster://a:1", Some(false), None).1,
+            ["redis.cluster"]
+        );
+        assert_eq!(build("redis://a:1", None, Some(0)).1, ["redis.connections"]);
+        assert_eq!(
+            build("redis://a:1", None, Some(17)).1,
+            ["redis.connections"]
+        );
+        assert_eq!(
+            build("redis://a:1", None, Some(16)).0.unwrap().connections,
+            16
+        );
+    }
 
     #[test]
     fn cluster_seed_lists_become_node_parameters() {
