@@ -32,6 +32,8 @@ ensure_packages() {
   command -v curl >/dev/null || missing+=(curl)
   pg_bin_dir >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  # tests/redis_cluster.rs builds a cluster with redis-cli --cluster create.
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
   # Tests skew gateway clocks with libfaketime (tests/exact_windows.rs,
   # tests/authority.rs).
   command -v faketime >/dev/null || missing+=(faketime)

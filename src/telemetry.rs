@@ -32,6 +32,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Records per request-log batch.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0];
 
+/// Requests per Redis rate-limit script call (at most `limits::batch::MAX_BATCH`).
+const REDIS_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive.
 pub fn init_logging(level: &str, format: LogFormat) {
     let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -62,6 +65,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full("gateway_request_log_batch_size".into()),
             BATCH_SIZE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("gateway_rate_limit_batch_size".into()),
+            REDIS_BATCH_BUCKETS,
         )?
         .install_recorder()?;
     let _ = STARTED.set(Instant::now());
@@ -311,7 +318,11 @@ fn describe() {
     );
     describe_counter!(
         "gateway_rate_limit_backend_errors_total",
-        "Failed calls to the Redis rate-limit backend, by kind (timeout, disconnected, error)."
+        "Failed calls to the Redis rate-limit backend, by kind (timeout, disconnected, error, queue_full)."
+    );
+    describe_histogram!(
+        "gateway_rate_limit_batch_size",
+        "Requests carried by one Redis rate-limit script call (natural batching)."
     );
     describe_histogram!(
         "gateway_rate_limit_backend_duration_seconds",

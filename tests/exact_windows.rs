@@ -54,6 +54,7 @@ async fn connected_store() -> Arc<RedisStore> {
         timeout: Duration::from_secs(5),
         key_prefix: redis_prefix(),
         cluster: false,
+        connections: 1,
     };
     let store = Arc::new(RedisStore::new(&cfg).expect("store"));
     let s = store.clone();

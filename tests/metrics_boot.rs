@@ -40,6 +40,7 @@ const EMITTED: &[&str] = &[
     "gateway_forwarded_for_unparseable_total",
     "gateway_rate_limit_backend_errors_total",
     "gateway_rate_limit_backend_duration_seconds",
+    "gateway_rate_limit_batch_size",
     "gateway_rate_limit_fallback_total",
     "gateway_rate_limit_local_counters",
     "gateway_rate_limit_evictions_total",

@@ -50,6 +50,7 @@ pub struct Redis {
     pub timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
     pub cluster: Option<bool>,
+    pub connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@
 //! admitted only if all of them have room; only admitted requests count
 //! (DESIGN §3 "Rate-limit semantics").
 
+pub mod batch;
 pub mod headers;
 pub mod local;
 pub mod policy;
@@ -125,7 +126,7 @@ pub const TIER_NAMES: [[&str; 3]; 5] = [
 pub const AUTH_FAILURE_TIERS: [&str; 3] = TIER_NAMES[4];
 
 /// `kind` labels of `gateway_rate_limit_backend_errors_total` ([`BackendError::kind`]).
-pub const BACKEND_ERROR_KINDS: &[&str] = &["timeout", "disconnected", "error"];
+pub const BACKEND_ERROR_KINDS: &[&str] = &["timeout", "disconnected", "error", "queue_full"];
 
 /// `decision` labels of `gateway_rate_limit_fallback_total`.
 const FALLBACK_ALLOW: &str = "allow";
@@ -143,6 +144,7 @@ pub fn register_metrics() {
         metrics::counter!("gateway_rate_limit_fallback_total", "decision" => decision).absolute(0);
     }
     let _ = metrics::histogram!("gateway_rate_limit_backend_duration_seconds");
+    let _ = metrics::histogram!("gateway_rate_limit_batch_size");
     metrics::gauge!("gateway_rate_limit_local_counters").set(0.0);
     for class in local::EVICTION_CLASSES {
         metrics::counter!("gateway_rate_limit_evictions_total", "class" => *class).absolute(0);
@@ -239,6 +241,9 @@ pub enum BackendError {
     Timeout(Duration),
     #[error("Redis error: {0}")]
     Redis(String),
+    /// Too many checks already wait for a Redis call ([`batch::MAX_QUEUED`]).
+    #[error("too many rate-limit checks waiting for Redis")]
+    QueueFull,
 }
 
 impl BackendError {
@@ -248,6 +253,7 @@ impl BackendError {
             BackendError::Timeout(_) => BACKEND_ERROR_KINDS[0],
             BackendError::Disconnected => BACKEND_ERROR_KINDS[1],
             BackendError::Redis(_) => BACKEND_ERROR_KINDS[2],
+            BackendError::QueueFull => BACKEND_ERROR_KINDS[3],
         }
     }
 }

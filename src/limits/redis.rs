@@ -21,73 +21,111 @@
 //! - **Scripts.** `NOSCRIPT` (a restarted or flushed Redis) loads the
 //!   script and retries, inside the same time bound.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{
+    call_args, group_by_slot, split_reply, Job, Reply, MAX_BATCH, MAX_QUEUED, MODE_COUNT,
+    MODE_PEEK, MODE_RECORD, MODE_REFUND,
+};
 use super::window::{self, Counts};
-use super::{BackendError, Decision, Mode, Subject, Tier};
+use super::{BackendError, Decision, Mode, Subject, Tier, TierState, MAX_TIERS};
 use crate::config::RedisConfig;
 use crate::route::Route;
 
-/// The check-and-count script. `estimate` mirrors [`window::estimate`]
-/// operation for operation.
+/// The check-and-count script, for a batch of requests. `estimate`
+/// mirrors [`window::estimate`] operation for operation.
 pub const SCRIPT: &str = r#"
--- KEYS[i]: the counter hash of tier i.
--- ARGV[1]: 1 = count if every tier has room, 0 = report only,
---          2 = count whether or not there is room.
--- ARGV[2i], ARGV[2i+1]: limit and window (ms) of tier i.
--- Returns {admitted, now_ms, c1, p1, at1, c2, p2, at2, ...}: counts after
--- this call and the time (ms) each tier was decided at, later than now_ms
--- only when its stored window is ahead of this clock.
+-- A batch of requests, checked and counted one after the other: request
+-- r sees the counts of requests 1..r-1.
+-- KEYS: the counter hash of each tier of each request, request by request.
+-- ARGV[1]: the number of requests. Then per request: its mode, its tier
+-- count n, and n pairs (limit, window ms).
+-- Modes: 1 = count if every tier has room, 0 = report only,
+--        2 = count whether or not there is room,
+--        3 = refund: take back one count from each tier if it is still in
+--            the window it went into (the pair is (window index, window)).
+-- Returns {now_ms, then per request: admitted, c1, p1, at1, c2, ...}:
+-- counts after the request and the time (ms) each tier was decided at,
+-- later than now_ms only when its stored window is ahead of this clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mode = ARGV[1]
-local admitted = 1
-local st = {}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
-  local win = tonumber(ARGV[2 * i + 1])
-  local idx = math.floor(now / win)
-  local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
-  local w = tonumber(h[1])
-  local c = tonumber(h[2]) or 0
-  local p = tonumber(h[3]) or 0
-  local at = now
-  if w and w > idx then
-    -- Never back to an older window: decide at the start of the stored one.
-    idx = w
-    at = w * win
+local out = {now}
+local a = 2
+local k = 0
+for r = 1, tonumber(ARGV[1]) do
+  local mode = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  if mode == '3' then
+    for i = 1, n do
+      local key = KEYS[k + i]
+      local h = redis.call('HMGET', key, 'w', 'c')
+      local c = tonumber(h[2]) or 0
+      if tonumber(h[1]) == tonumber(ARGV[a + 2 * i - 2]) and c > 0 then
+        redis.call('HSET', key, 'c', c - 1)
+      end
+    end
+    out[#out + 1] = 1
+    for i = 1, n do
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+      out[#out + 1] = now
+    end
+  else
+    local admitted = 1
+    local st = {}
+    for i = 1, n do
+      local limit = tonumber(ARGV[a + 2 * i - 2])
+      local win = tonumber(ARGV[a + 2 * i - 1])
+      local idx = math.floor(now / win)
+      local h = redis.call('HMGET', KEYS[k + i], 'w', 'c', 'p')
+      local w = tonumber(h[1])
+      local c = tonumber(h[2]) or 0
+      local p = tonumber(h[3]) or 0
+      local at = now
+      if w and w > idx then
+        -- Never back to an older window: decide at the start of the stored one.
+        idx = w
+        at = w * win
+      end
+      if w == idx - 1 then
+        p = c
+        c = 0
+      elseif w ~= idx then
+        p = 0
+        c = 0
+      end
+      local elapsed = at - idx * win
+      local estimate = p * ((win - elapsed) / win) + c
+      if estimate + 1 > limit then
+        admitted = 0
+      end
+      st[i] = {idx, c, p, win, at}
+    end
+    local count = mode == '2' or (mode == '1' and admitted == 1)
+    out[#out + 1] = admitted
+    for i = 1, n do
+      local s = st[i]
+      if count then
+        s[2] = s[2] + 1
+        redis.call('HSET', KEYS[k + i], 'w', s[1], 'c', s[2], 'p', s[3])
+        -- Relative to the stored window's end, whichever clock is ahead.
+        redis.call('PEXPIRE', KEYS[k + i], 2 * s[4] + (s[5] - now))
+      end
+      out[#out + 1] = s[2]
+      out[#out + 1] = s[3]
+      out[#out + 1] = s[5]
+    end
   end
-  if w == idx - 1 then
-    p = c
-    c = 0
-  elseif w ~= idx then
-    p = 0
-    c = 0
-  end
-  local elapsed = at - idx * win
-  local estimate = p * ((win - elapsed) / win) + c
-  if estimate + 1 > limit then
-    admitted = 0
-  end
-  st[i] = {idx, c, p, win, at}
-end
-local count = mode == '2' or (mode == '1' and admitted == 1)
-local out = {admitted, now}
-for i = 1, #KEYS do
-  local s = st[i]
-  if count then
-    s[2] = s[2] + 1
-    redis.call('HSET', KEYS[i], 'w', s[1], 'c', s[2], 'p', s[3])
-    -- Relative to the stored window's end, whichever clock is ahead.
-    redis.call('PEXPIRE', KEYS[i], 2 * s[4] + (s[5] - now))
-  end
-  out[#out + 1] = s[2]
-  out[#out + 1] = s[3]
-  out[#out + 1] = s[5]
+  a = a + 2 * n
+  k = k + n
 end
 return out
 "#;
@@ -97,14 +135,21 @@ const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 pub struct RedisStore {
-    client: Client,
+    /// `redis.connections` clients; each carries one batch at a time.
+    clients: Vec<Client>,
+    /// Round-robin over `clients`.
+    next: AtomicUsize,
     script: Script,
     prefix: String,
     timeout: Duration,
+    cluster: bool,
+    queue: mpsc::Sender<Job>,
+    /// The queue's receiving end, until the dispatcher takes it.
+    waiting: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
 }
 
 impl RedisStore {
-    /// Builds the client; nothing connects until [`RedisStore::keep_connected`].
+    /// Builds the clients; nothing connects until [`RedisStore::keep_connected`].
     pub fn new(cfg: &RedisConfig) -> anyhow::Result<RedisStore> {
         let config = Config::from_url(&cfg.url)
             .map_err(|e| anyhow::anyhow!("redis.url: {}", e.details()))?;
@@ -118,6 +163,9 @@ impl RedisStore {
                 c.max_command_attempts = 1;
                 c.unresponsive.max_timeout = Some(Duration::from_secs(2));
                 c.unresponsive.interval = Duration::from_millis(500);
+                // After a failover, ask the cluster for its new layout
+                // rather than waiting for a MOVED.
+                c.cluster_cache_update_delay = Duration::from_millis(100);
             })
             .with_performance_config(|p| {
                 // Backstop for commands whose caller stopped waiting.
@@ -129,35 +177,52 @@ impl RedisStore {
                 RECONNECT_MAX.as_millis() as u32,
                 2,
             ));
+        let clients = (0..cfg.connections.max(1))
+            .map(|_| builder.build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let (queue, waiting) = mpsc::channel(MAX_QUEUED);
         Ok(RedisStore {
-            client: builder.build()?,
+            clients,
+            next: AtomicUsize::new(0),
             script: Script::from_lua(SCRIPT),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
+            cluster: cfg.cluster,
+            queue,
+            waiting: std::sync::Mutex::new(Some(waiting)),
         })
     }
 
-    /// Keeps the client connected for as long as the process runs. Once
-    /// connected, fred's reconnect policy redials a lost connection; a
-    /// connection that could not be made in the first place ends fred's
-    /// task, so this loop starts it again, with backoff.
+    /// Runs the batch dispatcher and keeps every client connected, for as
+    /// long as the process runs (call it once; a second call only keeps
+    /// connecting).
     pub async fn keep_connected(&self) {
-        let mut backoff = RECONNECT_MIN;
-        loop {
-            let ended = self.client.connect().await;
-            let why = match ended {
-                Ok(Ok(())) => "closed".to_string(),
-                Ok(Err(e)) => e.details().to_string(),
-                Err(e) => e.to_string(),
-            };
-            tracing::debug!(error = %why, retry_in_ms = backoff.as_millis() as u64, "Redis connection attempt ended");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-        }
+        let waiting = self.waiting.lock().ok().and_then(|mut w| w.take());
+        let dispatch = async {
+            match waiting {
+                Some(rx) => self.dispatch(rx).await,
+                None => std::future::pending().await,
+            }
+        };
+        let connect =
+            futures_util::future::join_all(self.clients.iter().map(keep_client_connected));
+        tokio::join!(dispatch, connect);
     }
 
+    /// Whether some client is connected (all of a cluster's masters
+    /// known, for a cluster client).
     pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
+        self.clients.iter().any(|c| c.is_connected())
+    }
+
+    fn client(&self) -> &Client {
+        let n = self.clients.len();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Skip a client that is reconnecting when another can serve.
+        (0..n)
+            .map(|d| &self.clients[(i + d) % n])
+            .find(|c| c.is_connected())
+            .unwrap_or(&self.clients[i])
     }
 
     /// Round trip of a `PING`, for `/health`.
@@ -166,7 +231,7 @@ impl RedisStore {
             return Err(BackendError::Disconnected);
         }
         let started = Instant::now();
-        match tokio::time::timeout(limit, self.client.ping::<String>(None)).await {
+        match tokio::time::timeout(limit, self.client().ping::<String>(None)).await {
             Ok(Ok(_)) => Ok(started.elapsed()),
             Ok(Err(e)) => Err(BackendError::Redis(e.details().to_string())),
             Err(_) => Err(BackendError::Timeout(limit)),
@@ -193,7 +258,28 @@ impl RedisStore {
         }
     }
 
-    /// Checks `tiers` and counts as `mode` says, in one round trip.
+    /// The hash slot of `key`; 0 outside a cluster, so every job of one
+    /// batch goes in one call.
+    fn slot(&self, key: &str) -> u16 {
+        if self.cluster {
+            fred::util::redis_keyslot(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// Checks `tiers` and counts as `mode` says. The check joins the next
+    /// batch; it is bounded by `redis.timeout_ms` from here, queueing
+    /// included.
+    ///
+    /// Outside a cluster (or when every tier shares one slot) all tiers go
+    /// in one job, decided atomically. In a cluster a route's global tier
+    /// lives in its own slot, so its job is separate: both are counted
+    /// only if each had room, and a part that counted while the other
+    /// refused (or failed) is refunded. Two instances can then briefly
+    /// see one request counted in one part only: never more admissions
+    /// than a limit, at worst a refusal that a one-slot check would have
+    /// admitted.
     pub async fn check(
         &self,
         route: Option<&Route>,
@@ -210,36 +296,228 @@ impl RedisStore {
         if !self.is_connected() {
             return Err(BackendError::Disconnected);
         }
-        let keys: Vec<String> = tiers.iter().map(|t| self.key(t, route)).collect();
-        let mut args: Vec<i64> = Vec::with_capacity(1 + 2 * tiers.len());
-        args.push(match mode {
-            Mode::Peek => 0,
-            Mode::Count => 1,
-            Mode::Record => 2,
-        });
-        for t in tiers {
-            args.push(i64::from(t.limit));
-            args.push(t.window_ms() as i64);
-        }
-        let call = async {
-            let sha = self.script.sha1().clone();
-            match self
-                .client
-                .evalsha::<Vec<i64>, _, _, _>(sha.clone(), keys.clone(), args.clone())
-                .await
-            {
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
-                    self.client.script_load::<String, _>(SCRIPT).await?;
-                    self.client.evalsha(sha, keys, args).await
-                }
-                result => result,
-            }
+        let mode = match mode {
+            Mode::Peek => MODE_PEEK,
+            Mode::Count => MODE_COUNT,
+            Mode::Record => MODE_RECORD,
         };
-        let out = tokio::time::timeout(self.timeout, call)
+        // Tier indexes by slot, in tier order.
+        let keys: ArrayVec<String, MAX_TIERS> = tiers.iter().map(|t| self.key(t, route)).collect();
+        let slots: ArrayVec<u16, MAX_TIERS> = keys.iter().map(|k| self.slot(k)).collect();
+        let mut parts: ArrayVec<(u16, ArrayVec<usize, MAX_TIERS>), MAX_TIERS> = ArrayVec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            match parts.iter_mut().find(|(s, _)| s == slot) {
+                Some((_, idx)) => idx.push(i),
+                None => parts.push((*slot, std::iter::once(i).collect())),
+            }
+        }
+        let mut waits = ArrayVec::<_, MAX_TIERS>::new();
+        for (slot, idx) in &parts {
+            let (tx, rx) = oneshot::channel();
+            let mut job = Job {
+                keys: idx.iter().map(|&i| keys[i].clone()).collect(),
+                args: ArrayVec::new(),
+                slot: *slot,
+                reply: Some(tx),
+            };
+            job.args.push(mode);
+            job.args.push(idx.len() as i64);
+            for &i in idx {
+                job.args.push(i64::from(tiers[i].limit));
+                job.args.push(tiers[i].window_ms() as i64);
+            }
+            self.submit(job)?;
+            waits.push(rx);
+        }
+        let answers =
+            tokio::time::timeout(self.timeout, futures_util::future::join_all(waits)).await;
+        let answers: Vec<Reply> = match answers {
+            Ok(a) => a
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(BackendError::Disconnected)))
+                .collect(),
+            // The jobs not yet sent are dropped unsent; one already sent
+            // is counted, and its late answer ignored.
+            Err(_) => return Err(BackendError::Timeout(self.timeout)),
+        };
+        if let [only] = &answers[..] {
+            return match only {
+                Ok(out) => decision(tiers, out),
+                Err(e) => Err(e.clone()),
+            };
+        }
+        self.merge(tiers, &keys, &parts, answers, mode)
+    }
+
+    /// One decision from the answers of a request's per-slot parts;
+    /// refunds the parts that counted when the request as a whole was
+    /// refused or failed.
+    fn merge(
+        &self,
+        tiers: &[Tier],
+        keys: &[String],
+        parts: &[(u16, ArrayVec<usize, MAX_TIERS>)],
+        answers: Vec<Reply>,
+        mode: i64,
+    ) -> Result<Decision, BackendError> {
+        let mut decisions = Vec::with_capacity(parts.len());
+        let mut first_err = None;
+        for ((slot, idx), answer) in parts.iter().zip(answers) {
+            let part: ArrayVec<Tier, MAX_TIERS> = idx.iter().map(|&i| tiers[i]).collect();
+            match answer.and_then(|out| decision(&part, &out).map(|d| (d, out))) {
+                Ok((d, out)) => decisions.push(Some((d, *slot, out))),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    decisions.push(None);
+                }
+            }
+        }
+        let admitted = first_err.is_none() && decisions.iter().flatten().all(|(d, ..)| d.admitted);
+        if mode == MODE_COUNT && !admitted {
+            for ((_, idx), part) in parts.iter().zip(&decisions) {
+                if let Some((_, slot, out)) = part.as_ref().filter(|(d, ..)| d.admitted) {
+                    self.refund(*slot, idx, keys, tiers, out);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut states: [Option<TierState>; MAX_TIERS] = [None; MAX_TIERS];
+        let mut now_ms = 0;
+        for ((_, idx), (d, ..)) in parts.iter().zip(decisions.into_iter().flatten()) {
+            now_ms = now_ms.max(d.now_ms);
+            for (&i, s) in idx.iter().zip(d.tiers) {
+                states[i] = Some(s);
+            }
+        }
+        Ok(Decision {
+            admitted,
+            now_ms,
+            tiers: states.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Takes back the count one request's part put in the tiers `idx`
+    /// (`out`: that part's reply), without waiting for the answer.
+    fn refund(&self, slot: u16, idx: &[usize], keys: &[String], tiers: &[Tier], out: &[i64]) {
+        let mut job = Job {
+            keys: idx.iter().map(|&i| keys[i].clone()).collect(),
+            args: ArrayVec::new(),
+            slot,
+            reply: None,
+        };
+        job.args.push(MODE_REFUND);
+        job.args.push(idx.len() as i64);
+        for (n, &i) in idx.iter().enumerate() {
+            // The window the count went into: the one its tier was decided in.
+            let win = tiers[i].window_ms() as i64;
+            let at = out.get(2 + 3 * n + 2).copied().unwrap_or(0);
+            job.args.push(at / win);
+            job.args.push(win);
+        }
+        if self.submit(job).is_err() {
+            tracing::debug!("rate-limit refund dropped: queue full");
+        }
+    }
+
+    fn submit(&self, job: Job) -> Result<(), BackendError> {
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BackendError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => BackendError::Disconnected,
+        })
+    }
+
+    /// Sends the waiting jobs, one batch per free connection: a batch
+    /// forms only while every connection has one in flight, so an idle
+    /// gateway sends each check at once.
+    async fn dispatch(&self, mut rx: mpsc::Receiver<Job>) {
+        let mut in_flight = FuturesUnordered::new();
+        let connections = self.clients.len();
+        loop {
+            tokio::select! {
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                first = rx.recv(), if in_flight.len() < connections => {
+                    let Some(first) = first else { return };
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    // Requests that timed out in the queue were decided
+                    // by on_backend_error: they must not count.
+                    jobs.retain(|j| !j.abandoned());
+                    for group in group_by_slot(jobs) {
+                        in_flight.push(self.send(group));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One script call carrying `jobs` (all of one slot); answers each.
+    async fn send(&self, jobs: Vec<Job>) {
+        metrics::histogram!("gateway_rate_limit_batch_size").record(jobs.len() as f64);
+        let (keys, args) = call_args(&jobs);
+        // Every caller in the batch stops waiting by now; an answer after
+        // this would be ignored (but still counted by Redis).
+        let result = tokio::time::timeout(self.timeout, self.evalsha(keys, args)).await;
+        let replies = match result {
+            Ok(Ok(out)) => split_reply(&jobs, &out),
+            Ok(Err(e)) => Err(BackendError::Redis(e.details().to_string())),
+            Err(_) => Err(BackendError::Timeout(self.timeout)),
+        };
+        match replies {
+            Ok(replies) => {
+                for (job, r) in jobs.into_iter().zip(replies) {
+                    job.answer(Ok(r));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    job.answer(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// `EVALSHA`; on `NOSCRIPT` (a restarted or flushed Redis, a replica
+    /// promoted after a failover) loads the script on every master and
+    /// retries once.
+    async fn evalsha(&self, keys: Vec<String>, args: Vec<i64>) -> Result<Vec<i64>, Error> {
+        let client = self.client();
+        let sha = self.script.sha1().clone();
+        match client
+            .evalsha::<Vec<i64>, _, _, _>(sha.clone(), keys.clone(), args.clone())
             .await
-            .map_err(|_| BackendError::Timeout(self.timeout))?
-            .map_err(|e| BackendError::Redis(e.details().to_string()))?;
-        decision(tiers, &out)
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.script_load_cluster::<String, _>(SCRIPT).await?;
+                client.evalsha(sha, keys, args).await
+            }
+            result => result,
+        }
+    }
+}
+
+/// Keeps `client` connected for as long as the process runs. Once
+/// connected, fred's reconnect policy redials a lost connection; a
+/// connection that could not be made in the first place ends fred's task,
+/// so this loop starts it again, with backoff.
+async fn keep_client_connected(client: &Client) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let ended = client.connect().await;
+        let why = match ended {
+            Ok(Ok(())) => "closed".to_string(),
+            Ok(Err(e)) => e.details().to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::debug!(error = %why, retry_in_ms = backoff.as_millis() as u64, "Redis connection attempt ended");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
