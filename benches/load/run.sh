@@ -219,7 +219,10 @@ awk -F'\t' -v order="$ONLY" '
 echo
 missed=0
 while read -r c base min what; do
-  wants "$c" && wants "$base" || continue
+  if ! wants "$c" || ! wants "$base"; then
+    echo "budget not run: $what ($c or $base not in --only)"
+    continue
+  fi
   ratio=$(awk -F'\t' -v c="$c" -v b="$base" '
     { rps[$1, $2] = $3; rounds[$1] = 1 }
     END {
