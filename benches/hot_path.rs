@@ -333,6 +333,36 @@ fn bench_limits(c: &mut Criterion) {
     );
     g.finish();
 
+    // Which name type Pingora's insert_header handles cheapest: a static
+    // str keeps the case-map name without a copy; a HeaderName of a
+    // non-standard header is copied into the case map on every insert.
+    let mut g = c.benchmark_group("insert_header name");
+    let value = http::HeaderValue::from_static("17");
+    let prebuilt = http::HeaderName::from_static("x-ratelimit-remaining");
+    g.bench_function("&'static str", |b| {
+        b.iter_batched(
+            upstream_response,
+            |mut resp| {
+                resp.insert_header("x-ratelimit-remaining", value.clone())
+                    .expect("header");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("pre-built HeaderName", |b| {
+        b.iter_batched(
+            upstream_response,
+            |mut resp| {
+                resp.insert_header(prebuilt.clone(), value.clone())
+                    .expect("header");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("request id");
     g.bench_function("before: UUIDv4 from the thread RNG", |b| {
         b.iter(identity::random_request_id)
