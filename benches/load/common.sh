@@ -50,9 +50,11 @@ ensure_profile_tools() {
   local root="$DATA/tools"
   INFERNO_COLLAPSE="$root/bin/inferno-collapse-perf"
   INFERNO_FLAMEGRAPH="$root/bin/inferno-flamegraph"
-  if ! "$INFERNO_FLAMEGRAPH" --version 2>/dev/null | grep -qF "$INFERNO_VERSION"; then
+  # inferno's binaries have no --version: a stamp names the one installed.
+  if [ ! -x "$INFERNO_FLAMEGRAPH" ] || [ ! -f "$root/inferno-$INFERNO_VERSION" ]; then
     say "installing inferno $INFERNO_VERSION from crates.io into $root"
-    cargo install --locked --quiet --root "$root" --version "$INFERNO_VERSION" inferno
+    cargo install --locked --quiet --force --root "$root" --version "$INFERNO_VERSION" inferno
+    rm -f "$root"/inferno-[0-9]* && touch "$root/inferno-$INFERNO_VERSION"
   fi
 }
 
