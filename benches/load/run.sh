@@ -7,6 +7,14 @@
 #   benches/load/run.sh [--rounds 9] [--duration 5] [--connections 64]
 #                       [--wrk-threads 1] [--proxy-threads 1] [--no-pin]
 #                       [--only bare,gateway-local,...] [--port-base 18000]
+#                       [--check]
+#
+# --check: after the table, exits 1 naming each DESIGN §4 budget this run
+# missed, from its own per-round ratios: gateway-local >= 0.90 x bare,
+# gateway-logs >= 0.85 x bare and >= 0.95 x gateway-local (within 5 % of
+# logs off), gateway-redis >= 0.70 x bare. It needs bare and the contenders
+# of the budgets it checks (all three by default). Not run in CI: a shared
+# or noisy machine misses budgets for reasons of its own.
 #
 # Contenders: direct (wrk straight to the upstream, for reference), bare
 # (examples/bare_pingora.rs), nginx (proxy_pass with upstream keepalive),
@@ -40,9 +48,9 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000
+ROUNDS=9 DURATION=5 CONNECTIONS=64 WRK_THREADS=1 PROXY_THREADS=1 PIN=1 WARMUP=3 BASE=18000 CHECK=0
 ONLY="direct,bare,nginx,envoy,gateway-local,gateway-redis,gateway-logs,gateway-jwt,bare-tls,gateway-tls,bare-h2,gateway-h2"
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n "2,$(( $(grep -n '^set -euo pipefail' "$0" | cut -d: -f1) - 1 ))p" "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -53,6 +61,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --port-base) BASE=$2; shift 2 ;;
     --no-pin) PIN=0; shift ;;
+    --check) CHECK=1; shift ;;
     -h|--help) usage ;;
     *) echo "unknown option: $1" >&2; usage 2 ;;
   esac
@@ -67,6 +76,11 @@ for c in "${CONTENDERS[@]}"; do
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+if [ "$CHECK" = 1 ]; then
+  wants bare || die "--check compares with bare Pingora: add bare to --only"
+  wants gateway-local || wants gateway-logs || wants gateway-redis \
+    || die "--check needs gateway-local, gateway-logs or gateway-redis in --only"
+fi
 
 # Contender ports; admin ports are 100 above.
 UPSTREAM_PORT=$BASE
@@ -85,10 +99,10 @@ if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then CPU_PROXY=(taskset -c 1) CPU_LOA
 ensure_packages
 ensure_bench_packages
 wants envoy && ensure_envoy
-start_postgres
+ensure_postgres
 start_redis
 build_release --bin gateway --example bare_pingora
-GW="$ROOT/target/release/gateway"
+GW="$BIN_DIR/gateway"
 
 start_upstream "$UPSTREAM_PORT" "${CPU_LOAD[@]}"
 
@@ -135,10 +149,10 @@ start_contender() { # <name>
   case "$c" in
     direct) return 0 ;;
     bare)
-      "${CPU_PROXY[@]}" "$ROOT/target/release/examples/bare_pingora" "127.0.0.1:$port" \
+      "${CPU_PROXY[@]}" "$BIN_DIR/examples/bare_pingora" "127.0.0.1:$port" \
         "127.0.0.1:$UPSTREAM_PORT" "$PROXY_THREADS" >"$RUN/bare.log" 2>&1 & PIDS+=($!) ;;
     bare-tls|bare-h2)
-      "${CPU_PROXY[@]}" "$ROOT/target/release/examples/bare_pingora" "127.0.0.1:$(( port + 50 ))" \
+      "${CPU_PROXY[@]}" "$BIN_DIR/examples/bare_pingora" "127.0.0.1:$(( port + 50 ))" \
         "127.0.0.1:$UPSTREAM_PORT" "$PROXY_THREADS" "127.0.0.1:$port" "$RUN/tls.pem" "$RUN/tls.key" \
         >"$RUN/$c.log" 2>&1 & PIDS+=($!) ;;
     nginx)
@@ -260,3 +274,35 @@ awk -F'\t' -v order="$ONLY" '
       printf "| %-14s | %9.0f | %8.2f | %8.2f | %14d | %7s | %11s |\n", c, median(rps[c]), median(p50[c]), median(p99[c]), bad[c], ratio, range
     }
   }' "$RUN/results.tsv"
+
+[ "$CHECK" = 1 ] || exit 0
+# DESIGN §4 budgets, each the median of this run's per-round ratios
+# (<contender> <baseline> <minimum> <what>).
+echo
+missed=0
+while read -r c base min what; do
+  if ! wants "$c" || ! wants "$base"; then
+    echo "budget not run: $what ($c or $base not in --only)"
+    continue
+  fi
+  ratio=$(awk -F'\t' -v c="$c" -v b="$base" '
+    { rps[$1, $2] = $3; rounds[$1] = 1 }
+    END {
+      n = 0
+      for (r in rounds) if (((r, c) in rps) && ((r, b) in rps) && rps[r, b] > 0) a[++n] = rps[r, c] / rps[r, b]
+      for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      if (n == 0) print "none"; else printf "%.3f", n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }' "$RUN/results.tsv")
+  if [ "$ratio" = none ] || awk -v r="$ratio" -v m="$min" 'BEGIN { exit !(r < m) }'; then
+    echo "budget missed: $what: $c / $base = $ratio, needs >= $min"
+    missed=1
+  else
+    echo "budget met:    $what: $c / $base = $ratio (>= $min)"
+  fi
+done <<'BUDGETS'
+gateway-local bare 0.90 local limits
+gateway-logs bare 0.85 request logs on
+gateway-logs gateway-local 0.95 request logs within 5 % of logs off
+gateway-redis bare 0.70 Redis limits
+BUDGETS
+exit "$missed"

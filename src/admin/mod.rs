@@ -319,7 +319,7 @@ impl AdminApp {
                 .increment(1);
             return Err(ApiError::Limited {
                 tier,
-                headers: Box::new(headers::render(&d)),
+                headers: Box::new(headers::render_as(&d, s.limiter.policy.headers)),
             });
         }
         let mut origin = Origin {

@@ -233,4 +233,24 @@ mod tests {
         let errs = Config::from_toml(&text, no_env(), Need::Serve).unwrap_err();
         assert_eq!(errs.0[0].path, "rate_limits.backend");
     }
+
+    #[test]
+    fn headers_takes_four_styles_and_defaults_to_both() {
+        use super::HeaderStyle;
+        let cfg = Config::from_toml(&minimal(), no_env(), Need::Serve).expect("minimal");
+        assert_eq!(cfg.rate_limits.headers, HeaderStyle::Both);
+        for (text, style) in [
+            ("both", HeaderStyle::Both),
+            ("ietf", HeaderStyle::Ietf),
+            ("legacy", HeaderStyle::Legacy),
+            ("none", HeaderStyle::None),
+        ] {
+            let toml = format!("{}\n[rate_limits]\nheaders = \"{text}\"\n", minimal());
+            let cfg = Config::from_toml(&toml, no_env(), Need::Serve).expect(text);
+            assert_eq!(cfg.rate_limits.headers, style);
+        }
+        let toml = format!("{}\n[rate_limits]\nheaders = \"IETF\"\n", minimal());
+        let errs = Config::from_toml(&toml, no_env(), Need::Serve).unwrap_err();
+        assert_eq!(errs.0[0].path, "rate_limits.headers");
+    }
 }

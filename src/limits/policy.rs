@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use super::{Period, Subject, Tier, Tiers};
-use crate::config::{Config, Limits};
+use crate::config::{Config, HeaderStyle, Limits};
 use crate::keys::snapshot::KeyRecord;
 use crate::route::Route;
 
@@ -21,6 +21,8 @@ pub struct Policy {
     exempt: Vec<IpNet>,
     /// Peers whose `X-Forwarded-For` names the client (`proxy.trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
+    /// Which rate-limit headers responses carry (`rate_limits.headers`).
+    pub headers: HeaderStyle,
 }
 
 /// Adds one tier per period `limits` sets.
@@ -67,6 +69,7 @@ impl Policy {
             auth_failures: rl.auth_failures,
             exempt: rl.exempt_ips.clone(),
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
+            headers: rl.headers,
         }
     }
 

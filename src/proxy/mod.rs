@@ -309,7 +309,8 @@ impl GatewayProxy {
             .increment(1);
         let err = ProxyError::RateLimited(tier);
         ctx.denied = Some(err.code());
-        write_error(session, &err, ctx.request_id(), &headers::render(d)).await?;
+        let extra = headers::render_as(d, self.limiter.policy.headers);
+        write_error(session, &err, ctx.request_id(), &extra).await?;
         Ok(true)
     }
 
@@ -600,7 +601,8 @@ impl ProxyHttp for GatewayProxy {
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(d) = &ctx.limits {
-            for (name, value) in headers::render(d) {
+            let cache = ctx.route.as_deref().map(|r| &r.rate_limit_headers);
+            for (name, value) in headers::values(d, self.limiter.policy.headers, cache) {
                 resp.insert_header(name, value)?;
             }
         }
@@ -695,7 +697,12 @@ impl ProxyHttp for GatewayProxy {
         // Once the upstream's header went out, the response cannot change.
         let mut answered = false;
         if session.response_written().is_none() {
-            let limits = ctx.limits.as_ref().map(headers::render).unwrap_or_default();
+            let style = self.limiter.policy.headers;
+            let limits = ctx
+                .limits
+                .as_ref()
+                .map(|d| headers::render_as(d, style))
+                .unwrap_or_default();
             match write_error(session, &err, ctx.request_id(), &limits).await {
                 Ok(()) => answered = true,
                 Err(write_err) => {

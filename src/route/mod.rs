@@ -17,6 +17,7 @@
 //!
 //! Below `proxy`, `limits` and `admin`; uses only `config` and `keys`.
 
+pub mod header_values;
 pub mod metrics;
 pub mod upstream;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use http::Method;
 
+use self::header_values::PolicyValues;
 use self::metrics::RouteMetrics;
 use self::upstream::Upstream;
 use crate::config::{AuthMode, Config, Limits, RouteConfig, RouteOptions};
@@ -55,6 +57,9 @@ pub struct Route {
     /// Edge options: rewriting, header rules, body limit, IP rules,
     /// compression, CORS, deprecation.
     pub options: RouteOptions,
+    /// `RateLimit-Policy` and limit values of this route's tier lists,
+    /// computed on first use instead of per response.
+    pub rate_limit_headers: PolicyValues,
 }
 
 impl Route {
@@ -123,6 +128,7 @@ impl RouteTable {
                     global_rate_limit: r.global_rate_limit.unwrap_or_default(),
                     log_bodies: r.log_bodies,
                     options: r.options.clone(),
+                    rate_limit_headers: PolicyValues::default(),
                 }))
             })
             .collect();
