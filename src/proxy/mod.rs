@@ -9,6 +9,7 @@
 //! Nothing here waits on Postgres; only the `redis` rate-limit backend
 //! makes one bounded call per request.
 
+pub mod edge;
 pub mod errors;
 pub mod log_limit;
 pub mod routing;
@@ -116,6 +117,8 @@ pub struct RequestCtx {
     /// logs on; `None` everywhere else, so nothing is copied.
     request_body: Option<BodyCapture>,
     response_body: Option<BodyCapture>,
+    /// Route options decided for this request (body limit, encoding).
+    edge: edge::EdgeState,
     _inflight: InflightGuard,
 }
 
@@ -371,6 +374,7 @@ impl ProxyHttp for GatewayProxy {
             client_ip: None,
             request_body: None,
             response_body: None,
+            edge: edge::EdgeState::default(),
             _inflight: InflightGuard::new(&self.inflight),
         }
     }
@@ -395,7 +399,12 @@ impl ProxyHttp for GatewayProxy {
         let path = req.uri.path();
         // One load of the table; the request keeps its route (and so its
         // upstream) even if a reload swaps the table meanwhile.
-        let Some(route) = self.routes.load().find(host.as_deref(), path).cloned() else {
+        let found = self
+            .routes
+            .load()
+            .find_for(host.as_deref(), path, &req.headers)
+            .cloned();
+        let Some(route) = found else {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         ctx.route = Some(route.clone());
@@ -409,6 +418,12 @@ impl ProxyHttp for GatewayProxy {
             .map(|a| a.ip());
         let req = session.req_header();
         ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
+        // Before authentication: a refused network needs no key, and causes
+        // no key lookup.
+        if !edge::ip_allowed(&route.options, ctx.client_ip) {
+            return self.deny(session, ctx, ProxyError::IpForbidden).await;
+        }
+        edge::note_accept_encoding(&mut ctx.edge, &route, req);
         let client = self.limiter.client(ctx.client_ip);
         if route.auth.needs_credential() {
             if let Some(d) = self.limiter.guard_blocked(&client) {
@@ -429,11 +444,20 @@ impl ProxyHttp for GatewayProxy {
                 }
             }
         }
-        if client.exempt {
-            return Ok(false);
+        if !client.exempt
+            && self
+                .enforce_limits(session, ctx, &route, client.bucket)
+                .await?
+        {
+            return Ok(true);
         }
-        self.enforce_limits(session, ctx, &route, client.bucket)
-            .await
+        // Last, so only a caller that may call the route makes us read.
+        if edge::body_too_large(session, route.options.max_body_bytes, &mut ctx.edge).await? {
+            // The rest of the body is not worth draining.
+            session.set_keepalive(None);
+            return self.deny(session, ctx, ProxyError::PayloadTooLarge).await;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -484,6 +508,11 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // First, so the gateway's own headers below always win.
+        if let Some(route) = ctx.route.as_ref() {
+            edge::apply_request_rules(upstream, &route.options.request_headers)?;
+            edge::rewrite_upstream_path(upstream, route)?;
+        }
         // The credential never leaves the gateway. On auth = "none" routes an
         // Authorization header of another scheme is the upstream's business.
         upstream.remove_header("x-api-key");
@@ -570,10 +599,15 @@ impl ProxyHttp for GatewayProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Only upstream responses come here, never the gateway's own errors.
+        if let Some(route) = ctx.route.as_ref() {
+            edge::apply_response_rules(resp, &route.options.response_headers)?;
+            edge::compress_response(session, resp, route, &ctx.edge)?;
+        }
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(d) = &ctx.limits {
             for (name, value) in headers::render(d) {
@@ -595,6 +629,7 @@ impl ProxyHttp for GatewayProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        edge::count_body(&mut ctx.edge, body.as_ref())?;
         if let (Some(cap), Some(chunk), Some(cfg)) = (
             ctx.request_body.as_mut(),
             body.as_ref(),
@@ -637,6 +672,7 @@ impl ProxyHttp for GatewayProxy {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(ProxyError::UpstreamTimeout)
             }
+            ErrorType::HTTPStatus(413) => Some(ProxyError::PayloadTooLarge),
             ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
                 Some(ProxyError::BadRequest("The request is malformed."))
             }
