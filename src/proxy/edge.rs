@@ -6,15 +6,19 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use std::io::Write;
+
+use async_trait::async_trait;
 use http::header::{
-    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, VARY,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::modules::http::compression::ResponseCompression;
-use pingora::protocols::http::compression::Algorithm;
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module, ModuleBuilder};
+use pingora::protocols::http::compression::{Algorithm, Encode};
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 
 use crate::config::{HeaderRules, RouteOptions, BUFFERED_BODY_LIMIT};
 use crate::route::Route;
@@ -26,6 +30,7 @@ pub const MIN_COMPRESS_BYTES: u64 = 1024;
 
 /// Compression levels: the fast end of each algorithm's range, where most
 /// of the ratio is already had (benches/compression.rs measures them).
+/// Brotli is a quality (0–11), zstd a level (1–22).
 pub const GZIP_LEVEL: u32 = 6;
 pub const BROTLI_LEVEL: u32 = 4;
 pub const ZSTD_LEVEL: u32 = 3;
@@ -59,14 +64,6 @@ impl Encoding {
             Encoding::Gzip => "gzip",
             Encoding::Brotli => "br",
             Encoding::Zstd => "zstd",
-        }
-    }
-
-    fn algorithm(self) -> Algorithm {
-        match self {
-            Encoding::Gzip => Algorithm::Gzip,
-            Encoding::Brotli => Algorithm::Brotli,
-            Encoding::Zstd => Algorithm::Zstd,
         }
     }
 
@@ -349,11 +346,11 @@ pub fn note_accept_encoding(state: &mut EdgeState, route: &Route, req: &RequestH
     }
 }
 
-/// Turns Pingora's response compression module on for this response when
-/// it is eligible and the client accepts an encoding; adds
-/// `Vary: Accept-Encoding` to every eligible response, compressed or not,
-/// so a cache keeps the variants apart. Off (the module's default) on
-/// every other route and response, the gateway's own errors included.
+/// Arms the [`Compression`] module for this response when it is eligible
+/// and the client accepts an encoding; adds `Vary: Accept-Encoding` to
+/// every eligible response, compressed or not, so a cache keeps the
+/// variants apart. Unarmed (the default) on every other route and
+/// response, the gateway's own errors included.
 pub fn compress_response(
     session: &mut Session,
     resp: &mut ResponseHeader,
@@ -372,28 +369,183 @@ pub fn compress_response(
     if !has_vary {
         resp.append_header(VARY, HeaderValue::from_static("accept-encoding"))?;
     }
-    let Some(enc) = state.encoding else {
-        return Ok(());
-    };
-    let Some(module) = session
-        .downstream_modules_ctx
-        .get_mut::<ResponseCompression>()
-    else {
-        return Ok(());
-    };
-    // The module panics if adjusted after it started on a body (an
-    // upgraded connection); the response header has not reached it yet.
-    if !module.is_header_phase() {
-        return Ok(());
+    if let (Some(enc), Some(module)) = (
+        state.encoding,
+        session.downstream_modules_ctx.get_mut::<Compression>(),
+    ) {
+        module.armed = Some(enc);
     }
-    module.adjust_level(0);
-    module.adjust_algorithm_level(enc.algorithm(), enc.level());
-    // The module takes the client's first listed coding and ignores
-    // q-values: it is told the one chosen above instead.
-    let mut chosen = RequestHeader::build("GET", b"/", Some(1))?;
-    chosen.insert_header(ACCEPT_ENCODING, enc.token())?;
-    module.request_filter(&chosen);
     Ok(())
+}
+
+/// The response compression module, one per request (registered in the
+/// proxy's `init_downstream_modules` instead of Pingora's default one).
+/// It runs after `response_filter`, which arms it for one response; it
+/// then rewrites that response's header and streams its body through the
+/// encoder.
+///
+/// gzip and zstd are Pingora's own encoders (`protocols::http::compression`).
+/// Brotli is ours: Pingora 0.9's brotli encoder only flushes at the end and
+/// never writes the final meta-block, so a strict decoder refuses what it
+/// sends. And Pingora's module picks the first coding the client lists,
+/// ignoring q-values; [`choose_encoding`] decides here instead.
+#[derive(Default)]
+pub struct Compression {
+    armed: Option<Encoding>,
+    encoder: Option<Box<dyn Encode + Send + Sync>>,
+}
+
+/// Builds [`Compression`] for each request.
+pub struct CompressionBuilder;
+
+impl CompressionBuilder {
+    pub fn module() -> ModuleBuilder {
+        Box::new(CompressionBuilder)
+    }
+}
+
+impl HttpModuleBuilder for CompressionBuilder {
+    fn init(&self) -> Module {
+        Box::new(Compression::default())
+    }
+
+    fn order(&self) -> i16 {
+        // Late, after other modules changed the body, as Pingora's does.
+        i16::MIN / 2
+    }
+}
+
+/// A fresh encoder for one response body in `enc`, at the gateway's level.
+pub fn encoder(enc: Encoding) -> Option<Box<dyn Encode + Send + Sync>> {
+    match enc {
+        Encoding::Brotli => Some(Box::new(BrotliEncoder::new(BROTLI_LEVEL))),
+        Encoding::Gzip => Algorithm::Gzip.compressor(GZIP_LEVEL),
+        Encoding::Zstd => Algorithm::Zstd.compressor(ZSTD_LEVEL),
+    }
+}
+
+#[async_trait]
+impl HttpModule for Compression {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let Some(enc) = self.armed.take() else {
+            return Ok(());
+        };
+        if end_of_stream {
+            return Ok(());
+        }
+        self.encoder = encoder(enc);
+        if self.encoder.is_none() {
+            return Ok(());
+        }
+        // The length is unknown until the encoder is done, and ranges of
+        // the encoded body are not the upstream's ranges.
+        resp.remove_header(&CONTENT_LENGTH);
+        resp.remove_header(&ACCEPT_RANGES);
+        resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+        resp.insert_header(CONTENT_ENCODING, HeaderValue::from_static(enc.token()))?;
+        // Another representation: a strong validator becomes weak (RFC 9110
+        // §8.8.1), as nginx's gzip filter does; a malformed one goes.
+        if let Some(etag) = resp.headers.get(ETAG) {
+            let b = etag.as_bytes();
+            if b.starts_with(b"\"") {
+                let weak = HeaderValue::from_bytes(&[b"W/", b].concat()).ok();
+                match weak {
+                    Some(v) => resp.insert_header(ETAG, v)?,
+                    None => {
+                        resp.remove_header(&ETAG);
+                    }
+                }
+            } else if !b.starts_with(b"W/") {
+                resp.remove_header(&ETAG);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        let input = body.as_deref().unwrap_or(&[]);
+        *body = Some(encoder.encode(input, end_of_stream)?);
+        if end_of_stream {
+            self.encoder = None;
+        }
+        Ok(())
+    }
+
+    fn response_done_filter(&mut self) -> Result<Option<Bytes>> {
+        // The response ended without a last body chunk: finish the stream.
+        match self.encoder.take() {
+            Some(mut encoder) => encoder.encode(&[], true).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A brotli stream that ends with its final meta-block.
+struct BrotliEncoder {
+    writer: Option<brotli::CompressorWriter<Vec<u8>>>,
+    total_in: usize,
+    total_out: usize,
+    spent: std::time::Duration,
+}
+
+impl BrotliEncoder {
+    /// Window of 2^19 bytes, as Pingora's: the body streams through it.
+    fn new(level: u32) -> Self {
+        BrotliEncoder {
+            writer: Some(brotli::CompressorWriter::new(Vec::new(), 4096, level, 19)),
+            total_in: 0,
+            total_out: 0,
+            spent: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Encode for BrotliEncoder {
+    fn encode(&mut self, input: &[u8], end: bool) -> Result<Bytes> {
+        let started = std::time::Instant::now();
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(Bytes::new());
+        };
+        self.total_in += input.len();
+        writer
+            .write_all(input)
+            .or_err(ErrorType::InternalError, "while compressing brotli")?;
+        let out = if end {
+            // Consuming the writer finishes the stream.
+            self.writer
+                .take()
+                .map(|w| w.into_inner())
+                .unwrap_or_default()
+        } else {
+            std::mem::take(writer.get_mut())
+        };
+        self.total_out += out.len();
+        self.spent += started.elapsed();
+        Ok(out.into())
+    }
+
+    fn stat(&self) -> (&'static str, usize, usize, std::time::Duration) {
+        ("brotli", self.total_in, self.total_out, self.spent)
+    }
 }
 
 #[cfg(test)]

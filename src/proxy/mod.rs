@@ -356,6 +356,12 @@ impl GatewayProxy {
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
+    /// Our compression module instead of Pingora's (disabled) default:
+    /// see [`edge::Compression`].
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(edge::CompressionBuilder::module());
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
