@@ -677,7 +677,7 @@ async fn other_responses_are_left_alone() {
     };
     let untouched = |(status, h, body): (u16, HashMap<String, String>, Vec<u8>), size: usize| {
         assert_eq!(status, 200);
-        assert!(h.get("content-encoding").is_none(), "{h:?}");
+        assert!(!h.contains_key("content-encoding"), "{h:?}");
         assert_eq!(body, blob(size));
     };
     // An incompressible type, a small body, no Accept-Encoding, a refused
@@ -710,6 +710,6 @@ async fn other_responses_are_left_alone() {
     // The gateway's own errors are not compressed.
     let (status, h, _) = get("/nowhere", Some("gzip"));
     assert_eq!(status, 404);
-    assert!(h.get("content-encoding").is_none(), "{h:?}");
+    assert!(!h.contains_key("content-encoding"), "{h:?}");
     assert_eq!(s.b.requests(), 0);
 }

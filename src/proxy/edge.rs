@@ -341,7 +341,9 @@ fn eligible(resp: &ResponseHeader) -> bool {
 
 /// On `compress` routes, remembers which encoding the client prefers.
 pub fn note_accept_encoding(state: &mut EdgeState, route: &Route, req: &RequestHeader) {
-    if route.options.compress && req.method != Method::HEAD {
+    // HTTP/1.0 has no chunked encoding to stream an encoded body with.
+    let streams = req.version >= http::Version::HTTP_11;
+    if route.options.compress && req.method != Method::HEAD && streams {
         state.encoding = choose_encoding(req.headers.get(ACCEPT_ENCODING));
     }
 }
