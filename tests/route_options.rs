@@ -454,6 +454,37 @@ async fn an_oversized_chunked_body_never_reaches_the_upstream() {
     assert_eq!((s.a.requests(), s.a.complete()), (1, 1));
 }
 
+/// A client that waits for `100 Continue` before sending its body gets it
+/// from the gateway, which reads the body to count it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_expecting_continue_is_told_to_send() {
+    let s = start().await;
+    let resp = tokio::task::block_in_place(|| {
+        let mut stream = TcpStream::connect(s.gw.proxy).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let head = "POST /small HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).expect("head");
+        let mut interim = Vec::new();
+        let mut byte = [0u8; 1];
+        while !interim.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => interim.push(byte[0]),
+                _ => break,
+            }
+        }
+        let interim = String::from_utf8_lossy(&interim).into_owned();
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+        stream.write_all(&chunked(&[b'z'; 800])).expect("body");
+        common::read_response(&mut stream)
+    });
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let echo = json_of(&resp);
+    assert_eq!(echo["body_bytes"], 800);
+    assert!(echo["headers"].get("expect").is_none(), "{echo}");
+}
+
 /// Above the 64 KiB replay buffer the body streams, and is cut off when it
 /// crosses the limit: the upstream may see the start of it, never all.
 #[tokio::test(flavor = "multi_thread")]

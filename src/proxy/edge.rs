@@ -11,7 +11,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
-    ETAG, TRANSFER_ENCODING, VARY,
+    ETAG, EXPECT, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -42,6 +42,9 @@ pub struct EdgeState {
     /// route whose limit is above [`BUFFERED_BODY_LIMIT`]).
     streaming_limit: Option<u64>,
     streamed: u64,
+    /// The body was read here: the upstream gets it whole, with no
+    /// `Expect` to answer.
+    buffered: bool,
     /// The encoding the client prefers, on `compress` routes.
     encoding: Option<Encoding>,
 }
@@ -119,6 +122,17 @@ pub async fn body_too_large(
         state.streaming_limit = Some(limit);
         return Ok(false);
     }
+    // A client waiting for 100 Continue would otherwise wait for a timeout
+    // before it sends what we are about to read.
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    state.buffered = true;
     // Pingora keeps what is read from here on and sends it upstream as the
     // body once the upstream is connected (its retry buffer).
     session.enable_retry_buffering();
@@ -197,6 +211,17 @@ pub fn rewrite_upstream_path(req: &mut RequestHeader, route: &Route) -> Result<(
     let uri = http::Uri::try_from(target)
         .map_err(|_| Error::explain(ErrorType::InternalError, "rewritten path is not a URI"))?;
     req.set_uri(uri);
+    Ok(())
+}
+
+/// Everything the route options change on the request sent upstream:
+/// the header rules, the path, and `Expect` once the body was read here.
+pub fn upstream_request(req: &mut RequestHeader, route: &Route, state: &EdgeState) -> Result<()> {
+    apply_request_rules(req, &route.options.request_headers)?;
+    rewrite_upstream_path(req, route)?;
+    if state.buffered {
+        req.remove_header(&EXPECT);
+    }
     Ok(())
 }
 

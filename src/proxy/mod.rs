@@ -516,8 +516,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Result<()> {
         // First, so the gateway's own headers below always win.
         if let Some(route) = ctx.route.as_ref() {
-            edge::apply_request_rules(upstream, &route.options.request_headers)?;
-            edge::rewrite_upstream_path(upstream, route)?;
+            edge::upstream_request(upstream, route, &ctx.edge)?;
         }
         // The credential never leaves the gateway. On auth = "none" routes an
         // Authorization header of another scheme is the upstream's business.
