@@ -35,6 +35,10 @@ pub enum ProxyError {
     TokenInsufficientScope(Scope),
     RouteNotFound,
     BadRequest(&'static str),
+    /// The request body is larger than the route's `max_body_bytes`.
+    PayloadTooLarge,
+    /// The client IP is refused by the route's `allow_ips`/`deny_ips`.
+    IpForbidden,
     UpstreamUnavailable,
     UpstreamTimeout,
     /// A rate-limit tier (named) has no room.
@@ -63,6 +67,8 @@ impl ProxyError {
             ProxyError::InsufficientScope(_) | ProxyError::TokenInsufficientScope(_) => 403,
             ProxyError::RouteNotFound => 404,
             ProxyError::BadRequest(_) => 400,
+            ProxyError::PayloadTooLarge => 413,
+            ProxyError::IpForbidden => 403,
             ProxyError::UpstreamUnavailable => 502,
             ProxyError::UpstreamTimeout => 504,
             ProxyError::RateLimited(_) => 429,
@@ -87,6 +93,8 @@ impl ProxyError {
             ProxyError::ExpiredToken => "expired_token",
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::IpForbidden => "ip_forbidden",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::RateLimited(_) => "rate_limited",
@@ -119,6 +127,10 @@ impl ProxyError {
             ProxyError::ExpiredToken => "The token has expired.".into(),
             ProxyError::RouteNotFound => "No route matches this request.".into(),
             ProxyError::BadRequest(why) => (*why).into(),
+            ProxyError::PayloadTooLarge => {
+                "The request body is larger than this route accepts.".into()
+            }
+            ProxyError::IpForbidden => "This route does not accept requests from your address.".into(),
             ProxyError::UpstreamUnavailable => "The upstream service is unavailable.".into(),
             ProxyError::UpstreamTimeout => "The upstream service did not answer in time.".into(),
             ProxyError::RateLimited(tier) => {

@@ -43,7 +43,7 @@ use std::path::Path;
 pub use self::admin::DEFAULT_ADMIN_LISTEN;
 pub use self::cors::{AllowOrigins, CorsConfig, DeprecationConfig};
 pub use self::database::{DatabaseConfig, DEFAULT_DATABASE_URL};
-pub use self::edge::{HeaderRules, RouteOptions};
+pub use self::edge::{HeaderRules, RouteOptions, BUFFERED_BODY_LIMIT};
 pub use self::jwt::{IssuerConfig, JwtConfig, KeySource};
 pub use self::keys::{
     KeysConfig, DEFAULT_KEY_PREFIX, DEFAULT_MISS_LOOKUPS_PER_SECOND, MAX_MISS_LOOKUPS_PER_SECOND,
@@ -311,17 +311,38 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
         "name",
         errs,
     );
+    // Two routes are the same when a request could match both equally:
+    // one host (or both host-less), one prefix, the same header conditions.
     let mut prefixes = HashMap::new();
     for (i, r) in &routes {
-        if let Some(first) = prefixes.insert((r.host.clone(), r.path_prefix.clone()), *i) {
-            errs.push(
-                format!("routes[{i}].path_prefix"),
-                format!(
-                    "duplicate route: {} {:?} is already routed by routes[{first}]",
-                    r.host.as_deref().unwrap_or("*"),
-                    r.path_prefix
-                ),
-            );
+        let conditions: Vec<(String, Vec<u8>)> = r
+            .options
+            .match_headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let hosts: Vec<Option<&String>> = if r.hosts.is_empty() {
+            vec![None]
+        } else {
+            r.hosts.iter().map(Some).collect()
+        };
+        for host in hosts {
+            let key = (host.cloned(), r.path_prefix.clone(), conditions.clone());
+            if let Some(first) = prefixes.insert(key, *i) {
+                errs.push(
+                    format!("routes[{i}].path_prefix"),
+                    format!(
+                        "duplicate route: {} {:?}{} is already routed by routes[{first}]",
+                        host.map_or("*", |h| h.as_str()),
+                        r.path_prefix,
+                        if conditions.is_empty() {
+                            ""
+                        } else {
+                            " with the same match_headers"
+                        }
+                    ),
+                );
+            }
         }
     }
     // A jwt-only route with no issuer to verify against would refuse

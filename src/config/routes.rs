@@ -33,8 +33,9 @@ impl AuthMode {
 pub struct RouteConfig {
     pub name: Arc<str>,
     pub path_prefix: String,
-    /// Lower-cased host without port; `None` matches any host.
-    pub host: Option<String>,
+    /// Lower-cased hosts without port (`hosts`, or the older single
+    /// `host`); empty matches any host.
+    pub hosts: Vec<String>,
     pub upstream: Arc<str>,
     pub scopes: Vec<Scope>,
     /// Extra scopes required for one method (upper-case method name).
@@ -68,6 +69,58 @@ pub(super) fn parse_scopes(list: &[String], path: &str, errs: &mut Errors) -> Ve
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
+
+/// `hosts`, or the older single `host` as a one-element list (both set is
+/// an error): lower-cased, each a hostname, no repeats.
+fn build_hosts(
+    host: Option<String>,
+    hosts: Option<Vec<String>>,
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<String> {
+    let (list, key) = match (host, hosts) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{path}.hosts"),
+                "set either host or hosts, not both",
+            );
+            return Vec::new();
+        }
+        (Some(h), None) => (vec![h], "host".to_string()),
+        (None, Some(l)) => {
+            if l.is_empty() {
+                errs.push(
+                    format!("{path}.hosts"),
+                    "must name at least one host (leave it out to match any host)",
+                );
+            }
+            (l, "hosts".to_string())
+        }
+        (None, None) => return Vec::new(),
+    };
+    let single = key == "host";
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, h) in list.into_iter().enumerate() {
+        let at = if single {
+            format!("{path}.host")
+        } else {
+            format!("{path}.hosts[{i}]")
+        };
+        let h = h.to_ascii_lowercase();
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        if !ok {
+            errs.push(at, format!("{h:?} is not a hostname"));
+        } else if out.contains(&h) {
+            errs.push(at, format!("{h:?} is listed twice"));
+        } else {
+            out.push(h);
+        }
+    }
+    out
+}
 
 pub(super) fn build_route(
     mut r: file::Route,
@@ -111,16 +164,7 @@ pub(super) fn build_route(
             ),
         }
     }
-    let host = r.host.map(|h| h.to_ascii_lowercase());
-    if let Some(h) = &host {
-        let ok = !h.is_empty()
-            && h.len() <= 253
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-        if !ok {
-            errs.push(format!("{path}.host"), format!("{h:?} is not a hostname"));
-        }
-    }
+    let hosts = build_hosts(r.host.take(), r.hosts.take(), &path, errs);
     let upstream = match r.upstream {
         Some(u) if upstreams.contains(u.as_str()) => Some(u),
         Some(u) => {
@@ -184,7 +228,7 @@ pub(super) fn build_route(
     Some(RouteConfig {
         name: name.into(),
         path_prefix: prefix,
-        host,
+        hosts,
         upstream: upstream?.into(),
         scopes,
         method_scopes,

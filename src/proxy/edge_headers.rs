@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use http::header::ORIGIN;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
-use pingora::modules::http::compression::ResponseCompressionBuilder;
 use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora::proxy::Session;
 
@@ -108,10 +107,9 @@ impl HttpModuleBuilder for EdgeHeadersBuilder {
     }
 }
 
-/// The downstream modules of the proxy: Pingora's default (response
-/// compression, off unless a request turns it on) and [`EdgeHeaders`].
+/// Adds [`EdgeHeaders`] to the proxy's downstream modules (compression is
+/// `proxy::edge`'s own module, added beside it).
 pub fn init_modules(modules: &mut HttpModules, security_headers: bool) {
-    modules.add_module(ResponseCompressionBuilder::enable(0));
     modules.add_module(Box::new(EdgeHeadersBuilder {
         security: security_headers,
     }));

@@ -11,6 +11,7 @@
 
 pub mod cors;
 pub mod deprecation;
+pub mod edge;
 pub mod edge_headers;
 pub mod errors;
 pub mod log_limit;
@@ -122,6 +123,8 @@ pub struct RequestCtx {
     /// logs on; `None` everywhere else, so nothing is copied.
     request_body: Option<BodyCapture>,
     response_body: Option<BodyCapture>,
+    /// Route options decided for this request (body limit, encoding).
+    edge: edge::EdgeState,
     _inflight: InflightGuard,
 }
 
@@ -361,8 +364,12 @@ impl GatewayProxy {
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
+    /// CORS, security and deprecation headers on every response, and our
+    /// compression module instead of Pingora's (disabled) default: see
+    /// [`edge_headers`] and [`edge::Compression`].
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         edge_headers::init_modules(modules, self.security_headers);
+        modules.add_module(edge::CompressionBuilder::module());
     }
 
     fn new_ctx(&self) -> RequestCtx {
@@ -383,6 +390,7 @@ impl ProxyHttp for GatewayProxy {
             client_ip: None,
             request_body: None,
             response_body: None,
+            edge: edge::EdgeState::default(),
             _inflight: InflightGuard::new(&self.inflight),
         }
     }
@@ -408,7 +416,12 @@ impl ProxyHttp for GatewayProxy {
         let path = req.uri.path();
         // One load of the table; the request keeps its route (and so its
         // upstream) even if a reload swaps the table meanwhile.
-        let Some(route) = self.routes.load().find(host.as_deref(), path).cloned() else {
+        let found = self
+            .routes
+            .load()
+            .find_for(host.as_deref(), path, &req.headers)
+            .cloned();
+        let Some(route) = found else {
             return self.deny(session, ctx, ProxyError::RouteNotFound).await;
         };
         ctx.route = Some(route.clone());
@@ -423,6 +436,12 @@ impl ProxyHttp for GatewayProxy {
             .map(|a| a.ip());
         let req = session.req_header();
         ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
+        // Before authentication: a refused network needs no key, and causes
+        // no key lookup.
+        if !edge::ip_allowed(&route.options, ctx.client_ip) {
+            return self.deny(session, ctx, ProxyError::IpForbidden).await;
+        }
+        edge::note_accept_encoding(&mut ctx.edge, &route, req);
         let client = self.limiter.client(ctx.client_ip);
         if self.answer_at_edge(session, ctx, &route, &client).await? {
             return Ok(true);
@@ -447,11 +466,20 @@ impl ProxyHttp for GatewayProxy {
                 }
             }
         }
-        if client.exempt {
-            return Ok(false);
+        if !client.exempt
+            && self
+                .enforce_limits(session, ctx, &route, client.bucket)
+                .await?
+        {
+            return Ok(true);
         }
-        self.enforce_limits(session, ctx, &route, client.bucket)
-            .await
+        // Last, so only a caller that may call the route makes us read.
+        if edge::body_too_large(session, route.options.max_body_bytes, &mut ctx.edge).await? {
+            // The rest of the body is not worth draining.
+            session.set_keepalive(None);
+            return self.deny(session, ctx, ProxyError::PayloadTooLarge).await;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -505,6 +533,10 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // First, so the gateway's own headers below always win.
+        if let Some(route) = ctx.route.as_ref() {
+            edge::upstream_request(upstream, route, &ctx.edge)?;
+        }
         // The credential never leaves the gateway. On auth = "none" routes an
         // Authorization header of another scheme is the upstream's business.
         upstream.remove_header("x-api-key");
@@ -595,10 +627,15 @@ impl ProxyHttp for GatewayProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Only upstream responses come here, never the gateway's own errors.
+        if let Some(route) = ctx.route.as_ref() {
+            edge::apply_response_rules(resp, &route.options.response_headers)?;
+            edge::compress_response(session, resp, route, &ctx.edge)?;
+        }
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(d) = &ctx.limits {
             let cache = ctx.route.as_deref().map(|r| &r.rate_limit_headers);
@@ -621,6 +658,7 @@ impl ProxyHttp for GatewayProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        edge::count_body(&mut ctx.edge, body.as_ref())?;
         if let (Some(cap), Some(chunk), Some(cfg)) = (
             ctx.request_body.as_mut(),
             body.as_ref(),
@@ -663,6 +701,7 @@ impl ProxyHttp for GatewayProxy {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(ProxyError::UpstreamTimeout)
             }
+            ErrorType::HTTPStatus(413) => Some(ProxyError::PayloadTooLarge),
             ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
                 Some(ProxyError::BadRequest("The request is malformed."))
             }

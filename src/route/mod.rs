@@ -8,9 +8,10 @@
 //! A request holds its `Arc<Route>` for its whole life, so requests in
 //! flight finish on the route (and upstream) they started with.
 //!
-//! Matching: longest `path_prefix` wins, a host-specific route beats a
-//! host-less one of the same length, and prefixes match on segment
-//! boundaries (`/orders` matches `/orders` and `/orders/7`, not `/ordersx`;
+//! Matching: a route for the request's host beats a host-less one, then
+//! the longest `path_prefix` wins, then a route whose `match_headers` all
+//! hold beats one of the same prefix without conditions (more conditions
+//! first); prefixes match on segment boundaries (`/orders` matches `/orders` and `/orders/7`, not `/ordersx`;
 //! a prefix ending in `/` matches anything below it). [`RouteTable::find`]
 //! is given the path already normalised by [`crate::http_path`], so every
 //! spelling of a path finds the route of its normalised form.
@@ -24,7 +25,7 @@ pub mod upstream;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use http::Method;
+use http::{HeaderMap, Method};
 
 use self::header_values::PolicyValues;
 use self::metrics::RouteMetrics;
@@ -41,7 +42,8 @@ pub struct Route {
     pub index: u16,
     pub name: Arc<str>,
     pub path_prefix: String,
-    pub host: Option<String>,
+    /// Lower-case hosts; empty matches any host.
+    pub hosts: Vec<String>,
     pub upstream: Arc<Upstream>,
     pub scopes: Vec<Scope>,
     pub method_scopes: Vec<(Method, Vec<Scope>)>,
@@ -55,7 +57,8 @@ pub struct Route {
     /// Request and response bodies go into the request log (redacted).
     pub log_bodies: bool,
     /// Edge options: rewriting, header rules, body limit, IP rules,
-    /// compression, CORS, deprecation.
+    /// compression, CORS, deprecation. `max_body_bytes` already holds
+    /// `proxy.max_body_bytes` when the route has none.
     pub options: RouteOptions,
     /// `RateLimit-Policy` and limit values of this route's tier lists,
     /// computed on first use instead of per response.
@@ -67,6 +70,17 @@ impl Route {
         let p = &self.path_prefix;
         path.starts_with(p.as_str())
             && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+    }
+
+    /// Every `match_headers` condition holds: the header is present and
+    /// each of its values is the expected one, so a request carrying two
+    /// versions does not pick the route the gateway prefers while the
+    /// upstream reads the other.
+    fn matches_headers(&self, headers: &HeaderMap) -> bool {
+        self.options.match_headers.iter().all(|(name, want)| {
+            let mut values = headers.get_all(name).iter().peekable();
+            values.peek().is_some() && values.all(|v| v == want)
+        })
     }
 
     /// Scopes needed for `method`: the route's own, then the method's.
@@ -87,7 +101,8 @@ impl Route {
 /// a new table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// In match order: longest prefix first, host-specific first.
+    /// In match order: host-specific first, then longest prefix, then
+    /// most header conditions.
     matching: Vec<Arc<Route>>,
     /// In configuration order.
     routes: Vec<Arc<Route>>,
@@ -113,7 +128,7 @@ impl RouteTable {
                     index: u16::try_from(index).ok()?,
                     name: r.name.clone(),
                     path_prefix: r.path_prefix.clone(),
-                    host: r.host.clone(),
+                    hosts: r.hosts.clone(),
                     upstream,
                     scopes: r.scopes.clone(),
                     method_scopes: r
@@ -127,26 +142,50 @@ impl RouteTable {
                     rate_limit: r.rate_limit.unwrap_or_default(),
                     global_rate_limit: r.global_rate_limit.unwrap_or_default(),
                     log_bodies: r.log_bodies,
-                    options: r.options.clone(),
+                    options: RouteOptions {
+                        // Resolved here, so the proxy reads one value and a
+                        // reload that changes the default swaps it too.
+                        max_body_bytes: r.options.max_body_bytes.or(cfg.proxy.max_body_bytes),
+                        ..r.options.clone()
+                    },
                     rate_limit_headers: PolicyValues::default(),
                 }))
             })
             .collect();
         let mut matching = routes.clone();
         matching.sort_by(|a, b| {
-            b.path_prefix
-                .len()
-                .cmp(&a.path_prefix.len())
-                .then(b.host.is_some().cmp(&a.host.is_some()))
+            (!b.hosts.is_empty())
+                .cmp(&!a.hosts.is_empty())
+                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+                .then(
+                    b.options
+                        .match_headers
+                        .len()
+                        .cmp(&a.options.match_headers.len()),
+                )
         });
         RouteTable { matching, routes }
     }
 
-    /// The route for `host` (lower-case, no port) and `path`.
+    /// The route for `host` (lower-case, no port) and `path`, among routes
+    /// without header conditions.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.matching
-            .iter()
-            .find(|r| r.matches_path(path) && r.host.as_deref().is_none_or(|h| Some(h) == host))
+        self.find_for(host, path, &HeaderMap::new())
+    }
+
+    /// The route for `host` (lower-case, no port), `path` and the request's
+    /// `headers` (for `match_headers`).
+    pub fn find_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Route>> {
+        self.matching.iter().find(|r| {
+            r.matches_path(path)
+                && (r.hosts.is_empty() || host.is_some_and(|h| r.hosts.iter().any(|x| x == h)))
+                && r.matches_headers(headers)
+        })
     }
 
     /// Every route, in configuration order.
@@ -520,5 +559,161 @@ global_rate_limit = { per_hour = 7 }
         assert_eq!(old.iter().count(), 1);
         let now = routes.load().find(None, "/x").map(|r| r.name.to_string());
         assert_eq!(now.as_deref(), Some("new"));
+    }
+
+    fn found(t: &RouteTable, host: Option<&str>, path: &str, headers: &[(&str, &str)]) -> String {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        t.find_for(host, path, &h)
+            .map_or("none".to_string(), |r| r.name.to_string())
+    }
+
+    #[test]
+    fn host_then_prefix_then_header_conditions_decide() {
+        let t = table(
+            r#"
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "u"
+[[routes]]
+name = "orders-v2"
+path_prefix = "/orders"
+upstream = "u"
+match_headers = { "api-version" = "2" }
+[[routes]]
+name = "orders-v2-beta"
+path_prefix = "/orders"
+upstream = "u"
+match_headers = { "api-version" = "2", "x-beta" = "1" }
+[[routes]]
+name = "orders-items"
+path_prefix = "/orders/items"
+upstream = "u"
+[[routes]]
+name = "tenant-root"
+path_prefix = "/"
+upstream = "u"
+hosts = ["tenant.example", "other.example"]
+"#,
+        );
+        assert_eq!(found(&t, None, "/orders/1", &[]), "orders");
+        assert_eq!(
+            found(&t, None, "/orders/1", &[("api-version", "1")]),
+            "orders"
+        );
+        assert_eq!(
+            found(&t, None, "/orders/1", &[("api-version", "2")]),
+            "orders-v2"
+        );
+        assert_eq!(
+            found(
+                &t,
+                None,
+                "/orders/1",
+                &[("api-version", "2"), ("x-beta", "1")]
+            ),
+            "orders-v2-beta"
+        );
+        // Values are exact; a second, different value does not match.
+        assert_eq!(
+            found(&t, None, "/orders", &[("api-version", "2.0")]),
+            "orders"
+        );
+        assert_eq!(
+            found(
+                &t,
+                None,
+                "/orders",
+                &[("api-version", "2"), ("api-version", "1")]
+            ),
+            "orders"
+        );
+        // A longer prefix beats header conditions on a shorter one.
+        assert_eq!(
+            found(&t, None, "/orders/items/1", &[("api-version", "2")]),
+            "orders-items"
+        );
+        // A host-specific route beats every host-less one, whatever its prefix.
+        assert_eq!(
+            found(&t, Some("tenant.example"), "/orders/items/1", &[]),
+            "tenant-root"
+        );
+        assert_eq!(found(&t, Some("other.example"), "/x", &[]), "tenant-root");
+        assert_eq!(found(&t, Some("else.example"), "/x", &[]), "none");
+        assert_eq!(found(&t, None, "/x", &[]), "none");
+    }
+
+    #[test]
+    fn the_proxy_body_limit_is_the_default_of_routes_without_one() {
+        let t = table(
+            "[proxy]\nmax_body_bytes = 100\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"u\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"u\"\nmax_body_bytes = 7\n",
+        );
+        let limit = |p: &str| t.find(None, p).and_then(|r| r.options.max_body_bytes);
+        assert_eq!(limit("/a"), Some(100));
+        assert_eq!(limit("/b"), Some(7));
+        let t = table("[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n");
+        assert_eq!(
+            t.find(None, "/").and_then(|r| r.options.max_body_bytes),
+            None
+        );
+    }
+
+    #[test]
+    fn strip_and_rewrite_replace_the_matched_prefix() {
+        let t = table(
+            r#"
+[[routes]]
+name = "strip"
+path_prefix = "/orders"
+upstream = "u"
+strip_prefix = true
+[[routes]]
+name = "strip-dir"
+path_prefix = "/dir/"
+upstream = "u"
+strip_prefix = true
+[[routes]]
+name = "rewrite"
+path_prefix = "/v1/orders"
+upstream = "u"
+rewrite_prefix = "/v2/orders"
+[[routes]]
+name = "to-root"
+path_prefix = "/api"
+upstream = "u"
+rewrite_prefix = "/"
+[[routes]]
+name = "to-dir"
+path_prefix = "/d2/"
+upstream = "u"
+rewrite_prefix = "/new/"
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "u"
+"#,
+        );
+        let up = |p: &str| {
+            let r = t.find(None, p).expect("route");
+            crate::proxy::edge::upstream_path(r, p)
+        };
+        assert_eq!(up("/orders/1").as_deref(), Some("/1"));
+        assert_eq!(up("/orders").as_deref(), Some("/"));
+        assert_eq!(up("/orders/").as_deref(), Some("/"));
+        assert_eq!(up("/dir/x/y").as_deref(), Some("/x/y"));
+        assert_eq!(up("/dir/").as_deref(), Some("/"));
+        assert_eq!(up("/v1/orders/7").as_deref(), Some("/v2/orders/7"));
+        assert_eq!(up("/v1/orders").as_deref(), Some("/v2/orders"));
+        assert_eq!(up("/api/x").as_deref(), Some("/x"));
+        assert_eq!(up("/api").as_deref(), Some("/"));
+        assert_eq!(up("/d2/x").as_deref(), Some("/new/x"));
+        assert_eq!(up("/d2/").as_deref(), Some("/new/"));
+        assert_eq!(up("/plain/x"), None);
     }
 }
