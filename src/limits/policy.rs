@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use uuid::Uuid;
 
 use super::{Period, Subject, Tier, Tiers};
-use crate::config::{Config, Limits};
+use crate::config::{Config, HeaderStyle, Limits};
 use crate::keys::snapshot::KeyRecord;
 use crate::route::Route;
 
@@ -21,6 +21,8 @@ pub struct Policy {
     exempt: Vec<IpNet>,
     /// Peers whose `X-Forwarded-For` names the client (`proxy.trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
+    /// Which rate-limit headers responses carry (`rate_limits.headers`).
+    pub headers: HeaderStyle,
 }
 
 /// Adds one tier per period `limits` sets.
@@ -52,7 +54,7 @@ fn caller_tiers(own: Subject, own_limits: Limits, on_route: Subject, route: &Rou
     push(&mut tiers, on_route, route.rate_limit);
     push(
         &mut tiers,
-        Subject::Global(route.index),
+        Subject::Global(route.id),
         route.global_rate_limit,
     );
     tiers
@@ -67,6 +69,7 @@ impl Policy {
             auth_failures: rl.auth_failures,
             exempt: rl.exempt_ips.clone(),
             trusted_proxies: cfg.proxy.trusted_proxies.clone(),
+            headers: rl.headers,
         }
     }
 
@@ -85,7 +88,7 @@ impl Policy {
         caller_tiers(
             Subject::Key(key.id),
             self.key_limits(key.limits),
-            Subject::KeyRoute(key.id, route.index),
+            Subject::KeyRoute(key.id, route.id),
             route,
         )
     }
@@ -106,7 +109,7 @@ impl Policy {
         let mut tiers = Tiers::new();
         push(
             &mut tiers,
-            Subject::KeyRoute(key.id, route.index),
+            Subject::KeyRoute(key.id, route.id),
             route.rate_limit,
         );
         tiers
@@ -125,7 +128,7 @@ impl Policy {
         caller_tiers(
             Subject::Token(subject),
             self.key_limits(issuer_limits.unwrap_or_default()),
-            Subject::TokenRoute(subject, route.index),
+            Subject::TokenRoute(subject, route.id),
             route,
         )
     }
@@ -136,14 +139,14 @@ impl Policy {
             return caller_tiers(
                 Subject::Ip(ip),
                 self.anonymous,
-                Subject::IpRoute(ip, route.index),
+                Subject::IpRoute(ip, route.id),
                 route,
             );
         }
         let mut tiers = Tiers::new();
         push(
             &mut tiers,
-            Subject::Global(route.index),
+            Subject::Global(route.id),
             route.global_rate_limit,
         );
         tiers

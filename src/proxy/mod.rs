@@ -171,7 +171,7 @@ impl GatewayProxy {
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        let trusted = &self.limiter.policy.trusted_proxies;
+        let trusted = &self.limiter.policy().trusted_proxies;
         ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
     }
 
@@ -315,13 +315,16 @@ impl GatewayProxy {
         route: &Route,
         ip: Option<std::net::IpAddr>,
     ) -> Result<bool> {
-        let policy = &self.limiter.policy;
-        let tiers = match (&ctx.key, &ctx.token) {
-            (Some(key), _) => policy.key_tiers(key, route),
-            (None, Some(t)) => {
-                policy.token_tiers(token_subject(&t.issuer, &t.subject), t.limits, route)
+        // The policy guard is dropped before the check awaits.
+        let tiers = {
+            let policy = self.limiter.policy();
+            match (&ctx.key, &ctx.token) {
+                (Some(key), _) => policy.key_tiers(key, route),
+                (None, Some(t)) => {
+                    policy.token_tiers(token_subject(&t.issuer, &t.subject), t.limits, route)
+                }
+                (None, None) => policy.anonymous_tiers(ip, route),
             }
-            (None, None) => policy.anonymous_tiers(ip, route),
         };
         if tiers.is_empty() {
             return Ok(false);
@@ -408,7 +411,7 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
+        ctx.client_ip = client_ip(req, peer, &self.limiter.policy().trusted_proxies);
         let client = self.limiter.client(ctx.client_ip);
         if route.auth.needs_credential() {
             if let Some(d) = self.limiter.guard_blocked(&client) {
@@ -742,7 +745,7 @@ impl GatewayProxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            client_ip(req, peer, &self.limiter.policy.trusted_proxies)
+            client_ip(req, peer, &self.limiter.policy().trusted_proxies)
         });
         let upstream = match (ctx.route.as_ref(), ctx.target) {
             (Some(r), Some(idx)) => r.upstream.targets.get(idx).map(|t| t.addr),
