@@ -547,9 +547,7 @@ fn redact_credentials(s: &str) -> String {
         let end = if let Some(quoted) = value.strip_prefix('\'') {
             quoted.find('\'').map_or(value.len(), |i| i + 2)
         } else {
-            value
-                .find(['&', ' ', '#'])
-                .unwrap_or(value.len())
+            value.find(['&', ' ', '#']).unwrap_or(value.len())
         };
         result.push_str(REDACTED);
         rest = &value[end..];
