@@ -8,12 +8,18 @@
 //!
 //! ```text
 //! cargo run --release --example bare_pingora -- 127.0.0.1:8180 127.0.0.1:3001 [threads]
+//!     [<tls listen addr> <cert.pem> <key.pem>]
 //! ```
+//!
+//! With the last three, it also serves TLS (rustls, TLS 1.2/1.3, h2 and
+//! HTTP/1.1 by ALPN, as the gateway's `tls_listen`), for the TLS
+//! contenders of `benches/load/run.sh`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
@@ -43,7 +49,7 @@ impl ProxyHttp for PassThrough {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bare_pingora <listen addr> <upstream addr> [threads]";
+    let usage = "usage: bare_pingora <listen addr> <upstream addr> [threads] [<tls listen addr> <cert.pem> <key.pem>]";
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -60,6 +66,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match (args.next(), args.next(), args.next()) {
+        (None, _, _) => None,
+        (Some(addr), Some(cert), Some(key)) => Some((addr, cert, key)),
+        _ => {
+            eprintln!("TLS needs an address, a certificate and a key\n{usage}");
+            std::process::exit(2);
+        }
+    };
     let conf = ServerConf {
         threads,
         work_stealing: true,
@@ -73,6 +87,22 @@ fn main() {
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, PassThrough { upstream });
     proxy.add_tcp(&listen);
+    if let Some((addr, cert, key)) = tls {
+        // The setters check the files, so `build` cannot panic on them.
+        let settings = TlsSettings::intermediate(&cert, &key).and_then(|mut s| {
+            s.set_certificate_chain_file(&cert)?;
+            s.set_private_key_file(&key)?;
+            s.enable_h2();
+            Ok(s)
+        });
+        match settings {
+            Ok(s) => proxy.add_tls_with_settings(&addr, None, s),
+            Err(e) => {
+                eprintln!("cannot use {cert} / {key}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     server.add_service(proxy);
     server.run_forever();
 }

@@ -33,6 +33,7 @@ use crate::service::keys::KeyService;
 use crate::service::last_used;
 use crate::service::listener::KeyListener;
 use crate::service::miss::{self, MissLookups};
+use crate::tls::Certificates;
 use crate::webhooks::dispatch::Dispatch;
 use crate::webhooks::dispatcher::Dispatcher;
 use crate::{store, telemetry};
@@ -53,6 +54,17 @@ pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
     let prometheus = telemetry::install_metrics()?;
     check_bindable(cfg.proxy.listen, "proxy.listen")?;
     check_bindable(cfg.admin_listen, "admin.listen")?;
+    // The TLS listener's certificates, read before anything starts. Hot
+    // reload calls `Certificates::reload` on this same handle: the listener
+    // asks it on every handshake, so nothing is rebuilt and no connection
+    // drops.
+    let certificates: Option<Arc<Certificates>> = match &cfg.proxy.tls {
+        Some(t) => {
+            check_bindable(t.listen, "proxy.tls_listen")?;
+            Some(Certificates::load(t).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        None => None,
+    };
 
     let grace = cfg.proxy.shutdown_grace;
     let conf = ServerConf {
@@ -148,6 +160,18 @@ pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
         "proxy",
     );
     proxy.add_tcp(&cfg.proxy.listen.to_string());
+    // One service for both listeners: the same proxy logic, threads and
+    // upstream pool; the proxy tells TLS requests apart by their digest.
+    if let (Some(t), Some(certs)) = (&cfg.proxy.tls, &certificates) {
+        let settings = crate::tls::listener_settings(certs.clone())
+            .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
+        proxy.add_tls_with_settings(&t.listen.to_string(), None, settings);
+        if cfg.proxy.security_headers {
+            if let Some(app) = proxy.app_logic_mut() {
+                crate::proxy::tls::add_hsts_module(&mut app.downstream_modules);
+            }
+        }
+    }
     // No traffic before the first full key load (every key would look
     // unknown) nor before the first try at reaching Redis.
     let proxy = server.add_service(proxy);
@@ -238,6 +262,7 @@ pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
     spawn_shutdown_watch(&server, grace, inflight, drained);
     tracing::info!(
         proxy = %cfg.proxy.listen,
+        proxy_tls = cfg.proxy.tls.as_ref().map(|t| t.listen.to_string()),
         admin = %cfg.admin_listen,
         routes = cfg.routes.len(),
         threads = cfg.proxy.threads,

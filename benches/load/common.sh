@@ -5,13 +5,15 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 # What benches/load needs beyond ensure_packages: nginx (upstream and a
-# contender), wrk (the load), taskset (CPU pinning).
+# contender), wrk (the load), taskset (CPU pinning), h2load (the HTTP/2
+# load of the TLS contenders).
 ensure_bench_packages() {
   local missing=()
   command -v nginx >/dev/null || missing+=(nginx-light)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
   apt_install "${missing[@]}"
   # A Debian nginx package starts a system nginx on port 80; ours use other
   # ports and do not need it, but leave it to its owner.

@@ -60,7 +60,10 @@ pub use self::request_logs::{
     RequestLogConfig, DEFAULT_REDACT_QUERY_PARAMS, MAX_LOGGED_BODY_BYTES, MAX_QUEUE_CAPACITY,
 };
 pub use self::routes::{AuthMode, RouteConfig};
-pub use self::tls::{CertificateConfig, TlsListenerConfig, UpstreamTls};
+pub use self::tls::{
+    load_certificates, CaCerts, CertificateConfig, LoadedCertificate, TlsListenerConfig,
+    UpstreamTls,
+};
 pub use self::upstreams::{UpstreamConfig, MAX_TARGETS};
 pub use self::webhooks::{HousekeepingConfig, WebhookConfig, DEFAULT_RETRY_SCHEDULE_MS};
 
@@ -358,6 +361,12 @@ fn build(mut doc: toml::Table, need: Need, errs: &mut Errors) -> Option<Config> 
             errs.push(
                 "admin.listen",
                 format!("{a} overlaps proxy.listen ({})", p.listen),
+            );
+        }
+        if let Some(t) = p.tls.as_ref().filter(|t| tls::overlaps(t.listen, *a)) {
+            errs.push(
+                "admin.listen",
+                format!("{a} overlaps proxy.tls_listen ({})", t.listen),
             );
         }
     }

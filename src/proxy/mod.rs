@@ -12,6 +12,7 @@
 pub mod errors;
 pub mod log_limit;
 pub mod routing;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -379,6 +380,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        tls::on_request(session);
         ctx.request_id = identity::request_id_value(session.req_header());
         // Rewritten in place, so routing, scopes, limits, metrics, logs and
         // the request sent upstream (a copy of this header) all see the
@@ -457,6 +459,9 @@ impl ProxyHttp for GatewayProxy {
         ctx.tried |= 1 << idx;
         ctx.target = Some(idx);
         let mut peer = HttpPeer::new(up.targets[idx].addr, false, String::new());
+        if let Some(t) = &up.tls {
+            t.apply(&mut peer);
+        }
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
@@ -532,7 +537,11 @@ impl ProxyHttp for GatewayProxy {
                 upstream.remove_header("x-forwarded-for");
             }
         }
-        if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
+        // Our own TLS listener is authoritative; on plain HTTP only a
+        // trusted proxy may say the client used https.
+        if tls::downstream_is_tls(session) {
+            upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("https"))?;
+        } else if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
             upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
         }
         // Other claims about the client or the host it asked for: only a

@@ -32,6 +32,8 @@ pub struct Upstream {
     down_for: Duration,
     /// Origin of the monotonic ms in `down_until_ms`.
     epoch: Instant,
+    /// TLS to the targets (`tls = true`); `None`: plain HTTP.
+    pub tls: Option<crate::tls::UpstreamPeerTls>,
 }
 
 impl Upstream {
@@ -56,6 +58,7 @@ impl Upstream {
                     write_timeout: cfg.proxy.write_timeout,
                     down_for: cfg.proxy.upstream_down_for,
                     epoch: Instant::now(),
+                    tls: u.tls.as_ref().map(crate::tls::UpstreamPeerTls::new),
                 })
             })
             .collect()
@@ -131,6 +134,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             down_for,
             epoch,
+            tls: None,
         }
     }
 
