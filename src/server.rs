@@ -222,12 +222,11 @@ pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
 
     // Hot reload: SIGHUP here, `POST /api/v1/config/reload` on the admin
     // listener; both swap the same route table and limiter policy.
-    let reloader = Arc::new(Reloader::new(
-        source,
-        loaded,
-        routes.clone(),
-        limiter.clone(),
-    ));
+    let mut reloader = Reloader::new(source, loaded, routes.clone(), limiter.clone());
+    if let Some(certs) = &certificates {
+        reloader = reloader.with_certificates(certs.clone());
+    }
+    let reloader = Arc::new(reloader);
     crate::reload::register_metrics();
     server.add_service(background_service(
         "sighup reloads",

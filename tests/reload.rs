@@ -480,3 +480,89 @@ async fn config_endpoints_need_admin() {
         assert_eq!(common::code(&body), "insufficient_scope");
     }
 }
+
+/// A self-signed certificate for `localhost` in `<stem>.pem`/`<stem>.key`
+/// under `dir`; returns its DER.
+fn self_signed(dir: &std::path::Path, stem: &str) -> Vec<u8> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("self-signed certificate");
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.cert.pem()).expect("write cert");
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        cert.key_pair.serialize_pem(),
+    )
+    .expect("write key");
+    cert.cert.der().to_vec()
+}
+
+/// The certificate a new TLS connection to `addr` is served (DER).
+async fn served_cert(addr: std::net::SocketAddr) -> Vec<u8> {
+    // A fresh client: a new connection, so a new handshake.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .http1_only()
+        .resolve("localhost", addr)
+        .build()
+        .expect("https client");
+    let resp = client
+        .get(format!("https://localhost:{}/public/x", addr.port()))
+        .send()
+        .await
+        .expect("https request");
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .expect("peer certificate")
+}
+
+/// Certificate files replaced on disk (same paths) are re-read by a reload:
+/// handshakes after it see the new certificate; a broken one is refused
+/// with 422 and the old certificate keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_swaps_the_tls_certificate_for_new_handshakes() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = self_signed(dir.path(), "site");
+    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut opts = Opts::new(format!(
+        "{}{}{ANONYMOUS}",
+        upstream_and_echo(upstream),
+        anon_route("public", "/public", None),
+    ));
+    opts.proxy_extra = format!(
+        "tls_listen = \"{tls}\"\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
+        dir.path().join("site.pem"),
+        dir.path().join("site.key"),
+    );
+    let gw = Gateway::start(&db, opts).await;
+    let (_, admin) = gw.create_key("admin", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(tls).is_ok()
+        })
+        .await,
+        "TLS listener never opened; log:\n{}",
+        gw.logs()
+    );
+    assert_eq!(served_cert(tls).await, first);
+
+    // New files at the same paths: the configuration file is unchanged.
+    let second = self_signed(dir.path(), "site");
+    assert_ne!(first, second);
+    let (code, body) = reload(&gw, &admin).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["changed"], false, "{body}");
+    assert_eq!(served_cert(tls).await, second, "new handshakes see it");
+
+    // A key that is not a key: refused whole, the second one stays.
+    std::fs::write(dir.path().join("site.key"), "not a key").expect("write");
+    let (code, body) = reload(&gw, &admin).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(common::code(&body), "invalid_config");
+    assert_eq!(served_cert(tls).await, second);
+}
