@@ -191,7 +191,7 @@ async fn reload_under_load_fails_no_request_and_applies_routes_and_limits() {
     for c in clients {
         c.join().expect("client thread");
     }
-    let failures = failures.lock().expect("lock");
+    let failures = failures.lock().expect("lock").clone();
     assert!(
         failures.is_empty(),
         "{} failed requests out of {}: {:?}",
