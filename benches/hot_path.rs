@@ -246,7 +246,7 @@ fn bench_scopes(c: &mut Criterion) {
 fn bench_limits(c: &mut Criterion) {
     let cfg = config();
     let limiter = RateLimiter::new(&cfg).expect("limiter");
-    let policy = &limiter.policy;
+    let policy = limiter.policy();
     let scopes = scopes();
     let key = record(Uuid::from_u128(7), [7; 32], scopes.into());
     let store = LocalStore::new(1_000_000);

@@ -34,6 +34,7 @@ pub mod jwt;
 pub mod keys;
 pub mod limits;
 pub mod proxy;
+pub mod reload;
 pub mod reqlog;
 pub mod route;
 pub mod server;

@@ -331,8 +331,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli, config_given: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
-            let cfg = cli::load_config(&cli.config, Need::Serve)?;
-            gateway::server::run(cfg)
+            // Read as a reload reads it, so the running file's SHA-256 is
+            // the one `GET /api/v1/config` reports.
+            let source = gateway::reload::ConfigSource::new(cli.config.clone(), std::env::vars());
+            let loaded = source
+                .load()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
+            gateway::server::run(source, loaded)
         }
         Command::CheckConfig => {
             cli::load_config(&cli.config, Need::Serve)?;

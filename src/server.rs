@@ -21,6 +21,7 @@ use crate::keys::format::KeyHasher;
 use crate::keys::snapshot::KeyStore;
 use crate::limits::{LimitsService, RateLimiter};
 use crate::proxy::{GatewayProxy, Inflight};
+use crate::reload::{ConfigSource, Loaded, Reloader, SighupReloads};
 use crate::reqlog::capture::RequestLog;
 use crate::reqlog::retention::Retention;
 use crate::reqlog::rollup::{RollupFlusher, Rollups, FLUSH_INTERVAL};
@@ -46,7 +47,9 @@ fn check_bindable(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 }
 
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast). Never returns.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// `loaded` was read from `source`, which SIGHUP and the admin API re-read.
+pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
+    let cfg: Config = loaded.config.clone();
     telemetry::init_logging(&cfg.log_level, cfg.log_format);
     let prometheus = telemetry::install_metrics()?;
     check_bindable(cfg.proxy.listen, "proxy.listen")?;
@@ -217,6 +220,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .with_pool("webhooks", webhook_pool),
     ));
 
+    // Hot reload: SIGHUP here, `POST /api/v1/config/reload` on the admin
+    // listener; both swap the same route table and limiter policy.
+    let mut reloader = Reloader::new(source, loaded, routes.clone(), limiter.clone());
+    if let Some(certs) = &certificates {
+        reloader = reloader.with_certificates(certs.clone());
+    }
+    let reloader = Arc::new(reloader);
+    crate::reload::register_metrics();
+    server.add_service(background_service(
+        "sighup reloads",
+        SighupReloads(reloader.clone()),
+    ));
+
     let (denial_audit, denial_writer) = denials::channel(pool.clone(), KeyService::new(&cfg));
     server.add_service(background_service("denial audit", denial_writer));
     let mut admin_state = AdminState::new(
@@ -233,6 +249,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         webhooks,
     );
     admin_state.jwt = jwt.clone();
+    admin_state.reloader = Some(reloader);
     let state = Arc::new(admin_state);
     let mut admin = Service::new(
         "admin".to_string(),

@@ -112,16 +112,23 @@ pub fn register_at_boot(cfg: &Config, routes: &RouteTable) {
         metrics::counter!("gateway_auth_failures_total", "reason" => *reason).absolute(0);
     }
     no_route().register();
+    register_route_metrics(cfg, routes);
+}
+
+/// Registers the per-route and per-upstream series of `routes`: at zero
+/// at boot, and for the routes a configuration reload adds. Adds 0 rather
+/// than setting 0, so a reload leaves the series of kept routes counting.
+pub fn register_route_metrics(cfg: &Config, routes: &RouteTable) {
     for route in routes.iter() {
         route.metrics.register();
         for tier in crate::limits::TIER_NAMES.iter().flatten() {
             metrics::counter!("gateway_rate_limited_total", "tier" => *tier, "route" => route.name.to_string())
-                .absolute(0);
+                .increment(0);
         }
     }
     for upstream in &cfg.upstreams {
         metrics::counter!("gateway_upstream_marked_down_total", "upstream" => upstream.name.to_string())
-            .absolute(0);
+            .increment(0);
     }
 }
 

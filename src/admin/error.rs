@@ -15,6 +15,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug)]
 pub enum ApiError {
     Validation(Vec<FieldError>),
+    /// 422 `invalid_config`: a reload refused the file; every error, with
+    /// its key path in `field`, as `gateway check-config` lists them.
+    InvalidConfig(Vec<FieldError>),
     InvalidJson(String),
     /// The request path is refused by [`crate::http_path`]: 400 `bad_request`.
     BadRequest(&'static str),
@@ -58,6 +61,7 @@ impl ApiError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
             ApiError::Escalation(_) | ApiError::NeedsAdmin(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::KeyRevoked | ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -74,6 +78,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Validation(_) => "validation_failed",
+            ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Auth(e) => e.code(),
@@ -100,6 +105,10 @@ impl ApiError {
                 [one] => format!("`{}`: {}", one.field, one.message),
                 _ => format!("{} fields are invalid; see details.", d.len()),
             },
+            ApiError::InvalidConfig(d) => format!(
+                "The configuration file has {} error(s); nothing was changed. See details.",
+                d.len()
+            ),
             ApiError::InvalidJson(m) => m.clone(),
             ApiError::BadRequest(why) => (*why).to_string(),
             ApiError::Auth(e) => e.message().into_owned(),
@@ -136,7 +145,7 @@ impl ApiError {
 
     pub fn response(&self, request_id: &str) -> Response<Vec<u8>> {
         let details = match self {
-            ApiError::Validation(d) => d.as_slice(),
+            ApiError::Validation(d) | ApiError::InvalidConfig(d) => d.as_slice(),
             _ => &[],
         };
         let body = error_body_with_details(self.code(), &self.message(), request_id, details);

@@ -249,9 +249,13 @@ pub async fn metrics(s: &AdminState) -> Response<Vec<u8>> {
     });
     s.jwt.update_gauges();
     s.prometheus.run_upkeep();
+    let mut text = s.prometheus.render();
+    if let Some(r) = &s.reloader {
+        text.push_str(&r.info_metric());
+    }
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        s.prometheus.render().into_bytes(),
+        text.into_bytes(),
     )
 }

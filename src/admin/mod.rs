@@ -7,6 +7,7 @@
 //! on the proxy; every error is the proxy's JSON shape, built in [`error`].
 
 pub mod audit;
+pub mod config;
 pub mod denials;
 pub mod error;
 pub mod health;
@@ -92,6 +93,8 @@ pub struct AdminState {
     denials: DenialAudit,
     /// JWT issuers' key sets, for readiness and `/health`.
     pub jwt: Arc<crate::jwt::Jwt>,
+    /// The running configuration and its reloads; `None` outside `serve`.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl AdminState {
@@ -124,6 +127,7 @@ impl AdminState {
             webhooks,
             denials,
             jwt: crate::jwt::Jwt::new(&crate::config::JwtConfig::default()),
+            reloader: None,
         }
     }
 
@@ -309,7 +313,7 @@ impl AdminApp {
         let client = s.limiter.client(identity::client_ip(
             req,
             peer,
-            &s.limiter.policy.trusted_proxies,
+            &s.limiter.policy().trusted_proxies,
         ));
         if let Some(d) = s.limiter.guard_blocked(&client) {
             let tier = d.headline_name();
@@ -319,7 +323,7 @@ impl AdminApp {
                 .increment(1);
             return Err(ApiError::Limited {
                 tier,
-                headers: Box::new(headers::render_as(&d, s.limiter.policy.headers)),
+                headers: Box::new(headers::render_as(&d, s.limiter.policy().headers)),
             });
         }
         let mut origin = Origin {
@@ -468,6 +472,8 @@ impl AdminApp {
                     roles::update_role(s, authed()?, id, &body).await?
                 }
                 Op::DeleteRole => roles::delete_role(s, authed()?, id).await?,
+                Op::GetConfig => config::get_config(s)?,
+                Op::ReloadConfig => config::reload_config(s, authed()?).await?,
             })
         })
         .await

@@ -57,7 +57,7 @@ pub async fn get_rate_limit_status(
     s: &AdminState,
     caller: &Caller,
 ) -> Result<Response<Vec<u8>>, ApiError> {
-    let policy = &s.limiter.policy;
+    let policy = s.limiter.policy_full();
     let key = &caller.key;
     let own = peek(s, None, &policy.own_tiers(key)).await?;
     let mut routes = Vec::new();
@@ -120,6 +120,6 @@ fn limits_view(s: &AdminState, id: uuid::Uuid, overrides: Limits) -> serde_json:
     json!({
         "key_id": id,
         "overrides": overrides,
-        "effective": s.limiter.policy.key_limits(overrides),
+        "effective": s.limiter.policy().key_limits(overrides),
     })
 }

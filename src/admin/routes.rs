@@ -42,6 +42,8 @@ pub enum Op {
     UpdateRole,
     PatchRole,
     DeleteRole,
+    GetConfig,
+    ReloadConfig,
 }
 
 /// Who may call an operation.
@@ -93,6 +95,8 @@ impl Op {
             Op::UpdateRole => "update_role",
             Op::PatchRole => "patch_role",
             Op::DeleteRole => "delete_role",
+            Op::GetConfig => "get_config",
+            Op::ReloadConfig => "reload_config",
         }
     }
 
@@ -130,6 +134,8 @@ impl Op {
             | Op::UpdateRole
             | Op::PatchRole
             | Op::DeleteRole => Access::Scope("admin"),
+            // The whole configuration (redacted) and changing it.
+            Op::GetConfig | Op::ReloadConfig => Access::Scope("admin"),
         }
     }
 }
@@ -206,6 +212,8 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/roles/{id}", Method::PUT, Op::UpdateRole),
     route("/api/v1/roles/{id}", Method::PATCH, Op::PatchRole),
     route("/api/v1/roles/{id}", Method::DELETE, Op::DeleteRole),
+    route("/api/v1/config", Method::GET, Op::GetConfig),
+    route("/api/v1/config/reload", Method::POST, Op::ReloadConfig),
 ];
 
 /// How a request path and method resolved.

@@ -220,6 +220,18 @@ impl Config {
         }
     }
 
+    /// The TOML document [`Config::from_toml`] validates: `text` with the
+    /// `env` overrides applied; `None` when `text` does not parse. What
+    /// `GET /api/v1/config` shows (redacted) of the running configuration.
+    pub fn effective_document(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Option<toml::Table> {
+        let mut doc: toml::Table = text.parse().ok()?;
+        apply_env(&mut doc, env, &mut Errors::default());
+        Some(doc)
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| &*u.name == name)
     }

@@ -13,7 +13,7 @@ use super::{file, Errors};
 /// targets in a u64 bit set.
 pub const MAX_TARGETS: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: Arc<str>,
     pub targets: Vec<SocketAddr>,

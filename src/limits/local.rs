@@ -509,7 +509,7 @@ mod tests {
     #[test]
     fn an_ip_flood_does_not_evict_key_or_global_counters() {
         let store = LocalStore::new(6_400);
-        let keys: Vec<[Tier; 2]> = (0..64u16)
+        let keys: Vec<[Tier; 2]> = (0..64u32)
             .map(|i| {
                 [
                     key_tier(Uuid::new_v4(), Period::Minute, 5),

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use arrayvec::ArrayVec;
 use uuid::Uuid;
 
@@ -28,7 +29,7 @@ use self::local::LocalStore;
 use self::policy::Policy;
 use self::redis::RedisStore;
 use crate::config::{Config, LimitBackend, OnBackendError};
-use crate::route::Route;
+use crate::route::{Route, RouteId};
 
 /// Most tiers one request can name: 3 per key, 3 per route, 3 global.
 pub const MAX_TIERS: usize = 9;
@@ -65,27 +66,27 @@ impl Period {
 }
 
 /// Whose requests a tier counts. Routes are identified by their
-/// [`Route::index`] (position in `[[routes]]`); the Redis backend names
-/// their keys by the route's name instead, from the route it is given.
+/// [`Route::id`], stable across reloads; the Redis backend names their
+/// keys by the route's name instead, from the route it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subject {
     /// One key, across all routes.
     Key(Uuid),
     /// One key on one route (the route's `rate_limit`).
-    KeyRoute(Uuid, u16),
+    KeyRoute(Uuid, RouteId),
     /// One client IP across all `auth = "none"` routes (`anonymous`).
     Ip(IpAddr),
     /// One client IP on one `auth = "none"` route (the route's `rate_limit`).
-    IpRoute(IpAddr, u16),
+    IpRoute(IpAddr, RouteId),
     /// All callers of one route (the route's `global_rate_limit`).
-    Global(u16),
+    Global(RouteId),
     /// Failed authentications from one client IP (the brute-force guard).
     AuthFailures(IpAddr),
     /// One token subject (`sub` of one issuer, see [`token_subject`]),
     /// across all routes.
     Token(Uuid),
     /// One token subject on one route (the route's `rate_limit`).
-    TokenRoute(Uuid, u16),
+    TokenRoute(Uuid, RouteId),
 }
 
 /// The counter id of a token caller: `sub` of the issuer named `issuer`,
@@ -349,7 +350,9 @@ impl Default for MonotonicClock {
 /// The rate limiter of one gateway process, shared by the proxy and the
 /// admin API.
 pub struct RateLimiter {
-    pub policy: Policy,
+    /// Swapped whole by a configuration reload; read through
+    /// [`RateLimiter::policy`].
+    policy: ArcSwap<Policy>,
     backend: Backend,
     /// Failed authentications per IP. Always local: the guard sits before
     /// any key work and must not cost a Redis round trip per request.
@@ -369,13 +372,31 @@ impl RateLimiter {
             _ => Backend::Local(LocalStore::new(rl.max_local_counters)),
         };
         Ok(Arc::new(RateLimiter {
-            policy: Policy::new(cfg),
+            policy: ArcSwap::from_pointee(Policy::new(cfg)),
             backend,
             guard: LocalStore::with_capacity((rl.max_local_counters / 4).max(1_000), 0),
             on_backend_error: rl.on_backend_error,
             clock: MonotonicClock::new(),
             ipv6_prefix: rl.ipv6_prefix,
         }))
+    }
+
+    /// The policy in force: one atomic load. Hold it for one decision; a
+    /// reload publishes a new one with [`RateLimiter::set_policy`].
+    pub fn policy(&self) -> Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// The policy in force as an `Arc`, for a holder that awaits while it
+    /// reads it (the admin API).
+    pub fn policy_full(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Publishes `policy` (a configuration reload); checks after this
+    /// return use it, counters are untouched.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -455,7 +476,7 @@ impl RateLimiter {
         Client {
             ip,
             bucket: ip.map(|ip| ip_bucket(ip, self.ipv6_prefix)),
-            exempt: self.policy.is_exempt(ip),
+            exempt: self.policy().is_exempt(ip),
         }
     }
 
@@ -465,7 +486,7 @@ impl RateLimiter {
         if client.exempt {
             return None;
         }
-        let tiers = self.policy.guard_tiers(client.bucket?);
+        let tiers = self.policy().guard_tiers(client.bucket?);
         if tiers.is_empty() {
             return None;
         }
@@ -488,7 +509,7 @@ impl RateLimiter {
             return;
         }
         if let Some(ip) = client.bucket {
-            let tiers = self.policy.guard_tiers(ip);
+            let tiers = self.policy().guard_tiers(ip);
             self.guard.check(&tiers, self.clock.now_ms(), Mode::Record);
         }
     }

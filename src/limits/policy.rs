@@ -54,7 +54,7 @@ fn caller_tiers(own: Subject, own_limits: Limits, on_route: Subject, route: &Rou
     push(&mut tiers, on_route, route.rate_limit);
     push(
         &mut tiers,
-        Subject::Global(route.index),
+        Subject::Global(route.id),
         route.global_rate_limit,
     );
     tiers
@@ -88,7 +88,7 @@ impl Policy {
         caller_tiers(
             Subject::Key(key.id),
             self.key_limits(key.limits),
-            Subject::KeyRoute(key.id, route.index),
+            Subject::KeyRoute(key.id, route.id),
             route,
         )
     }
@@ -109,7 +109,7 @@ impl Policy {
         let mut tiers = Tiers::new();
         push(
             &mut tiers,
-            Subject::KeyRoute(key.id, route.index),
+            Subject::KeyRoute(key.id, route.id),
             route.rate_limit,
         );
         tiers
@@ -128,7 +128,7 @@ impl Policy {
         caller_tiers(
             Subject::Token(subject),
             self.key_limits(issuer_limits.unwrap_or_default()),
-            Subject::TokenRoute(subject, route.index),
+            Subject::TokenRoute(subject, route.id),
             route,
         )
     }
@@ -139,14 +139,14 @@ impl Policy {
             return caller_tiers(
                 Subject::Ip(ip),
                 self.anonymous,
-                Subject::IpRoute(ip, route.index),
+                Subject::IpRoute(ip, route.id),
                 route,
             );
         }
         let mut tiers = Tiers::new();
         push(
             &mut tiers,
-            Subject::Global(route.index),
+            Subject::Global(route.id),
             route.global_rate_limit,
         );
         tiers

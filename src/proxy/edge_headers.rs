@@ -177,7 +177,7 @@ impl GatewayProxy {
         client: &Client,
     ) -> pingora::Result<bool> {
         if let (false, Some(ip), Some(route)) = (client.exempt, client.bucket, ctx.route.clone()) {
-            let tiers = self.limiter.policy.ip_tiers(ip);
+            let tiers = self.limiter.policy().ip_tiers(ip);
             if !tiers.is_empty() {
                 // A backend failure lets the preflight through whatever
                 // `on_backend_error` says: it reaches nothing, and the

@@ -181,7 +181,7 @@ impl GatewayProxy {
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        let trusted = &self.limiter.policy.trusted_proxies;
+        let trusted = &self.limiter.policy().trusted_proxies;
         ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)))
     }
 
@@ -312,7 +312,7 @@ impl GatewayProxy {
             .increment(1);
         let err = ProxyError::RateLimited(tier);
         ctx.denied = Some(err.code());
-        let extra = headers::render_as(d, self.limiter.policy.headers);
+        let extra = headers::render_as(d, self.limiter.policy().headers);
         write_error(session, &err, ctx.request_id(), &extra).await?;
         Ok(true)
     }
@@ -326,13 +326,16 @@ impl GatewayProxy {
         route: &Route,
         ip: Option<std::net::IpAddr>,
     ) -> Result<bool> {
-        let policy = &self.limiter.policy;
-        let tiers = match (&ctx.key, &ctx.token) {
-            (Some(key), _) => policy.key_tiers(key, route),
-            (None, Some(t)) => {
-                policy.token_tiers(token_subject(&t.issuer, &t.subject), t.limits, route)
+        // The policy guard is dropped before the check awaits.
+        let tiers = {
+            let policy = self.limiter.policy();
+            match (&ctx.key, &ctx.token) {
+                (Some(key), _) => policy.key_tiers(key, route),
+                (None, Some(t)) => {
+                    policy.token_tiers(token_subject(&t.issuer, &t.subject), t.limits, route)
+                }
+                (None, None) => policy.anonymous_tiers(ip, route),
             }
-            (None, None) => policy.anonymous_tiers(ip, route),
         };
         if tiers.is_empty() {
             return Ok(false);
@@ -435,7 +438,7 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        ctx.client_ip = client_ip(req, peer, &self.limiter.policy.trusted_proxies);
+        ctx.client_ip = client_ip(req, peer, &self.limiter.policy().trusted_proxies);
         // Before authentication: a refused network needs no key, and causes
         // no key lookup.
         if !edge::ip_allowed(&route.options, ctx.client_ip) {
@@ -639,7 +642,7 @@ impl ProxyHttp for GatewayProxy {
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(d) = &ctx.limits {
             let cache = ctx.route.as_deref().map(|r| &r.rate_limit_headers);
-            for (name, value) in headers::values(d, self.limiter.policy.headers, cache) {
+            for (name, value) in headers::values(d, self.limiter.policy().headers, cache) {
                 resp.insert_header(name, value)?;
             }
         }
@@ -736,7 +739,7 @@ impl ProxyHttp for GatewayProxy {
         // Once the upstream's header went out, the response cannot change.
         let mut answered = false;
         if session.response_written().is_none() {
-            let style = self.limiter.policy.headers;
+            let style = self.limiter.policy().headers;
             let limits = ctx
                 .limits
                 .as_ref()
@@ -813,7 +816,7 @@ impl GatewayProxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            client_ip(req, peer, &self.limiter.policy.trusted_proxies)
+            client_ip(req, peer, &self.limiter.policy().trusted_proxies)
         });
         let upstream = match (ctx.route.as_ref(), ctx.target) {
             (Some(r), Some(idx)) => r.upstream.targets.get(idx).map(|t| t.addr),

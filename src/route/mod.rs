@@ -33,13 +33,21 @@ use self::upstream::Upstream;
 use crate::config::{AuthMode, Config, Limits, RouteConfig, RouteOptions};
 use crate::keys::scope::Scope;
 
+/// A route's identity in the local rate-limit store, stable across
+/// reloads: a route keeps its id as long as it keeps its name, so its
+/// counters keep counting through a reload that inserts, removes or
+/// reorders other routes, and a new route never inherits another's counts.
+pub type RouteId = u32;
+
 /// One `[[routes]]` entry, resolved: everything the proxy, the limiter and
 /// the admin API need to know about it.
 #[derive(Debug)]
 pub struct Route {
-    /// Position in the configuration's `[[routes]]`: names the route's
-    /// counters in the local rate-limit store.
+    /// Position in the configuration's `[[routes]]`.
     pub index: u16,
+    /// Names the route's counters in the local rate-limit store (the Redis
+    /// backend names them by `name`); see [`RouteId`].
+    pub id: RouteId,
     pub name: Arc<str>,
     pub path_prefix: String,
     /// Lower-case hosts; empty matches any host.
@@ -106,6 +114,8 @@ pub struct RouteTable {
     matching: Vec<Arc<Route>>,
     /// In configuration order.
     routes: Vec<Arc<Route>>,
+    /// The id the next route never seen before gets.
+    next_id: RouteId,
 }
 
 impl RouteTable {
@@ -117,15 +127,34 @@ impl RouteTable {
     /// Builds the table; `upstreams` must hold every route's upstream, which
     /// config validation guarantees.
     pub fn new(cfg: &Config, upstreams: &[Arc<Upstream>]) -> RouteTable {
+        RouteTable::after(&RouteTable::default(), cfg, upstreams)
+    }
+
+    /// Builds the table that replaces `previous` on a reload: a route whose
+    /// name `previous` knows keeps its [`RouteId`]; a new name gets an id
+    /// no route of `previous` (nor of any table before it) ever had.
+    pub fn after(previous: &RouteTable, cfg: &Config, upstreams: &[Arc<Upstream>]) -> RouteTable {
+        let mut next_id = previous.next_id;
         let routes: Vec<Arc<Route>> = cfg
             .routes
             .iter()
             .enumerate()
             .filter_map(|(index, r): (usize, &RouteConfig)| {
                 let upstream = upstreams.iter().find(|u| u.name == r.upstream)?.clone();
+                let id = match previous.routes.iter().find(|p| p.name == r.name) {
+                    Some(p) => p.id,
+                    None => {
+                        let id = next_id;
+                        // 2^32 routes never seen before within one process:
+                        // out of reach; saturating keeps it panic-free.
+                        next_id = next_id.saturating_add(1);
+                        id
+                    }
+                };
                 Some(Arc::new(Route {
                     metrics: RouteMetrics::new(r.name.clone()),
                     index: u16::try_from(index).ok()?,
+                    id,
                     name: r.name.clone(),
                     path_prefix: r.path_prefix.clone(),
                     hosts: r.hosts.clone(),
@@ -164,7 +193,11 @@ impl RouteTable {
                         .cmp(&a.options.match_headers.len()),
                 )
         });
-        RouteTable { matching, routes }
+        RouteTable {
+            matching,
+            routes,
+            next_id,
+        }
     }
 
     /// The route for `host` (lower-case, no port) and `path`, among routes
@@ -544,6 +577,26 @@ global_rate_limit = { per_hour = 7 }
         assert_eq!(b.rate_limit, Limits::default());
         let a = t.find(None, "/x").expect("route");
         assert_eq!(a.rate_limit.per_minute, Some(5));
+    }
+
+    /// Local counters are keyed by the route's id: a reload that inserts
+    /// a route before others must not hand their ids (and counts) around.
+    #[test]
+    fn a_route_keeps_its_id_across_a_rebuild_and_new_routes_get_new_ones() {
+        let before = table(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"u\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"u\"\n",
+        );
+        let text = "[keys]\npepper = \"0123456789abcdef0123456789abcdef\"\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"new\"\npath_prefix = \"/n\"\nupstream = \"u\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"u\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"u\"\n";
+        let cfg = Config::from_toml(text, Vec::new(), Need::Serve).expect("valid config");
+        let after = RouteTable::after(&before, &cfg, &Upstream::from_config(&cfg));
+        let id = |t: &RouteTable, n: &str| t.iter().find(|r| &*r.name == n).map(|r| r.id);
+        assert_eq!(id(&after, "a"), id(&before, "a"));
+        assert_eq!(id(&after, "b"), id(&before, "b"));
+        let new = id(&after, "new").expect("new route");
+        assert!(before.iter().all(|r| r.id != new), "new route reuses an id");
+        // Rebuilding once more keeps the id given on the first rebuild.
+        let again = RouteTable::after(&after, &cfg, &Upstream::from_config(&cfg));
+        assert_eq!(id(&again, "new"), Some(new));
     }
 
     #[test]
