@@ -636,7 +636,7 @@ name = "idp"
 hs256_secret = "hs-secret-value"
 [[routes]]
 name = "r"
-request_headers = { set = { "authorization" = "Bearer upstream-token", "x-tenant" = "acme" } }
+request_headers = { set = { "x-upstream-token" = "Bearer upstream-credential-1", "x-tenant" = "acme" } }
 [other]
 dsn = "host=db user=gw password='quoted pass' dbname=gw"
 "#
@@ -649,7 +649,7 @@ dsn = "host=db user=gw password='quoted pass' dbname=gw"
             "redispass",
             "pepper-value",
             "hs-secret-value",
-            "upstream-token",
+            "upstream-credential-1",
             "quoted pass",
         ] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");

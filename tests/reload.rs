@@ -377,7 +377,7 @@ async fn the_running_config_is_shown_redacted_with_its_sha256() {
     const UPSTREAM_TOKEN: &str = "upstream-credential-9f8e7d";
     const DB_PASSWORD: &str = "db-password-5a4b3c";
     let routes = format!(
-        r#"{}{}request_headers = {{ set = {{ authorization = "Bearer {UPSTREAM_TOKEN}", x-tenant = "acme" }} }}
+        r#"{}{}request_headers = {{ set = {{ x-upstream-token = "Bearer {UPSTREAM_TOKEN}", x-tenant = "acme" }} }}
 {ANONYMOUS}
 [jwt]
 [[jwt.issuers]]
