@@ -7,8 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use common::*;
 use reqwest::header::HeaderMap;
@@ -16,47 +15,6 @@ use reqwest::Method;
 
 const APP: &str = "https://app.example.com";
 const EVIL: &str = "https://evil.example.net";
-
-/// An upstream that counts the requests it receives and answers each with
-/// `headers` (its own CORS and framing opinions).
-async fn opinionated_upstream(
-    headers: &'static [(&'static str, &'static str)],
-) -> (SocketAddr, Arc<AtomicUsize>) {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
-                            b"{\"upstream\":true}",
-                        )));
-                        for (k, v) in headers {
-                            resp.headers_mut().insert(*k, v.parse().expect("value"));
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
 
 /// An upstream that allows every origin, with credentials: exactly what
 /// the gateway must not pass on.
@@ -130,7 +88,7 @@ fn vary(h: &HeaderMap) -> String {
 #[tokio::test]
 async fn preflights_are_answered_by_the_gateway_without_a_key() {
     let db = TestDb::new().await;
-    let (upstream, hits) = opinionated_upstream(SLOPPY).await;
+    let (upstream, hits) = common::counting_upstream(SLOPPY).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
 
     // Allowed: 204 from the gateway, no key, nothing upstream.
@@ -216,7 +174,7 @@ async fn preflights_are_answered_by_the_gateway_without_a_key() {
 #[tokio::test]
 async fn preflights_count_against_the_client_ip() {
     let db = TestDb::new().await;
-    let (upstream, _) = opinionated_upstream(&[]).await;
+    let (upstream, _) = common::counting_upstream(&[]).await;
     let limits = "\n[rate_limits]\nanonymous = { per_minute = 3 }\n";
     let gw = Gateway::start(&db, Opts::new(format!("{}{limits}", routes(upstream, "")))).await;
     let mut statuses = Vec::new();
@@ -242,7 +200,7 @@ async fn preflights_count_against_the_client_ip() {
 #[tokio::test]
 async fn actual_responses_and_denials_carry_the_route_policy() {
     let db = TestDb::new().await;
-    let (upstream, _) = opinionated_upstream(SLOPPY).await;
+    let (upstream, _) = common::counting_upstream(SLOPPY).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
     // (`create_key` polls /echo, which this config lacks.)
     let (_, key) = gw.create_key_unseen("read:api", &[]);
@@ -317,7 +275,7 @@ async fn actual_responses_and_denials_carry_the_route_policy() {
 #[tokio::test]
 async fn security_headers_are_added_only_where_missing() {
     let db = TestDb::new().await;
-    let (upstream, _) = opinionated_upstream(SLOPPY).await;
+    let (upstream, _) = common::counting_upstream(SLOPPY).await;
     let mut opts = Opts::new(routes(upstream, ""));
     opts.proxy_extra = "security_headers = true".into();
     let gw = Gateway::start(&db, opts).await;
@@ -355,7 +313,7 @@ async fn security_headers_are_added_only_where_missing() {
 #[tokio::test]
 async fn security_headers_are_off_by_default() {
     let db = TestDb::new().await;
-    let (upstream, _) = opinionated_upstream(&[]).await;
+    let (upstream, _) = common::counting_upstream(&[]).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
     for path in ["/plain/x", "/api/items"] {
         let (_, h, _) = send(http().get(gw.url(path))).await;

@@ -7,8 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -18,40 +17,6 @@ use serde_json::json;
 const LINK: &str = "https://docs.example.com/migrate";
 /// 2026-06-01T00:00:00Z.
 const DEPRECATED_AT: &str = "@1780272000";
-
-/// An upstream that counts what reaches it.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            bytes::Bytes::from_static(b"{}"),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
 
 fn routes(upstream: SocketAddr, extra: &str) -> String {
     format!(
@@ -106,7 +71,7 @@ fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> Option<&'h str> 
 #[tokio::test]
 async fn a_deprecated_route_announces_its_sunset() {
     let db = TestDb::new().await;
-    let (upstream, hits) = counting_upstream().await;
+    let (upstream, hits) = common::counting_upstream(&[]).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
     let (_, k) = key(&gw, "read:api").await;
 
@@ -132,7 +97,7 @@ async fn a_deprecated_route_announces_its_sunset() {
 #[tokio::test]
 async fn after_its_sunset_a_route_answers_410_and_forwards_nothing() {
     let db = TestDb::new().await;
-    let (upstream, hits) = counting_upstream().await;
+    let (upstream, hits) = common::counting_upstream(&[]).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
     let (_, k) = key(&gw, "read:api").await;
 
@@ -171,7 +136,7 @@ async fn after_its_sunset_a_route_answers_410_and_forwards_nothing() {
 #[tokio::test]
 async fn who_still_calls_a_deprecated_route_is_counted_by_key() {
     let db = TestDb::new().await;
-    let (upstream, _) = counting_upstream().await;
+    let (upstream, _) = common::counting_upstream(&[]).await;
     let logs = "\n[request_logs]\nflush_interval_ms = 100\n";
     let gw = Gateway::start(&db, Opts::new(routes(upstream, logs))).await;
     let series = |route: &str, key: &str| {
@@ -237,7 +202,7 @@ async fn who_still_calls_a_deprecated_route_is_counted_by_key() {
 #[tokio::test]
 async fn a_route_deprecation_wins_over_a_rotated_key() {
     let db = TestDb::new().await;
-    let (upstream, _) = counting_upstream().await;
+    let (upstream, _) = common::counting_upstream(&[]).await;
     let gw = Gateway::start(&db, Opts::new(routes(upstream, ""))).await;
     let (id, old_secret) = key(&gw, "read:api").await;
     let (_, admin) = key(&gw, "admin").await;

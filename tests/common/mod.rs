@@ -676,3 +676,45 @@ pub fn counter_delta(before: &str, after: &str, series: &str) -> Option<f64> {
     let now = sample(after, series)?;
     Some(now - sample_or_zero(before, series))
 }
+
+/// An upstream that counts the requests it receives and answers each with
+/// a small JSON body and `headers` (e.g. its own CORS and framing
+/// opinions).
+pub async fn counting_upstream(
+    headers: &'static [(&'static str, &'static str)],
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                            b"{\"upstream\":true}",
+                        )));
+                        for (k, v) in headers {
+                            resp.headers_mut().insert(*k, v.parse().expect("value"));
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
