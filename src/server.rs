@@ -166,11 +166,6 @@ pub fn run(source: ConfigSource, loaded: Loaded) -> anyhow::Result<()> {
         let settings = crate::tls::listener_settings(certs.clone())
             .map_err(|e| anyhow::anyhow!("TLS listener: {e}"))?;
         proxy.add_tls_with_settings(&t.listen.to_string(), None, settings);
-        if cfg.proxy.security_headers {
-            if let Some(app) = proxy.app_logic_mut() {
-                crate::proxy::tls::add_hsts_module(&mut app.downstream_modules);
-            }
-        }
     }
     // No traffic before the first full key load (every key would look
     // unknown) nor before the first try at reaching Redis.

@@ -17,21 +17,22 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::header::ORIGIN;
+use http::header::{ORIGIN, STRICT_TRANSPORT_SECURITY};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora::proxy::Session;
 
 use super::errors::write_error;
+use super::tls::HSTS;
 use super::{cors, deprecation, GatewayProxy, RequestCtx};
 use crate::limits::{Client, Verdict};
 use crate::route::Route;
 
 /// The security headers of `proxy.security_headers`, each added only when
 /// the response does not carry that header already (the upstream knows
-/// better, e.g. a page meant to be framed). HSTS belongs to the TLS
-/// listener.
+/// better, e.g. a page meant to be framed). HSTS ([`HSTS`]) is added the
+/// same way, only for clients of the TLS listener.
 const SECURITY_HEADERS: [(&str, HeaderValue); 3] = [
     (
         "x-content-type-options",
@@ -52,6 +53,8 @@ pub struct EdgeHeaders {
     /// The response is the gateway's own preflight answer, complete as
     /// written: only the security headers are added.
     preflight: bool,
+    /// The client came over our TLS listener: with `security`, HSTS too.
+    tls: bool,
 }
 
 #[async_trait]
@@ -87,6 +90,9 @@ impl HttpModule for EdgeHeaders {
                     resp.insert_header(*name, value.clone())?;
                 }
             }
+            if self.tls && !resp.headers.contains_key(STRICT_TRANSPORT_SECURITY) {
+                resp.insert_header(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS))?;
+            }
         }
         Ok(())
     }
@@ -103,6 +109,7 @@ impl HttpModuleBuilder for EdgeHeadersBuilder {
             route: None,
             origin: None,
             preflight: false,
+            tls: false,
         })
     }
 }
@@ -113,6 +120,16 @@ pub fn init_modules(modules: &mut HttpModules, security_headers: bool) {
     modules.add_module(Box::new(EdgeHeadersBuilder {
         security: security_headers,
     }));
+}
+
+/// Tells the module whether the client came over our TLS listener (HSTS
+/// with `proxy.security_headers`); call first thing, so every response of
+/// the request, a 404 included, is covered.
+pub fn note_tls(session: &mut Session) {
+    let tls = super::tls::downstream_is_tls(session);
+    if let Some(m) = session.downstream_modules_ctx.get_mut::<EdgeHeaders>() {
+        m.tls = tls;
+    }
 }
 
 /// Tells the module which route the request took: call as soon as the
@@ -201,5 +218,52 @@ impl GatewayProxy {
                 Ok(true)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(security: bool, tls: bool) -> EdgeHeaders {
+        EdgeHeaders {
+            security,
+            route: None,
+            origin: None,
+            preflight: false,
+            tls,
+        }
+    }
+
+    #[tokio::test]
+    async fn hsts_only_over_tls_with_security_headers_and_never_over_the_upstreams_own() {
+        for (security, tls) in [(false, false), (false, true), (true, false)] {
+            let mut resp = ResponseHeader::build(200, None).expect("resp");
+            module(security, tls)
+                .response_header_filter(&mut resp, false)
+                .await
+                .expect("filter");
+            assert!(resp.headers.get(STRICT_TRANSPORT_SECURITY).is_none());
+        }
+        let mut m = module(true, true);
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        m.response_header_filter(&mut resp, false)
+            .await
+            .expect("filter");
+        assert_eq!(resp.headers[STRICT_TRANSPORT_SECURITY], HSTS);
+        let mut own = ResponseHeader::build(200, None).expect("resp");
+        own.insert_header(STRICT_TRANSPORT_SECURITY, "max-age=60")
+            .expect("header");
+        m.response_header_filter(&mut own, false)
+            .await
+            .expect("filter");
+        assert_eq!(
+            own.headers
+                .get_all(STRICT_TRANSPORT_SECURITY)
+                .iter()
+                .count(),
+            1
+        );
+        assert_eq!(own.headers[STRICT_TRANSPORT_SECURITY], "max-age=60");
     }
 }

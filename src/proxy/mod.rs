@@ -399,7 +399,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        tls::on_request(session);
+        edge_headers::note_tls(session);
         ctx.request_id = identity::request_id_value(session.req_header());
         // Rewritten in place, so routing, scopes, limits, metrics, logs and
         // the request sent upstream (a copy of this header) all see the
