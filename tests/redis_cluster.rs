@@ -18,7 +18,7 @@ fn redis_cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(args)
         .output()
-        .expect("redis-cli (apt package redis-server; run the tests with scripts/test.sh)");
+        .expect("redis-cli (apt package redis-tools; run the tests with scripts/test.sh)");
     assert!(
         out.status.success(),
         "redis-cli {args:?}: {}",
