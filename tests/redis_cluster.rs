@@ -61,6 +61,9 @@ impl Cluster {
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
                 .args(["--save", "", "--appendonly", "no"])
+                // Stream the first sync to a replica at once, not after
+                // Redis 7's default 5 s wait for more replicas.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(&node_dir)
                 .stdout(Stdio::null())
@@ -84,7 +87,28 @@ impl Cluster {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         redis_cli(&args);
         cluster.wait_ok(&cluster.ports.clone()).await;
+        cluster.wait_replicas_synced().await;
         cluster
+    }
+
+    /// Waits until three nodes are replicas that finished their first sync
+    /// with their master. `cluster_state:ok` comes before that, and a
+    /// replica that never synced refuses to take over ("Disconnected from
+    /// master for longer than allowed"): its slots would stay down.
+    async fn wait_replicas_synced(&self) {
+        let ports = self.ports.clone();
+        let synced = eventually(Duration::from_secs(30), || {
+            let ports = &ports;
+            async move {
+                let up = ports.iter().filter(|p| {
+                    let info = redis_cli(&["-p", &p.to_string(), "INFO", "replication"]);
+                    info.contains("role:slave") && info.contains("master_link_status:up")
+                });
+                up.count() == 3
+            }
+        })
+        .await;
+        assert!(synced, "the replicas did not finish their first sync");
     }
 
     /// Waits until every node in `ports` reports `cluster_state:ok`.
@@ -110,6 +134,13 @@ impl Cluster {
 
     /// The port of the master serving `slot`, as a live node sees it.
     fn master_of(&self, slot: u16) -> u16 {
+        self.serving(slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// The port of the master serving `slot`, as a live node sees it; none
+    /// while the slot's master has failed and no replica took over.
+    fn serving(&self, slot: u16) -> Option<u16> {
         let live = self.live_ports()[0];
         let nodes = redis_cli(&["-p", &live.to_string(), "CLUSTER", "NODES"]);
         for line in nodes.lines() {
@@ -127,14 +158,15 @@ impl Cluster {
             });
             if serves {
                 let addr = f[1].split('@').next().unwrap_or("");
-                return addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("node port");
+                return Some(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("node port"),
+                );
             }
         }
-        panic!("no master serves slot {slot}:\n{nodes}");
+        None
     }
 
     fn slot(&self, key: &str) -> u16 {
@@ -317,12 +349,6 @@ fn decided_by_redis(h: &reqwest::header::HeaderMap) -> bool {
     h.contains_key("ratelimit-policy") || h.contains_key("x-ratelimit-limit")
 }
 
-// Ignored: recovery after the failover is not reliable yet. The outage
-// half passes (allow admits without Redis, deny answers 503), but in about
-// half the runs on this machine the `allow` gateway still answered
-// without Redis 60 s after the replica took over: fred kept failing the
-// slot's calls. Run it with `cargo test --test redis_cluster -- --ignored`.
-#[ignore = "recovery after a master failover is flaky: see the comment above"]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_master_failover_follows_on_backend_error_then_recovers() {
     let _serial = SERIAL.lock().await;
@@ -352,15 +378,17 @@ async fn a_master_failover_follows_on_backend_error_then_recovers() {
     let before = metrics(&open).await;
 
     // Kill the master of the key's slot.
-    let master = cluster.master_of(cluster.slot(&format!("{{k:{id}}}")));
+    let slot = cluster.slot(&format!("{{k:{id}}}"));
+    let master = cluster.master_of(slot);
     cluster.kill(master);
 
     // While the slot has no master: `allow` lets the used-up key through
-    // without headers, `deny` answers 503.
+    // without headers, `deny` answers 503, and /health says Redis is down.
     let (saw_open, saw_closed) = (Cell::new(false), Cell::new(false));
+    let saw_health = Cell::new(false);
     let outage = eventually(Duration::from_secs(30), || {
         let (open, closed, key) = (&open, &closed, &key);
-        let (so, sc) = (&saw_open, &saw_closed);
+        let (so, sc, sh) = (&saw_open, &saw_closed, &saw_health);
         async move {
             let (s1, h1, _) = get(&open.url("/echo"), Some(key)).await;
             if s1 == 200 && !decided_by_redis(&h1) {
@@ -371,15 +399,20 @@ async fn a_master_failover_follows_on_backend_error_then_recovers() {
                 assert_eq!(code(&body), "rate_limiter_unavailable");
                 sc.set(true);
             }
-            so.get() && sc.get()
+            let (_, _, health) = get(&open.admin_url("/health"), None).await;
+            if health["status"] == "degraded" && health["checks"]["redis"]["status"] == "down" {
+                sh.set(true);
+            }
+            so.get() && sc.get() && sh.get()
         }
     })
     .await;
     assert!(
         outage,
-        "outage not seen (allow: {}, deny: {})\n{}",
+        "outage not seen (allow: {}, deny: {}, health: {})\n{}",
         saw_open.get(),
         saw_closed.get(),
+        saw_health.get(),
         open.logs()
     );
     let after = metrics(&open).await;
@@ -393,17 +426,25 @@ async fn a_master_failover_follows_on_backend_error_then_recovers() {
         "no fallback counted"
     );
 
-    // The replica takes over; both gateways enforce the limit again
-    // without a restart (the counts replicated, or re-counted if the
-    // last writes were lost: either way at most 5 more admissions).
+    // The replica takes over. Wait for that itself: right after the kill
+    // every node still says `cluster_state:ok`, as none has noticed yet.
+    let promoted = eventually(Duration::from_secs(30), || {
+        let cluster = &cluster;
+        async move { cluster.serving(slot).is_some_and(|p| p != master) }
+    })
+    .await;
+    assert!(promoted, "no replica took over slot {slot} from {master}");
     let live = cluster.live_ports();
     cluster.wait_ok(&live).await;
+
+    // Both gateways enforce the limit again without a restart (the counts
+    // replicated, or re-counted if the last writes were lost: either way
+    // at most 5 more admissions), and /health says Redis is up.
     for (name, gw) in [("allow", &open), ("deny", &closed)] {
         let admitted = Cell::new(0);
         let last = Cell::new((0, false));
-        // Generous: fred finds the promoted replica on its next cluster
-        // sync, which a loaded CI machine can delay by seconds.
-        let enforced = eventually(Duration::from_secs(60), || {
+        // fred redials within its reconnect backoff (at most 2 s).
+        let enforced = eventually(Duration::from_secs(30), || {
             let (gw, key, admitted, last) = (gw, &key, &admitted, &last);
             async move {
                 let (status, h, _) = get(&gw.url("/echo"), Some(key)).await;
@@ -426,6 +467,11 @@ async fn a_master_failover_follows_on_backend_error_then_recovers() {
             admitted.get() <= 5,
             "{} admitted after the failover",
             admitted.get()
+        );
+        let (_, _, health) = get(&gw.admin_url("/health"), None).await;
+        assert_eq!(
+            health["checks"]["redis"]["status"], "up",
+            "{name}: {health}"
         );
     }
 }
