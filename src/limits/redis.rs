@@ -17,7 +17,10 @@
 //! - **Failure.** Every call is bounded by `redis.timeout_ms`. While the
 //!   connection is down, calls fail at once instead of queueing: the
 //!   client reconnects in the background with backoff, and a connection
-//!   that stops answering is dropped and redialled.
+//!   that stops answering is dropped and redialled. In a cluster fred
+//!   redials the whole cluster when one node's connection drops, reading
+//!   its layout again (`CLUSTER SLOTS`), so a promoted replica is found on
+//!   the first redial after the takeover; until then every call fails.
 //! - **Scripts.** `NOSCRIPT` (a restarted or flushed Redis) loads the
 //!   script and retries, inside the same time bound.
 
@@ -502,11 +505,18 @@ impl RedisStore {
     }
 }
 
+/// How often the same Redis connection error is logged at `warn`.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Keeps `client` connected for as long as the process runs. Once
 /// connected, fred's reconnect policy redials a lost connection; a
 /// connection that could not be made in the first place ends fred's task,
 /// so this loop starts it again, with backoff.
 async fn keep_client_connected(client: &Client) {
+    tokio::join!(connect_forever(client), log_errors(client));
+}
+
+async fn connect_forever(client: &Client) {
     let mut backoff = RECONNECT_MIN;
     loop {
         let ended = client.connect().await;
@@ -518,6 +528,38 @@ async fn keep_client_connected(client: &Client) {
         tracing::debug!(error = %why, retry_in_ms = backoff.as_millis() as u64, "Redis connection attempt ended");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Logs the client's connection errors, which fred reports only at
+/// `debug` when a redial fails. While a cluster cannot be joined (a slot
+/// with no master: every node answers `cluster_state:fail`) that is why
+/// checks keep following `on_backend_error`. The same error is logged at
+/// `warn` at most every [`ERROR_LOG_EVERY`].
+async fn log_errors(client: &Client) {
+    let mut errors = client.error_rx();
+    let mut last: Option<(String, Instant)> = None;
+    loop {
+        let (error, server) = match errors.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            // Only `quit` swaps the channel; follow the new one.
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                errors = client.error_rx();
+                continue;
+            }
+        };
+        let why = error.details().to_string();
+        let server = server.map_or_else(|| "-".to_string(), |s| s.to_string());
+        let repeated = last
+            .as_ref()
+            .is_some_and(|(w, at)| *w == why && at.elapsed() < ERROR_LOG_EVERY);
+        if repeated {
+            tracing::debug!(error = %why, %server, "Redis connection error");
+        } else {
+            tracing::warn!(error = %why, %server, "Redis connection error; checks follow on_backend_error until it reconnects");
+            last = Some((why, Instant::now()));
+        }
     }
 }
 
