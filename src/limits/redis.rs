@@ -545,6 +545,8 @@ async fn log_errors(client: &Client) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             // Only `quit` swaps the channel; follow the new one.
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                // Never a busy loop, should the new channel be closed too.
+                tokio::time::sleep(RECONNECT_MIN).await;
                 errors = client.error_rx();
                 continue;
             }
