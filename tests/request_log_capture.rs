@@ -558,3 +558,37 @@ async fn shutdown_writes_the_last_records() {
     let found = wait_rows(&sql, &ids, Duration::from_secs(1)).await;
     assert_eq!(found.len(), 3, "log:\n{}", gw.logs());
 }
+
+/// The writer is not woken by every record (a cross-thread wake-up per
+/// request), only by its timer or a batch's worth of queued records: with
+/// a small queue and a flush interval far beyond the test, more requests
+/// than the queue holds are still all logged, none dropped. A writer that
+/// waited for its timer alone would drop all but the first 8.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_queue_is_drained_before_it_overflows() {
+    let db = TestDb::new().await;
+    let upstream = start_upstream().await;
+    let conf = config(upstream, "queue_capacity = 8")
+        .replace("flush_interval_ms = 100", "flush_interval_ms = 60000");
+    let mut gw = Gateway::start(&db, Opts::new(format!("{conf}\n"))).await;
+    let c = client();
+    let ids: Vec<String> = (0..40).map(|i| format!("small-queue-{i}")).collect();
+    for id in &ids {
+        assert_eq!(send_with(c.get(gw.url("/public/x")), id).await, 200);
+    }
+    let dropped = sample_or_zero(
+        &metrics(&gw).await,
+        r#"gateway_request_logs_dropped_total{reason="queue_full"}"#,
+    );
+    assert_eq!(dropped, 0.0, "log:\n{}", gw.logs());
+    // Shutdown writes the batch the writer holds.
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "gateway did not exit"
+    );
+    let sql = db.client().await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let found = wait_rows(&sql, &ids, Duration::from_secs(1)).await;
+    assert_eq!(found.len(), ids.len(), "log:\n{}", gw.logs());
+}

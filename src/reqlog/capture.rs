@@ -9,10 +9,11 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::record::RequestRecord;
 use super::rollup::Rollups;
+use super::writer::BATCH_MAX;
 use crate::config::RequestLogConfig;
 
 /// Reasons a record is dropped, the `reason` label of
@@ -44,10 +45,33 @@ struct Inner {
     keep_all: bool,
     rollups: Arc<Rollups>,
     tx: mpsc::Sender<RequestRecord>,
+    /// Wakes the writer once [`Inner::wake_at`] records wait.
+    batch_ready: Arc<Notify>,
+    wake_at: usize,
 }
 
-/// The writer's end of the queue.
-pub type Receiver = mpsc::Receiver<RequestRecord>;
+/// The writer's end of the queue: the records, and the signal that a
+/// batch's worth of them waits. The writer never waits on the queue
+/// itself: a task woken by every record costs a cross-thread wake-up (a
+/// context switch) per request, more than the rest of the capture.
+pub struct Receiver {
+    pub records: mpsc::Receiver<RequestRecord>,
+    pub batch_ready: Arc<Notify>,
+}
+
+impl std::ops::Deref for Receiver {
+    type Target = mpsc::Receiver<RequestRecord>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.records
+    }
+}
+
+impl std::ops::DerefMut for Receiver {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.records
+    }
+}
 
 impl RequestLog {
     /// A handle that captures nothing (`request_logs.enabled = false`).
@@ -61,7 +85,9 @@ impl RequestLog {
         if !cfg.enabled {
             return (Self::disabled(), None);
         }
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let capacity = cfg.queue_capacity.max(1);
+        let (tx, records) = mpsc::channel(capacity);
+        let batch_ready = Arc::new(Notify::new());
         let rate = cfg.sample_rate.clamp(0.0, 1.0);
         let inner = Inner {
             cfg: cfg.clone(),
@@ -69,12 +95,19 @@ impl RequestLog {
             keep_all: rate >= 1.0,
             rollups,
             tx,
+            batch_ready: batch_ready.clone(),
+            // A full batch, or half the queue when that is less: the
+            // writer drains long before the queue overflows.
+            wake_at: BATCH_MAX.min(capacity / 2).max(1),
         };
         (
             Self {
                 inner: Some(Arc::new(inner)),
             },
-            Some(rx),
+            Some(Receiver {
+                records,
+                batch_ready,
+            }),
         )
     }
 
@@ -103,6 +136,10 @@ impl RequestLog {
         if inner.tx.try_send(record).is_err() {
             metrics::counter!("gateway_request_logs_dropped_total", "reason" => reason::QUEUE_FULL)
                 .increment(1);
+        }
+        // Two atomic loads; the writer wakes by its timer otherwise.
+        if inner.tx.max_capacity() - inner.tx.capacity() >= inner.wake_at {
+            inner.batch_ready.notify_one();
         }
     }
 }

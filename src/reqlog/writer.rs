@@ -3,7 +3,10 @@
 //! `request_logs`, on a Postgres connection of its own.
 //!
 //! - A batch is written as soon as it is full ([`BATCH_MAX`]) and at
-//!   least every `flush_interval`.
+//!   least every `flush_interval`. The writer wakes for its timer and
+//!   when a batch's worth of records waits (half the queue, if smaller),
+//!   never for each record: that wake-up crosses threads, and cost more
+//!   than the rest of the capture (benches/RESULTS.md, "Profiles").
 //! - Daily partitions are created ahead (today, +1, +2, again whenever the
 //!   day changes), and on demand when a batch meets a day without one.
 //! - Postgres down or unreachable: the batch is kept and retried with
@@ -26,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 
 use super::capture::{reason, Receiver};
@@ -249,17 +253,33 @@ impl BackgroundService for RequestLogWriter {
             } else {
                 next_flush
             };
-            // Never zero: a full batch was written below.
-            let room = BATCH_MAX - batch.len();
-            tokio::select! {
-                n = rx.recv_many(&mut batch, room) => {
-                    if n == 0 {
-                        // Every sender is gone: nothing more will come.
+            // Woken by the timer or by a batch's worth of records, never
+            // by each record (see `capture::Receiver`).
+            // A backlog (after an outage, or a burst) drains batch after
+            // batch without waiting.
+            if rx.len() + batch.len() < BATCH_MAX {
+                let batch_ready = rx.batch_ready.clone();
+                tokio::select! {
+                    _ = batch_ready.notified() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = shutdown.changed(), if !stopping => stopping = true,
+                }
+            }
+            // Never more than a batch: a full batch was written below.
+            let mut senders_gone = false;
+            while batch.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        senders_gone = true;
                         break;
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = shutdown.changed(), if !stopping => stopping = true,
+            }
+            if senders_gone {
+                // Nothing more will come; the final flush below writes it.
+                break;
             }
             set_depth(&rx);
             let due = tokio::time::Instant::now() >= next_flush;
