@@ -163,7 +163,9 @@ fresh_bench_db() { # <database name>
 # A gateway config: proxy on <port>, admin on <port> + 100, one route "/"
 # to the upstream on UPSTREAM_PORT needing <scope>, and default limits far
 # above what a run can send, so every request passes all three tiers.
-# [extra] is added to [rate_limits].
+# [extra] is added to [rate_limits]. For A/B runs without a rebuild:
+# BENCH_HEADERS sets rate_limits.headers (default both), and
+# BENCH_REDIS_CONNECTIONS sets redis.connections (default 1).
 bench_gateway_conf() { # <file> <port> <local|redis> <threads> <scope> [extra]
   cat > "$1" <<CONF
 [proxy]
@@ -183,11 +185,13 @@ upstream = "bench"
 scopes = ["$5"]
 [rate_limits]
 backend = "$3"
+headers = "${BENCH_HEADERS:-both}"
 default = { per_minute = 1000000000, per_hour = 1000000000, per_day = 1000000000 }
 ${6:-}
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
 key_prefix = "gateway:bench:$$:"
+connections = ${BENCH_REDIS_CONNECTIONS:-1}
 CONF
 }
 

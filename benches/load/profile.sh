@@ -7,9 +7,14 @@
 # in percent of the gateway's samples. Record percentages, not absolute
 # figures: on a shared machine only the shares are stable.
 #
-#   benches/load/profile.sh [--backend local|redis] [--logs on|off]
+#   benches/load/profile.sh [--backend local|redis] [--logs on|off] [--bare]
 #                           [--seconds 15] [--frequency 299] [--connections 64]
 #                           [--top 40] [--no-pin] [--port-base 18500]
+#
+# --bare profiles the baseline (examples/bare_pingora.rs) instead, so the
+# two profiles can be compared frame by frame. Before recording, `perf
+# stat` counts the proxy's CPU time and syscalls over a 5 s wrk run: CPU
+# µs per request is the figure that sets the throughput ratio to bare.
 #
 # Defaults: local backend, request logs on (sample_rate 1.0), the budget
 # case of DESIGN §4. Pinned as run.sh pins (the gateway on CPU 1, wrk and
@@ -19,12 +24,13 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-BACKEND=local LOGS=on SECONDS_=15 FREQ=299 CONNECTIONS=64 TOP=40 PIN=1 BASE=18500
+BACKEND=local LOGS=on BARE=0 SECONDS_=15 FREQ=299 CONNECTIONS=64 TOP=40 PIN=1 BASE=18500
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --backend) BACKEND=$2; shift 2 ;;
     --logs) LOGS=$2; shift 2 ;;
+    --bare) BARE=1; shift ;;
     --seconds) SECONDS_=$2; shift 2 ;;
     --frequency) FREQ=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
@@ -42,7 +48,9 @@ case "$BACKEND" in local|redis) ;; *) die "--backend: local or redis, got '$BACK
 case "$LOGS" in on|off) ;; *) die "--logs: on or off, got '$LOGS'" ;; esac
 
 UPSTREAM_PORT=$BASE PORT=$((BASE + 1))
-bench_run_dir "profile-$BACKEND-logs-$LOGS"
+NAME="gateway, $BACKEND backend, request logs $LOGS"
+if [ "$BARE" = 1 ]; then NAME="bare Pingora"; bench_run_dir profile-bare
+else bench_run_dir "profile-$BACKEND-logs-$LOGS"; fi
 CPU_PROXY=() CPU_LOAD=()
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then CPU_PROXY=(taskset -c 1) CPU_LOAD=(taskset -c 0); fi
 
@@ -57,22 +65,40 @@ build_release --bin gateway --example bare_pingora
 GW="$BIN_DIR/gateway"
 start_upstream "$UPSTREAM_PORT" "${CPU_LOAD[@]}"
 
-fresh_bench_db gateway_profile
-EXTRA=$'\n[request_logs]\nenabled = false'
-[ "$LOGS" = on ] && EXTRA=$'\n[request_logs]\nenabled = true\nsample_rate = 1.0'
-bench_gateway_conf "$RUN/gateway.toml" "$PORT" "$BACKEND" 1 read:bench "$EXTRA"
-"$GW" migrate -c "$RUN/gateway.toml" >/dev/null
-KEY=$(create_key "$RUN/gateway.toml" profile read:bench)
-AUTH="Authorization: Bearer $KEY"
 URL="http://127.0.0.1:$PORT/"
-"${CPU_PROXY[@]}" "$GW" serve -c "$RUN/gateway.toml" >"$RUN/gateway.log" 2>&1 & PIDS+=($!)
+if [ "$BARE" = 1 ]; then
+  AUTH="X-Bench: bare"
+  "${CPU_PROXY[@]}" "$BIN_DIR/examples/bare_pingora" "127.0.0.1:$PORT" \
+    "127.0.0.1:$UPSTREAM_PORT" 1 >"$RUN/gateway.log" 2>&1 & PIDS+=($!)
+else
+  fresh_bench_db gateway_profile
+  EXTRA=$'\n[request_logs]\nenabled = false'
+  [ "$LOGS" = on ] && EXTRA=$'\n[request_logs]\nenabled = true\nsample_rate = 1.0'
+  bench_gateway_conf "$RUN/gateway.toml" "$PORT" "$BACKEND" 1 read:bench "$EXTRA"
+  "$GW" migrate -c "$RUN/gateway.toml" >/dev/null
+  KEY=$(create_key "$RUN/gateway.toml" profile read:bench)
+  AUTH="Authorization: Bearer $KEY"
+  "${CPU_PROXY[@]}" "$GW" serve -c "$RUN/gateway.toml" >"$RUN/gateway.log" 2>&1 & PIDS+=($!)
+fi
 GW_PID=$!
-wait_ok gateway -H "$AUTH" "$URL"
+wait_ok proxy -H "$AUTH" "$URL"
 
 wrk_run() { # <seconds>
   "${CPU_LOAD[@]}" wrk -t 1 -c "$CONNECTIONS" -d "${1}s" --latency \
     -s "$ROOT/benches/load/report.lua" -H "$AUTH" "$URL" | grep '^RESULT'
 }
+say "warm-up 3 s, then perf stat for 5 s under wrk -c$CONNECTIONS"
+wrk_run 3 >/dev/null
+wrk_run 6 > "$RUN/wrk-stat.out" & WRK=$!
+sleep 0.5
+perf stat -x, -e task-clock,raw_syscalls:sys_enter,context-switches -p "$GW_PID" \
+  -o "$RUN/perf-stat.csv" -- sleep 5 2> "$RUN/perf-stat.log" || die "perf stat failed: $(tail -n 3 "$RUN/perf-stat.log")"
+wait "$WRK" || die "wrk failed"
+# wrk ran 6 s, perf counted 5 of them: requests in the counted window.
+read -r _ STAT_RPS _ < "$RUN/wrk-stat.out"
+stat_of() { awk -F, -v e="$1" '$3 == e || index($3, e) { print $1; exit }' "$RUN/perf-stat.csv"; }
+PER_REQ=$(awk -v ms="$(stat_of task-clock)" -v sc="$(stat_of sys_enter)" -v cs="$(stat_of context-switches)" -v rps="$STAT_RPS" \
+  'BEGIN { n = rps * 5; printf "%.1f CPU µs, %.2f syscalls, %.3f context switches per request (%.0f req/s)", ms * 1000 / n, sc / n, cs / n, rps }')
 say "warm-up 3 s, then perf record -F $FREQ --call-graph dwarf for ${SECONDS_}s under wrk -c$CONNECTIONS"
 wrk_run 3 >/dev/null
 wrk_run $((SECONDS_ + 3)) > "$RUN/wrk.out" & WRK=$!
@@ -86,7 +112,7 @@ say "folding stacks and drawing the flame graph"
 # takes many minutes; inlined functions are then counted in their callers.
 perf script --no-inline -i "$RUN/perf.data" 2>/dev/null | "$INFERNO_COLLAPSE" > "$RUN/stacks.folded"
 [ -s "$RUN/stacks.folded" ] || die "no stacks were sampled (perf: $RUN/perf-record.log)"
-"$INFERNO_FLAMEGRAPH" --title "gateway, $BACKEND backend, request logs $LOGS" \
+"$INFERNO_FLAMEGRAPH" --title "$NAME" \
   < "$RUN/stacks.folded" > "$RUN/flamegraph.svg"
 perf report -i "$RUN/perf.data" --no-children --no-inline -g none --sort symbol --stdio --percent-limit 0.3 2>/dev/null \
   | awk -v n="$TOP" '/^ +[0-9.]+%/ && ++k <= n' > "$RUN/top-self.txt"
@@ -105,7 +131,8 @@ awk -v top="$TOP" '
 
 read -r _ rps p50 p99 non2xx errs _ < "$RUN/wrk.out"
 echo
-echo "Profile: gateway, $BACKEND backend, request logs $LOGS; $(printf '%.0f' "$rps") req/s under perf (p99 $p99 ms, non-2xx $non2xx, errors $errs)"
+echo "Profile: $NAME: $PER_REQ"
+echo "Under perf record: $(printf '%.0f' "$rps") req/s (p99 $p99 ms, non-2xx $non2xx, errors $errs)"
 echo "flame graph: $RUN/flamegraph.svg   folded stacks: $RUN/stacks.folded"
 echo
 echo "Self time, top $TOP (perf report --no-children):"
