@@ -326,6 +326,10 @@ impl GatewayProxy {
         route: &Route,
         ip: Option<std::net::IpAddr>,
     ) -> Result<bool> {
+        if let Some(redis) = self.limiter.redis() {
+            // From the first request on, Redis I/O runs on this runtime.
+            redis.serve_from_this_runtime();
+        }
         // The policy guard is dropped before the check awaits.
         let tiers = {
             let policy = self.limiter.policy();
