@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gateway::config::RedisConfig;
-use gateway::limits::redis::RedisStore;
 use gateway::limits::{Mode, Period, Subject, Tier};
 
 /// Runs `redis-cli` against the test Redis; its stdout, trimmed.
@@ -48,28 +45,12 @@ async fn room_in_this_minute(needed: u64) {
     }
 }
 
-async fn connected_store() -> Arc<RedisStore> {
-    let cfg = RedisConfig {
-        url: redis_url(),
-        timeout: Duration::from_secs(5),
-        key_prefix: redis_prefix(),
-        cluster: false,
-        connections: 1,
-    };
-    let store = Arc::new(RedisStore::new(&cfg).expect("store"));
-    let s = store.clone();
-    tokio::spawn(async move { s.keep_connected().await });
-    let up = eventually(Duration::from_secs(5), || async { store.is_connected() }).await;
-    assert!(up, "no connection to {}", redis_url());
-    store
-}
-
 /// A counter written in a window after the one Redis's clock is in now
 /// (written by a primary whose clock was ahead, before a failover) keeps
 /// its counts: the check is decided as of that window, not reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_window_ahead_of_the_redis_clock_is_not_reset() {
-    let store = connected_store().await;
+    let store = connected_redis_store(1).await;
     for ahead in [1u64, 30] {
         let tier = Tier {
             subject: Subject::Key(uuid::Uuid::new_v4()),

@@ -102,28 +102,12 @@ async fn one_call_checks_and_counts_each_request_in_order() {
     assert_eq!(redis_cli(&["HGET", &b, "c"]), ["3"]);
 }
 
-async fn connected_store(connections: usize) -> Arc<RedisStore> {
-    let cfg = RedisConfig {
-        url: redis_url(),
-        timeout: Duration::from_secs(5),
-        key_prefix: redis_prefix(),
-        cluster: false,
-        connections,
-    };
-    let store = Arc::new(RedisStore::new(&cfg).expect("store"));
-    let s = store.clone();
-    tokio::spawn(async move { s.keep_connected().await });
-    let up = eventually(Duration::from_secs(5), || async { store.is_connected() }).await;
-    assert!(up, "no connection to {}", redis_url());
-    store
-}
-
 /// Hundreds of concurrent checks on one key, through the batching store:
 /// exactly the limit is admitted, with one and with several connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_checks_through_batches_admit_exactly_the_limit() {
     for connections in [1, 3] {
-        let store = connected_store(connections).await;
+        let store = connected_redis_store(connections).await;
         let tier = Tier {
             subject: Subject::Key(uuid::Uuid::new_v4()),
             period: Period::Minute,

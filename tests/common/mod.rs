@@ -267,6 +267,35 @@ pub fn command() -> Command {
     cmd
 }
 
+/// Runs `check-config` on `path`, asserts that it refuses the file naming
+/// every one of `wants` and without a panic, and that `serve` refuses the
+/// same file with the same message before binding anything. Returns that
+/// message (stderr).
+pub fn assert_config_refused(path: &std::path::Path, wants: &[&str]) -> String {
+    let run = |sub: &str| {
+        command()
+            .args([sub, "-c"])
+            .arg(path)
+            .output()
+            .expect("run the gateway")
+    };
+    let check = run("check-config");
+    assert!(!check.status.success(), "check-config accepted the file");
+    let stderr = String::from_utf8_lossy(&check.stderr).to_string();
+    for want in wants {
+        assert!(stderr.contains(want), "missing {want} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let serve = run("serve");
+    assert!(!serve.status.success(), "serve accepted the file");
+    assert_eq!(
+        String::from_utf8_lossy(&serve.stderr),
+        stderr,
+        "serve and check-config disagree"
+    );
+    stderr
+}
+
 pub fn write_config(
     dir: &std::path::Path,
     db_url: &str,
@@ -525,6 +554,26 @@ pub fn redis_url() -> String {
 /// A Redis key prefix of its own, so tests sharing one Redis never meet.
 pub fn redis_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A Redis rate-limit store on the shared Redis with a prefix of its own,
+/// connected (its dispatcher running), with `connections` connections.
+pub async fn connected_redis_store(
+    connections: usize,
+) -> std::sync::Arc<gateway::limits::redis::RedisStore> {
+    let cfg = gateway::config::RedisConfig {
+        url: redis_url(),
+        timeout: Duration::from_secs(5),
+        key_prefix: redis_prefix(),
+        cluster: false,
+        connections,
+    };
+    let store = std::sync::Arc::new(gateway::limits::redis::RedisStore::new(&cfg).expect("store"));
+    let s = store.clone();
+    tokio::spawn(async move { s.keep_connected().await });
+    let up = eventually(Duration::from_secs(5), || async { store.is_connected() }).await;
+    assert!(up, "no connection to {}", redis_url());
+    store
 }
 
 /// GET `url` with an optional bearer key; returns status, headers and JSON body.
