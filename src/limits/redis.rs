@@ -260,9 +260,16 @@ impl RedisStore {
         tokio::join!(dispatch, connect);
     }
 
-    /// Whether some client is connected (all of a cluster's masters
-    /// known, for a cluster client).
+    /// Whether some client of either copy is connected (all of a
+    /// cluster's masters known, for a cluster client): whether the
+    /// gateway reaches Redis, as `/health` reports it. The copy that
+    /// carries the checks may recover from an outage before the idle one.
     pub fn is_connected(&self) -> bool {
+        self.connected_here() || self.proxy_side.as_ref().is_some_and(|s| s.connected_here())
+    }
+
+    /// Whether some client of this copy is connected.
+    fn connected_here(&self) -> bool {
         self.clients.iter().any(|c| c.is_connected())
     }
 
@@ -278,11 +285,13 @@ impl RedisStore {
 
     /// Round trip of a `PING`, for `/health`.
     pub async fn ping(&self, limit: Duration) -> Result<Duration, BackendError> {
-        if !self.is_connected() {
-            return Err(BackendError::Disconnected);
-        }
+        let copy = match &self.proxy_side {
+            _ if self.connected_here() => self,
+            Some(side) if side.connected_here() => side,
+            _ => return Err(BackendError::Disconnected),
+        };
         let started = Instant::now();
-        match tokio::time::timeout(limit, self.client().ping::<String>(None)).await {
+        match tokio::time::timeout(limit, copy.client().ping::<String>(None)).await {
             Ok(Ok(_)) => Ok(started.elapsed()),
             Ok(Err(e)) => Err(BackendError::Redis(e.details().to_string())),
             Err(_) => Err(BackendError::Timeout(limit)),
@@ -338,7 +347,7 @@ impl RedisStore {
         mode: Mode,
     ) -> Result<Decision, BackendError> {
         match &self.proxy_side {
-            Some(side) if side.is_connected() => side.check_here(route, tiers, mode).await,
+            Some(side) if side.connected_here() => side.check_here(route, tiers, mode).await,
             _ => self.check_here(route, tiers, mode).await,
         }
     }
@@ -357,7 +366,7 @@ impl RedisStore {
                 tiers: ArrayVec::new(),
             });
         }
-        if !self.is_connected() {
+        if !self.connected_here() {
             return Err(BackendError::Disconnected);
         }
         let mode = match mode {
