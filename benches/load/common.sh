@@ -165,7 +165,8 @@ fresh_bench_db() { # <database name>
 # above what a run can send, so every request passes all three tiers.
 # [extra] is added to [rate_limits]. For A/B runs without a rebuild:
 # BENCH_HEADERS sets rate_limits.headers (default both), and
-# BENCH_REDIS_CONNECTIONS sets redis.connections (default 1).
+# BENCH_REDIS_CONNECTIONS sets redis.connections (default 1), and
+# BENCH_REDIS_TIMEOUT_MS redis.timeout_ms (default 25, the gateway's).
 bench_gateway_conf() { # <file> <port> <local|redis> <threads> <scope> [extra]
   cat > "$1" <<CONF
 [proxy]
@@ -192,6 +193,7 @@ ${6:-}
 url = "redis://127.0.0.1:$REDIS_PORT"
 key_prefix = "gateway:bench:$$:"
 connections = ${BENCH_REDIS_CONNECTIONS:-1}
+timeout_ms = ${BENCH_REDIS_TIMEOUT_MS:-25}
 CONF
 }
 

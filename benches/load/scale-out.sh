@@ -10,12 +10,19 @@
 #
 #   benches/load/scale-out.sh [--instances 1,2,4] [--duration 10]
 #                             [--connections 64] [--limit 2000]
-#                             [--exact-seconds 5] [--no-pin] [--port-base 18400]
+#                             [--exact-seconds 5] [--redis-timeout-ms 250]
+#                             [--no-pin] [--port-base 18400]
 #
 # Instances fail closed (on_backend_error = "deny"): a Redis call that
 # times out answers 503, counted under errors, instead of admitting a
-# request Redis never counted. Every instance has one worker thread; pinned as run.sh pins (instances on
-# CPU 1, wrks and the upstream on CPU 0), so on a 2-core machine this
+# request Redis never counted. The bound is 250 ms here, not the default
+# 25 ms: with several instances, their wrks and Redis on two cores, a
+# check now and then waits longer than 25 ms for a CPU, and those 503s
+# (0.08 % at 2 instances in benches/RESULTS.md) measure the overloaded
+# machine, not the scale-out.
+#
+# Every instance has one worker thread; pinned as run.sh pins (instances
+# on CPU 1, wrks and the upstream on CPU 0), so on a 2-core machine this
 # measures what more instances cost, not a speedup. The wrks share
 # --connections between them, so every count offers the same concurrency.
 # Exits 1 if any shared key saw more 200s than its limit, or any error.
@@ -23,8 +30,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
-INSTANCES=1,2,4 DURATION=10 CONNECTIONS=64 LIMIT=2000 EXACT=5 PIN=1 BASE=18400 WARMUP=2
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+INSTANCES=1,2,4 DURATION=10 CONNECTIONS=64 LIMIT=2000 EXACT=5 TIMEOUT_MS=250 PIN=1 BASE=18400 WARMUP=2
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) INSTANCES=$2; shift 2 ;;
@@ -32,13 +39,14 @@ while [ $# -gt 0 ]; do
     --connections) CONNECTIONS=$2; shift 2 ;;
     --limit) LIMIT=$2; shift 2 ;;
     --exact-seconds) EXACT=$2; shift 2 ;;
+    --redis-timeout-ms) TIMEOUT_MS=$2; shift 2 ;;
     --no-pin) PIN=0; shift ;;
     --port-base) BASE=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown option: $1" >&2; usage 2 ;;
   esac
 done
-for n in "$DURATION" "$CONNECTIONS" "$LIMIT" "$EXACT" "$BASE"; do
+for n in "$DURATION" "$CONNECTIONS" "$LIMIT" "$EXACT" "$TIMEOUT_MS" "$BASE"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
 IFS=, read -r -a COUNTS <<< "$INSTANCES"
@@ -73,7 +81,7 @@ fresh_bench_db gateway_scale_out
 for i in $(seq "$MAX"); do
   # deny: a Redis call that times out must not admit a request uncounted
   # (allow would, by design), or the exactness check would measure that.
-  bench_gateway_conf "$RUN/gw$i.toml" $((BASE + i)) redis 1 read:bench \
+  BENCH_REDIS_TIMEOUT_MS=$TIMEOUT_MS bench_gateway_conf "$RUN/gw$i.toml" $((BASE + i)) redis 1 read:bench \
     $'on_backend_error = "deny"\n[request_logs]\nenabled = false'
 done
 "$GW" migrate -c "$RUN/gw1.toml" >/dev/null
