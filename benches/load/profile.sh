@@ -25,7 +25,7 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 BACKEND=local LOGS=on BARE=0 SECONDS_=15 FREQ=299 CONNECTIONS=64 TOP=40 PIN=1 BASE=18500
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --backend) BACKEND=$2; shift 2 ;;
