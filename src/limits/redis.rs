@@ -232,13 +232,19 @@ impl RedisStore {
         let Some(side) = &self.proxy_side else {
             return;
         };
-        if self.proxy_side_started.load(Ordering::Relaxed)
-            || self.proxy_side_started.swap(true, Ordering::AcqRel)
-        {
+        if self.proxy_side_started.load(Ordering::Relaxed) {
+            return;
+        }
+        // Outside a runtime there is nothing to connect from (and
+        // `tokio::spawn` would panic): the background copy serves.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.proxy_side_started.swap(true, Ordering::AcqRel) {
             return;
         }
         let side = side.clone();
-        tokio::spawn(async move { side.keep_connected().await });
+        runtime.spawn(async move { side.keep_connected().await });
     }
 
     /// Runs the batch dispatcher and keeps every client connected, for as
@@ -661,4 +667,47 @@ fn decision(tiers: &[Tier], out: &[i64]) -> Result<Decision, BackendError> {
         d.tiers.push(window::state_at(*t, c, now_ms, at_ms));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> RedisStore {
+        RedisStore::new(&RedisConfig {
+            // Nothing listens here, and nothing connects in these tests.
+            url: "redis://127.0.0.1:1".into(),
+            timeout: Duration::from_millis(25),
+            key_prefix: "test:".into(),
+            cluster: false,
+            connections: 1,
+        })
+        .expect("store")
+    }
+
+    /// Called where no runtime runs (a caller outside the proxy), it must
+    /// neither panic (`tokio::spawn` would) nor use up the one start: the
+    /// first call from a runtime still connects the proxy-side copy.
+    #[test]
+    fn serving_from_no_runtime_is_a_no_op_and_a_runtime_still_starts_it() {
+        let store = store();
+        store.serve_from_this_runtime();
+        assert!(!store.proxy_side_started.load(Ordering::Acquire));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async { store.serve_from_this_runtime() });
+        assert!(store.proxy_side_started.load(Ordering::Acquire));
+        // Nothing listens: neither copy is connected, and a check fails
+        // at once (on_backend_error decides) instead of waiting.
+        assert!(!store.is_connected());
+        let tier = Tier {
+            subject: Subject::Key(uuid::Uuid::nil()),
+            period: super::super::Period::Minute,
+            limit: 1,
+        };
+        let got = rt.block_on(store.check(None, &[tier], Mode::Count));
+        assert!(matches!(got, Err(BackendError::Disconnected)), "{got:?}");
+    }
 }
