@@ -107,20 +107,7 @@ async fn instances_with_skewed_clocks_admit_exactly_the_limit() {
     };
     let db = TestDb::new().await;
     let upstream = start_upstream_on_own_thread();
-    let extra = format!(
-        r#"
-[redis]
-url = "{url}"
-timeout_ms = 5000
-key_prefix = "{prefix}"
-
-[rate_limits]
-backend = "redis"
-on_backend_error = "deny"
-"#,
-        url = redis_url(),
-        prefix = redis_prefix()
-    );
+    let extra = redis_limits_config(&redis_url(), 5000, "deny");
     let opts = |env: Vec<(String, String)>| {
         let mut o = Opts::new(format!("{}{extra}", default_routes(upstream)));
         o.read_timeout_ms = 20_000;

@@ -18,23 +18,6 @@ fn config(upstream: std::net::SocketAddr, extra: &str) -> String {
     format!("{}{extra}", default_routes(upstream))
 }
 
-/// `[redis]` and `[rate_limits]` for the redis backend on `url`.
-fn redis_config(url: &str, timeout_ms: u64, on_error: &str) -> String {
-    format!(
-        r#"
-[redis]
-url = "{url}"
-timeout_ms = {timeout_ms}
-key_prefix = "{prefix}"
-
-[rate_limits]
-backend = "redis"
-on_backend_error = "{on_error}"
-"#,
-        prefix = redis_prefix()
-    )
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -135,7 +118,7 @@ async fn two_instances_sharing_redis_admit_exactly_the_limit() {
     let upstream = start_upstream_on_own_thread();
     // A generous timeout and `deny`: this test is about exactness, so a
     // slow call must show up as a 503, never as an uncounted admission.
-    let extra = redis_config(&redis_url(), 5_000, "deny");
+    let extra = redis_limits_config(&redis_url(), 5_000, "deny");
     let opts = || {
         let mut o = Opts::new(config(upstream, &extra));
         o.read_timeout_ms = 20_000;
@@ -176,7 +159,7 @@ async fn two_instances_sharing_redis_admit_exactly_the_limit() {
 async fn refused_requests_do_not_count() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
-    let extra = redis_config(&redis_url(), 5_000, "deny");
+    let extra = redis_limits_config(&redis_url(), 5_000, "deny");
     let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
     let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "10"]);
     wait_known(&gw, &key).await;
@@ -389,7 +372,7 @@ async fn redis_outage_with_allow_keeps_serving_fast_and_recovers() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let mut redis = OwnRedis::start().await;
-    let extra = redis_config(&redis.url(), 25, "allow");
+    let extra = redis_limits_config(&redis.url(), 25, "allow");
     let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
     let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "3"]);
     wait_known(&gw, &key).await;
@@ -463,7 +446,7 @@ async fn redis_outage_with_deny_answers_503_and_recovers() {
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let mut redis = OwnRedis::start().await;
-    let extra = redis_config(&redis.url(), 25, "deny");
+    let extra = redis_limits_config(&redis.url(), 25, "deny");
     let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
     let (_, key) = gw.create_key_unseen("read:echo", &["--per-minute", "3"]);
     wait_known(&gw, &key).await;
@@ -498,7 +481,7 @@ async fn a_gateway_started_without_redis_serves_and_connects_when_redis_comes_up
     let db = TestDb::new().await;
     let upstream = start_upstream().await;
     let mut redis = OwnRedis::reserve();
-    let extra = redis_config(&redis.url(), 25, "allow");
+    let extra = redis_limits_config(&redis.url(), 25, "allow");
     let gw = Gateway::start(&db, Opts::new(config(upstream, &extra))).await;
     // Waits through the proxy: nothing is counted while Redis is away.
     let (_, key) = gw.create_key("read:echo", &["--per-minute", "3"]).await;

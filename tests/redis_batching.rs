@@ -132,22 +132,6 @@ async fn concurrent_checks_through_batches_admit_exactly_the_limit() {
     }
 }
 
-fn redis_config(url: &str) -> String {
-    format!(
-        r#"
-[redis]
-url = "{url}"
-timeout_ms = 5000
-key_prefix = "{prefix}"
-
-[rate_limits]
-backend = "redis"
-on_backend_error = "deny"
-"#,
-        prefix = redis_prefix()
-    )
-}
-
 /// Two gateways, one key with a limit of 150, 500 concurrent requests
 /// split between them: exactly 150 admitted, and the calls did carry
 /// several requests each (so this exercised batching).
@@ -155,7 +139,7 @@ on_backend_error = "deny"
 async fn two_gateways_batching_admit_exactly_the_limit() {
     let db = TestDb::new().await;
     let upstream = start_upstream_on_own_thread();
-    let extra = redis_config(&redis_url());
+    let extra = redis_limits_config(&redis_url(), 5000, "deny");
     let opts = || {
         let mut o = Opts::new(format!("{}{extra}", default_routes(upstream)));
         o.read_timeout_ms = 20_000;

@@ -556,6 +556,24 @@ pub fn redis_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// `[redis]` and `[rate_limits]` for the Redis backend on `url`, with a
+/// key prefix of its own, the bound `timeout_ms` and `on_backend_error`.
+pub fn redis_limits_config(url: &str, timeout_ms: u64, on_error: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{url}"
+timeout_ms = {timeout_ms}
+key_prefix = "{prefix}"
+
+[rate_limits]
+backend = "redis"
+on_backend_error = "{on_error}"
+"#,
+        prefix = redis_prefix()
+    )
+}
+
 /// A Redis rate-limit store on the shared Redis with a prefix of its own,
 /// connected (its dispatcher running), with `connections` connections.
 pub async fn connected_redis_store(
